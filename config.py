@@ -1,0 +1,120 @@
+"""YAML experiment configs with checked command-line overrides.
+
+One YAML file per experiment; `key=value` or `a.b=value` arguments override it. An override must
+name a key the file already has (a typo gets the closest valid name) and its value must parse to the
+type the file holds (int, float, bool, str, list or null). The resolved config is written into the
+run folder and into every checkpoint, so a run can always be rebuilt from its own outputs.
+
+    cfg = load_config("config/msn.yaml", ["optim.lr=3e-4", "train.epochs=2"])
+    save_config(cfg, "runs/msn/config.yaml")
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message says which key and why."""
+
+
+def _flat_keys(cfg: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in cfg.items():
+        full = f"{prefix}{key}"
+        keys.append(full)
+        if isinstance(value, dict):
+            keys += _flat_keys(value, full + ".")
+    return keys
+
+
+def _parse_value(text: str, current: Any, key: str) -> Any:
+    """Parse `text` with YAML rules and check it against the type of `current`."""
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {key}={text!r}: not valid YAML ({err})") from None
+    if current is None or value is None:
+        return value  # null in the file means "any type"; null as a value clears the key
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"override {key}={text!r}: expected true/false, got {type(value).__name__}")
+        return value
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(current, str) and not isinstance(value, str):
+        return text  # e.g. a path or a name that happens to look like a number
+    if isinstance(current, int) and isinstance(value, float) and value.is_integer():
+        raise ConfigError(f"override {key}={text!r}: expected an integer, got a float")
+    if type(value) is not type(current) and not (isinstance(current, float) and isinstance(value, float)):
+        raise ConfigError(
+            f"override {key}={text!r}: expected {type(current).__name__}, got {type(value).__name__}"
+        )
+    return value
+
+
+def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
+    """Return a copy of `cfg` with `key=value` / `a.b=value` overrides applied and type-checked."""
+    cfg = copy.deepcopy(cfg)
+    valid = _flat_keys(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, text = item.split("=", 1)
+        key = key.strip().lstrip("-")
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{key}'{hint}")
+        *parents, leaf = key.split(".")
+        node = cfg
+        for part in parents:
+            node = node[part]
+        if isinstance(node[leaf], dict):
+            raise ConfigError(f"override {key}: is a section; set one of its keys instead")
+        node[leaf] = _parse_value(text, node[leaf], key)
+    return cfg
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict:
+    """Load a YAML config file and apply command-line overrides (see module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    with open(path) as f:
+        cfg = yaml.safe_load(f)
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    cfg = apply_overrides(cfg, overrides or [])
+    cfg.setdefault("_meta", {})
+    cfg["_meta"]["config_file"] = str(path)
+    cfg["_meta"]["config_name"] = path.stem
+    return cfg
+
+
+def check_keys(cfg: dict, reference: dict, where: str = "") -> None:
+    """Raise ConfigError if `cfg` has a key that `reference` lacks (recursively); `_meta` is free."""
+    for key, value in cfg.items():
+        if key == "_meta":
+            continue
+        if key not in reference:
+            close = difflib.get_close_matches(key, list(reference), n=1, cutoff=0.5)
+            hint = f"; did you mean '{where}{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{where}{key}'{hint}")
+        if isinstance(value, dict) and isinstance(reference[key], dict):
+            check_keys(value, reference[key], f"{where}{key}.")
+
+
+def save_config(cfg: dict, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    os.replace(tmp, path)

@@ -1,0 +1,179 @@
+"""Datasets over a feature cache written by preprocess.py.
+
+The cache is the contract between preprocessing and everything else:
+
+    CACHE/manifest.csv      one row per clip: id, logmel, wave, label, split, fold, duration, source, extras
+    CACHE/logmel/<id>.npy   float32 [64, T] log-mel (SPEC A1)
+    CACHE/wave/<id>.npy     float32 [L] 16 kHz waveform (only with preprocess.py --waveform)
+
+    df = read_manifest("cache/esc50")
+    train = select(df, folds=[1, 2, 3, 4])
+    labels = LabelMap.from_labels(df.label)
+    ds = LogMelCrops("cache/esc50", train, labels, frames=96, random_crop=True)
+    logmel, y = ds[0]   # [1, 64, 96], int
+
+Arrays are opened with np.load(mmap_mode="r") so that a data loader only touches the frames it
+crops. Cropping follows SPEC B3 (EVAR): shorter clips are zero-padded on the right; longer ones are
+cropped at random for training and from the start for evaluation.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from audio import fix_length
+
+MANIFEST_COLUMNS = ["id", "logmel", "wave", "label", "split", "fold", "duration", "source"]
+
+
+def read_manifest(cache: str | os.PathLike) -> pd.DataFrame:
+    """Read CACHE/manifest.csv with stable dtypes (label and split as str, fold as nullable int)."""
+    path = Path(cache) / "manifest.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest; run preprocess.py to build the cache first")
+    df = pd.read_csv(path, dtype={"id": str, "label": str, "split": str, "logmel": str, "wave": str},
+                     keep_default_na=False)
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}")
+    df["fold"] = pd.to_numeric(df["fold"], errors="coerce").astype("Int64")
+    return df
+
+
+def select(df: pd.DataFrame, split: str | list[str] | None = None, folds: list[int] | None = None,
+           where: dict | None = None) -> pd.DataFrame:
+    """Rows of the given split(s) and/or fold(s), and with column == value for each item of `where`."""
+    mask = pd.Series(True, index=df.index)
+    if split is not None:
+        mask &= df["split"].isin([split] if isinstance(split, str) else split)
+    if folds is not None:
+        mask &= df["fold"].isin(folds)
+    for column, value in (where or {}).items():
+        mask &= df[column].astype(str) == str(value)
+    return df[mask].reset_index(drop=True)
+
+
+@dataclass
+class LabelMap:
+    """Class name <-> index, sorted by name so that every process and run agrees."""
+
+    names: list[str]
+
+    @classmethod
+    def from_labels(cls, labels) -> LabelMap:
+        return cls(sorted({str(x) for x in labels if str(x) != ""}))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def encode(self, labels) -> np.ndarray:
+        index = {name: i for i, name in enumerate(self.names)}
+        return np.array([index.get(str(x), -1) for x in labels], dtype=np.int64)
+
+
+def stratified_subset(labels, fraction: float | None = None, per_class: int | None = None,
+                      seed: int = 0) -> np.ndarray:
+    """Sorted indices of a stratified subset: `fraction` of each class (at least one) or `per_class` items.
+
+    Reproducible for a given seed; a larger fraction with the same seed contains the smaller one.
+    """
+    if (fraction is None) == (per_class is None):
+        raise ValueError("give exactly one of fraction and per_class")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        members = members[rng.permutation(len(members))]
+        n = per_class if per_class is not None else max(1, int(round(fraction * len(members))))
+        keep.append(members[:min(n, len(members))])
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+
+
+def load_array(cache: str | os.PathLike, relpath: str) -> np.ndarray:
+    """Memory-map one cached array."""
+    return np.load(Path(cache) / relpath, mmap_mode="r")
+
+
+def crop_frames(logmel: np.ndarray, frames: int, random_crop: bool,
+                rng: np.random.Generator | None = None) -> np.ndarray:
+    """Crop or right-pad [F, T] to [F, frames]; the crop start is random or 0 (SPEC B3)."""
+    total = logmel.shape[-1]
+    start = 0
+    if random_crop and total > frames:
+        start = int((rng or np.random.default_rng()).integers(0, total - frames + 1))
+    return np.asarray(fix_length(logmel, frames, start), dtype=np.float32)
+
+
+class _CacheDataset(Dataset):
+    column = ""
+
+    def __init__(self, cache: str | os.PathLike, df: pd.DataFrame, labels: LabelMap | None = None,
+                 random_crop: bool = False):
+        self.cache, self.df = Path(cache), df.reset_index(drop=True)
+        if self.column not in self.df or (self.df[self.column] == "").any():
+            raise ValueError(f"{self.cache}: manifest has no '{self.column}' features for every row"
+                             + (" (rebuild with preprocess.py --waveform)" if self.column == "wave" else ""))
+        self.paths = self.df[self.column].tolist()
+        self.targets = labels.encode(self.df["label"]) if labels else np.full(len(self.df), -1)
+        self.random_crop = random_crop
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _rng(self) -> np.random.Generator:
+        # torch's per-worker seed makes crops reproducible under torch.manual_seed, workers or not
+        return np.random.default_rng(torch.randint(0, 2**62, ()).item())
+
+
+class LogMelCrops(_CacheDataset):
+    """(logmel [1, F, frames] float32 tensor, label index) items; frames=None keeps the whole clip."""
+
+    column = "logmel"
+
+    def __init__(self, cache, df, labels=None, frames: int | None = 96, random_crop: bool = False):
+        super().__init__(cache, df, labels, random_crop)
+        self.frames = frames
+
+    def __getitem__(self, i: int):
+        logmel = load_array(self.cache, self.paths[i])
+        if self.frames is not None:
+            logmel = crop_frames(logmel, self.frames, self.random_crop, self._rng() if self.random_crop else None)
+        return torch.from_numpy(np.array(logmel, dtype=np.float32))[None], int(self.targets[i])
+
+
+class WaveClips(_CacheDataset):
+    """(wave [samples] float32 tensor, label index) items of a fixed length (SPEC B3 crop/pad)."""
+
+    column = "wave"
+
+    def __init__(self, cache, df, labels=None, samples: int = 16000, random_crop: bool = False):
+        super().__init__(cache, df, labels, random_crop)
+        self.samples = samples
+
+    def __getitem__(self, i: int):
+        wave = load_array(self.cache, self.paths[i])
+        start = 0
+        if self.random_crop and len(wave) > self.samples:
+            start = int(self._rng().integers(0, len(wave) - self.samples + 1))
+        wave = np.array(fix_length(wave, self.samples, start), dtype=np.float32)
+        return torch.from_numpy(wave), int(self.targets[i])
+
+
+def logmel_stats(cache: str | os.PathLike, df: pd.DataFrame, max_clips: int = 10000,
+                 seed: int = 0) -> tuple[float, float]:
+    """Scalar mean and std (ddof 0) over up to `max_clips` log-mels, as BYOL-A v2 PrecomputedNorm."""
+    rng = np.random.default_rng(seed)
+    rows = rng.permutation(len(df))[:max_clips]
+    total = total_sq = count = 0.0
+    for r in rows:
+        x = load_array(cache, df["logmel"].iloc[r]).astype(np.float64)
+        total, total_sq, count = total + x.sum(), total_sq + (x * x).sum(), count + x.size
+    mean = total / count
+    return float(mean), float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))

@@ -1,0 +1,215 @@
+"""Training infrastructure shared by the pretraining and evaluation scripts.
+
+Schedules are plain functions of the global step (DINO style), so a resumed run needs only the
+step. Checkpoints are written atomically (temp file + rename). Distributed helpers are no-ops in a
+single process and work unchanged under torchrun (they read only what torch.distributed needs).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+# ----------------------------------------------------------------------------- reproducibility
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Every RNG a training step draws from (Python, NumPy, torch CPU and CUDA)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def git_commit() -> str:
+    """The package's git commit (with '+dirty' for uncommitted changes), or 'unknown'."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+# ----------------------------------------------------------------------------- files
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temp file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class CSVLog:
+    """Append rows to a CSV file; on resume, rows at or after `resume_step` are dropped first."""
+
+    def __init__(self, path: str | os.PathLike, fields: list[str], resume_step: int | None = None):
+        self.path, self.fields = Path(path), fields
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            with open(self.path) as f:
+                kept = [r for r in csv.DictReader(f) if int(r["step"]) < resume_step]
+            with open(self.path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fields)
+                writer.writeheader()
+                writer.writerows(kept)
+        elif resume_step is None or not self.path.exists():
+            with open(self.path, "w", newline="") as f:
+                csv.DictWriter(f, fields).writeheader()
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.fields).writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def cosine(step: int, total: int, start: float, final: float) -> float:
+    """Half-cosine from `start` (step 0) to `final` (step `total`), flat afterwards."""
+    t = min(max(step, 0), total) / max(total, 1)
+    return final + 0.5 * (start - final) * (1 + math.cos(math.pi * t))
+
+
+def warmup_cosine(step: int, warmup: int, total: int, start: float, peak: float, final: float) -> float:
+    """Linear warmup `start -> peak` over `warmup` steps, then cosine `peak -> final` until `total`."""
+    if step < warmup:
+        return start + (peak - start) * step / warmup
+    return cosine(step - warmup, total - warmup, peak, final)
+
+
+def multistep(epoch: float, base: float, milestones: list[int], gamma: float) -> float:
+    """torch MultiStepLR as a function: base * gamma ** (number of milestones <= epoch)."""
+    return base * gamma ** sum(epoch >= m for m in milestones)
+
+
+def ema_momentum(step: int, total: int, start: float = 0.996, final: float = 1.0,
+                 stretch: float = 1.25) -> float:
+    """MSN's target-encoder momentum: linear start -> final over stretch*total steps (SPEC B1)."""
+    return start + step * (final - start) / (stretch * total)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None = None) -> None:
+    """Set every group's lr (scaled by its 'lr_scale') and, where the group decays, its weight decay."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+        if weight_decay is not None and group.get("weight_decay", 0.0) > 0:
+            group["weight_decay"] = weight_decay
+
+
+def decay_groups(named_params, weight_decay: float) -> list[dict]:
+    """Two param groups: weight decay on matrices/kernels, none on biases and norm parameters (SPEC B1/A3)."""
+    decay, no_decay = [], []
+    for name, p in named_params:
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") or ".bn" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}]
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def check_finite(loss: torch.Tensor, step: int, last_checkpoint: str | os.PathLike | None) -> None:
+    """Stop the run with a message naming the step and the last good checkpoint (DINO-style)."""
+    if not torch.isfinite(loss).all():
+        where = f"last good checkpoint: {last_checkpoint}" if last_checkpoint else "no checkpoint written yet"
+        raise NonFiniteLoss(f"loss is {loss.item()} at step {step}; stopping ({where})")
+
+# ----------------------------------------------------------------------------- distributed
+
+
+def init_distributed(backend: str | None = None) -> tuple[int, int, torch.device]:
+    """Start torch.distributed when launched by torchrun (WORLD_SIZE > 1); return (rank, world, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    return rank, world, device
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """In-place sum over processes (a no-op alone); returns x."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(x)
+    return x
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    return all_reduce_sum(x).div_(world_size())
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward returns this rank's slice of the summed gradient (SimCLR)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        out = [torch.zeros_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, x.contiguous())
+        return torch.cat(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        n = grad.shape[0] // dist.get_world_size()
+        return grad[dist.get_rank() * n:(dist.get_rank() + 1) * n]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate x [N, ...] from every process in rank order, keeping gradients; identity alone."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        return _GatherWithGrad.apply(x)
+    return x

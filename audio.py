@@ -43,6 +43,10 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, min_seconds: floa
     Raises AudioError for an unreadable, empty, too short (< `min_seconds` after resampling) or
     non-finite clip.
     """
+    if not os.path.isfile(path):
+        raise AudioError(path, "missing (no such file)")
+    if os.path.getsize(path) == 0:
+        raise AudioError(path, "empty file (0 bytes)")
     try:
         data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:  # soundfile raises LibsndfileError, RuntimeError, TypeError...

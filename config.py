@@ -13,10 +13,30 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads 1e-4 (no dot) as a float, as YAML 1.2 and Python do."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text_or_file):
+    """yaml.safe_load with 1e-4-style floats."""
+    return yaml.load(text_or_file, Loader=_Loader)
 
 
 class ConfigError(ValueError):
@@ -36,7 +56,7 @@ def _flat_keys(cfg: dict, prefix: str = "") -> list[str]:
 def _parse_value(text: str, current: Any, key: str) -> Any:
     """Parse `text` with YAML rules and check it against the type of `current`."""
     try:
-        value = yaml.safe_load(text) if text != "" else ""
+        value = yaml_load(text) if text != "" else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override {key}={text!r}: not valid YAML ({err})") from None
     if current is None or value is None:
@@ -87,7 +107,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     with open(path) as f:
-        cfg = yaml.safe_load(f)
+        cfg = yaml_load(f)
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     cfg = apply_overrides(cfg, overrides or [])

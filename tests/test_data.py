@@ -1,0 +1,78 @@
+"""data.py: manifest reading, split/fold selection, crops and padding (SPEC B3), label-fraction subsets."""
+import numpy as np
+import pytest
+import torch
+
+import data
+
+
+def test_manifest_select_and_labels(tiny_cache):
+    df = data.read_manifest(tiny_cache)
+    assert len(df) == 24 and str(df.fold.dtype) == "Int64"
+    assert len(data.select(df, folds=[1, 2, 3, 4])) + len(data.select(df, folds=[5])) == 24
+    assert set(data.select(df, split=["train", "valid"]).split) == {"train", "valid"}
+    assert set(data.select(df, where={"label": "class2"}).label) == {"class2"}
+    labels = data.LabelMap.from_labels(df.label)
+    assert labels.names == ["class0", "class1", "class2", "class3"]
+    np.testing.assert_array_equal(labels.encode(["class3", "class0", "nope"]), [3, 0, -1])
+
+
+def test_missing_manifest_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run preprocess.py"):
+        data.read_manifest(tmp_path)
+
+
+def test_crop_frames_pads_right_and_crops_from_start_for_eval():
+    logmel = np.arange(2 * 10, dtype=np.float32).reshape(2, 10)
+    np.testing.assert_array_equal(data.crop_frames(logmel, 4, random_crop=False), logmel[:, :4])
+    padded = data.crop_frames(logmel, 13, random_crop=False)
+    np.testing.assert_array_equal(padded[:, :10], logmel)
+    assert (padded[:, 10:] == 0).all()
+    starts = {int(data.crop_frames(logmel, 4, True, np.random.default_rng(s))[0, 0]) for s in range(50)}
+    assert starts == set(range(7))  # every start 0..T-frames is reachable
+
+
+def test_logmel_and_wave_datasets(tiny_cache):
+    df = data.read_manifest(tiny_cache)
+    labels = data.LabelMap.from_labels(df.label)
+    ds = data.LogMelCrops(tiny_cache, df, labels, frames=96, random_crop=False)
+    x, y = ds[7]
+    ref = np.load(tiny_cache / df.logmel[7])
+    assert x.shape == (1, 64, 96) and x.dtype == torch.float32 and y == labels.encode([df.label[7]])[0]
+    np.testing.assert_array_equal(x[0].numpy(), ref[:, :96])
+    assert data.LogMelCrops(tiny_cache, df, labels, frames=None)[0][0].shape == (1, 64, 120)
+    torch.manual_seed(0)
+    a = data.LogMelCrops(tiny_cache, df, labels, frames=50, random_crop=True)[3][0]
+    torch.manual_seed(0)
+    assert torch.equal(a, data.LogMelCrops(tiny_cache, df, labels, frames=50, random_crop=True)[3][0])
+    w, _ = data.WaveClips(tiny_cache, df, labels, samples=20000)[0]
+    assert w.shape == (20000,) and (w[16000:] == 0).all()
+    np.testing.assert_array_equal(w[:16000].numpy(), np.load(tiny_cache / df.wave[0]))
+
+
+def test_wave_dataset_needs_waveform_cache(tiny_cache):
+    df = data.read_manifest(tiny_cache)
+    df["wave"] = ""
+    with pytest.raises(ValueError, match="--waveform"):
+        data.WaveClips(tiny_cache, df)
+
+
+def test_stratified_subset_fraction_and_shots():
+    labels = np.repeat(np.arange(4), [10, 20, 30, 40])
+    sub = data.stratified_subset(labels, fraction=0.1, seed=3)
+    assert np.bincount(labels[sub]).tolist() == [1, 2, 3, 4]
+    np.testing.assert_array_equal(sub, data.stratified_subset(labels, fraction=0.1, seed=3))
+    assert not np.array_equal(sub, data.stratified_subset(labels, fraction=0.1, seed=4))
+    assert set(sub) <= set(data.stratified_subset(labels, fraction=0.5, seed=3))  # nested for one seed
+    shots = data.stratified_subset(labels, per_class=5, seed=0)
+    assert np.bincount(labels[shots]).tolist() == [5, 5, 5, 5]
+    assert np.bincount(labels[data.stratified_subset(labels, fraction=0.001)]).tolist() == [1, 1, 1, 1]
+    with pytest.raises(ValueError):
+        data.stratified_subset(labels)
+
+
+def test_logmel_stats_match_numpy(tiny_cache):
+    df = data.read_manifest(tiny_cache)
+    everything = np.stack([np.load(tiny_cache / p) for p in df.logmel]).astype(np.float64)
+    mean, std = data.logmel_stats(tiny_cache, df)
+    assert mean == pytest.approx(everything.mean()) and std == pytest.approx(everything.std())

@@ -11,6 +11,90 @@ import torch.nn.functional as F
 from utils import all_reduce_sum, gather_with_grad, world_size
 
 # ============================================================================ MSN
+# Assran et al. 2022, "Masked Siamese Networks for Label-Efficient Learning"; msn src/losses.py (SPEC B1).
+#   p = softmax(cos(z, prototypes) / tau)                    anchor and target, tau = 0.1
+#   t = Sinkhorn(sharpen(p_target, T)), T = 0.25, repeated over the V anchor views (view-major)
+#   loss = mean_rows sum_k -t_k log p_k + w_memax (log K - H(mean p_anchor)) + w_ent mean_rows H(p_anchor)
+
+
+def msn_probs(z: torch.Tensor, prototypes: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """softmax(normalize(z) @ normalize(prototypes).T / temperature): z [N, d], prototypes [K, d] -> [N, K]."""
+    logits = F.normalize(z.float(), dim=1) @ F.normalize(prototypes.float(), dim=1).T
+    return F.softmax(logits / temperature, dim=1)
+
+
+def sharpen(p: torch.Tensor, T: float) -> torch.Tensor:
+    """p ** (1/T), renormalised over the last axis (msn losses.py L33-36)."""
+    sharp = p ** (1.0 / T)
+    return sharp / sharp.sum(dim=1, keepdim=True)
+
+
+@torch.no_grad()
+def sinkhorn(p: torch.Tensor, iterations: int = 3) -> torch.Tensor:
+    """Sinkhorn-Knopp on the sharpened probabilities p [B, K] (local rows), across all processes
+    (msn losses.py L93-127): alternately give every prototype total mass 1/K and every sample 1/B_global;
+    the returned rows sum to 1 and, at convergence, every prototype gets B_global/K of the total mass."""
+    q = p.float().T.clone()  # [K, B]: columns are samples
+    n_prototypes, n_samples = q.shape[0], q.shape[1] * world_size()
+    q /= all_reduce_sum(q.sum())
+    for _ in range(iterations):
+        q /= all_reduce_sum(q.sum(dim=1, keepdim=True))
+        q /= n_prototypes
+        q /= q.sum(dim=0, keepdim=True)
+        q /= n_samples
+    return (q * n_samples).T
+
+
+class _AllReduceMean(torch.autograd.Function):
+    """Mean over processes in the forward, identity backward (msn utils.py AllReduce L226-241): every
+    process sees the same upstream gradient, and DDP's gradient averaging then gives the exact gradient
+    of me-max at the global mean."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return all_reduce_sum(x.clone()) / world_size()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def msn_loss(anchor_z: torch.Tensor, target_z: torch.Tensor, prototypes: torch.Tensor, temperature: float = 0.1,
+             sharpen_T: float = 0.25, use_sinkhorn: bool = True, me_max_weight: float = 1.0,
+             ent_weight: float = 0.0) -> dict[str, torch.Tensor]:
+    """MSN objective (SPEC B1), computed in fp32.
+
+    anchor_z [V*B, d]: head outputs of V anchor views, view-major (view 0 = rows 0..B-1);
+    target_z [B, d]: head outputs of the target view; prototypes [K, d].
+    Returns a dict: loss (the total), ploss (cross-entropy to the targets), me_max (log K - H(mean anchor
+    probability), mean over processes), ent (mean anchor entropy), perplexity (exp H of the mean anchor
+    probability = effective number of prototypes used) and p_target [B, K].
+    """
+    num_views = anchor_z.shape[0] // target_z.shape[0]
+    if num_views * target_z.shape[0] != anchor_z.shape[0]:
+        raise ValueError(f"anchor rows {anchor_z.shape[0]} are not a multiple of target rows {target_z.shape[0]}")
+    with torch.autocast(anchor_z.device.type, enabled=False):  # fp32 also inside a bf16 autocast region
+        return _msn_loss_fp32(anchor_z, target_z, prototypes, temperature, sharpen_T, use_sinkhorn, me_max_weight,
+                              ent_weight, num_views)
+
+
+def _msn_loss_fp32(anchor_z, target_z, prototypes, temperature, sharpen_T, use_sinkhorn, me_max_weight, ent_weight,
+                   num_views):
+    p_anchor = msn_probs(anchor_z, prototypes, temperature)
+    with torch.no_grad():
+        p_target = sharpen(msn_probs(target_z, prototypes, temperature), sharpen_T)
+        if use_sinkhorn:
+            p_target = sinkhorn(p_target)
+        targets = p_target.repeat(num_views, 1)
+    ploss = torch.mean(torch.sum(-targets * torch.log(p_anchor), dim=1))
+    mean_p = _AllReduceMean.apply(p_anchor.mean(dim=0))
+    me_max = math.log(prototypes.shape[0]) + torch.sum(mean_p * torch.log(mean_p))
+    ent = torch.mean(torch.sum(-p_anchor * torch.log(p_anchor), dim=1))
+    loss = ploss + me_max_weight * me_max + ent_weight * ent
+    with torch.no_grad():
+        perplexity = torch.exp(-torch.sum(mean_p * torch.log(mean_p)))
+    return {"loss": loss, "ploss": ploss, "me_max": me_max, "ent": ent, "perplexity": perplexity,
+            "p_target": p_target}
 
 
 # ============================================================================ NT-Xent / CLAR

@@ -12,12 +12,265 @@ so a checkpoint, which carries its resolved config, rebuilds its encoder with no
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 # ============================================================================ ViT encoders (MSN)
+# Two ViTs with one interface. Both return the CLS token after the final LayerNorm (MSN, SPEC B1) and
+# drop tokens MSN-style when asked: after the position embeddings, ONE torch.randperm(N)[:floor(N(1-p))]
+# shared by the whole batch, kept in permutation order, CLS always first (msn deit.py L213-233).
+#   vit_b_32   torchvision vit_b_32 behind a learnable 1x1 Conv2d 1 -> 3 channels (SPEC A2); views are
+#              224x224 / 96x96 resized crops of the log-mel; pos-embeds bicubic-interpolated for 96.
+#   vit_audio  patches the [64, T] log-mel directly with a [pf, pt] patch (square, or frequency-band
+#              strips such as [4, 16] / [64, 2]); fixed 2-D sin-cos or learned pos-embeds.
+# Position embeddings are defined on the training grid (vit_b_32: 7x7; vit_audio: 64/pf x crop_frames/pt)
+# and bicubic-interpolated to any other token grid (focal views, other lengths); the training grid itself
+# is used unchanged.
+
+
+def sincos_pos_embed(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embeddings [grid_h * grid_w, dim] (MAE): half the channels encode the
+    row (frequency) index, half the column (time) index, each as sin/cos at geometric frequencies."""
+    if dim % 4:
+        raise ValueError(f"sin-cos position embeddings need a width divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64),
+                                torch.arange(grid_w, dtype=torch.float64), indexing="ij")
+    parts = []
+    for pos in (rows.reshape(-1), cols.reshape(-1)):
+        angle = pos[:, None] * omega[None]
+        parts += [angle.sin(), angle.cos()]
+    return torch.cat(parts, dim=1).float()
+
+
+def resize_pos_embed(pos: torch.Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> torch.Tensor:
+    """pos [1, 1 + gh*gw, D] (CLS first) on `src_grid` -> [1, 1 + dh*dw, D]; patch part bicubic-resized
+    (msn deit.py interpolate_pos_encoding), returned unchanged when the grids agree."""
+    if tuple(src_grid) == tuple(dst_grid):
+        return pos
+    cls, patches = pos[:, :1], pos[:, 1:]
+    grid = patches.reshape(1, *src_grid, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=dst_grid, mode="bicubic", align_corners=False).to(pos.dtype)
+    return torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(1, dst_grid[0] * dst_grid[1], -1)], dim=1)
+
+
+def drop_tokens(x: torch.Tensor, patch_drop: float) -> torch.Tensor:
+    """MSN token dropping: x [B, 1 + N, D] -> [B, 1 + floor(N (1 - patch_drop)), D], CLS kept at index 0,
+    one permutation (torch CPU RNG) for the whole batch."""
+    if patch_drop <= 0:
+        return x
+    n = x.shape[1] - 1
+    keep = torch.randperm(n)[:int(n * (1 - patch_drop))].to(x.device)
+    return torch.cat([x[:, :1], x[:, 1:][:, keep]], dim=1)
+
+
+def split_chunks(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """x [B, C, F, T] -> [B * n, C, F, frames], n = ceil(T / frames), last chunk right-zero-padded."""
+    n = max(1, math.ceil(x.shape[-1] / frames))
+    x = F.pad(x, (0, n * frames - x.shape[-1]))
+    b, c, f, _ = x.shape
+    return x.reshape(b, c, f, n, frames).permute(0, 3, 1, 2, 4).reshape(b * n, c, f, frames)
+
+
+class _ViT(nn.Module):
+    """Shared transformer trunk logic; subclasses define `patchify`, `pos_embed_for` and `prepare`."""
+
+    input_kind = "logmel"
+
+    def tokens(self, x: torch.Tensor, patch_drop: float = 0.0) -> torch.Tensor:
+        """x [B, 1, H, W] -> tokens [B, 1 + N', D] after the final LayerNorm (CLS first)."""
+        patches, grid = self.patchify(x)
+        x = torch.cat([self.cls_token.expand(len(patches), -1, -1), patches], dim=1)
+        x = drop_tokens(x + self.pos_embed_for(grid), patch_drop)
+        return self.norm(self.blocks(self.dropout(x)))
+
+    def forward(self, x: torch.Tensor, patch_drop: float = 0.0) -> torch.Tensor:
+        """x [B, 1, H, W] -> CLS embedding [B, D] (MSN's encoder output)."""
+        return self.tokens(x, patch_drop)[:, 0]
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor, long: str = "chunk", pool: str = "cls") -> torch.Tensor:
+        """Evaluation embedding of a normalised log-mel x [B, 1, 64, T] of any T -> [B, D].
+
+        long: "chunk" (crop_frames chunks, last right-zero-padded, embeddings averaged), "resize" or
+        "pad" (see the subclass); pool: "cls" (CLS after the final LayerNorm) or "mean" (mean patch token).
+        """
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+        if long not in ("chunk", "resize", "pad"):
+            raise ValueError(f"long must be 'chunk', 'resize' or 'pad', got {long!r}")
+        batch = len(x)
+        views = split_chunks(x, self.crop_frames) if long == "chunk" else x
+        tokens = self.tokens(self.prepare(views, long))
+        emb = tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
+        return emb.reshape(batch, -1, emb.shape[-1]).mean(dim=1)
+
+
+class ViTB32(_ViT):
+    """torchvision vit_b_32 on 1-channel "images": Conv2d(1, 3, 1) stem, no classifier (SPEC A2).
+
+    Training views are resized crops (224 / 96). embed(): "resize" = the whole [64, T] bilinearly resized
+    to image_size x image_size (no antialias, as the training crops); "pad" = the seed's zero padding:
+    frequency 64 -> image_size zero rows at the top end (high bins), time right-zero-padded to image_size
+    frames or cut to its first image_size frames; "chunk" = crop_frames chunks each resized as "resize".
+    """
+
+    def __init__(self, image_size: int = 224, crop_frames: int = 96):
+        super().__init__()
+        from torchvision.models import vit_b_32
+        self.image_size, self.crop_frames, self.patch = image_size, crop_frames, 32
+        self.stem = nn.Conv2d(1, 3, kernel_size=1)
+        self.vit = vit_b_32(weights=None, image_size=image_size)
+        del self.vit.heads
+        self.embed_dim = self.vit.hidden_dim
+        self.train_grid = (image_size // 32, image_size // 32)
+
+    # the trunk's parts under the names _ViT uses (properties, so the state_dict keys stay torchvision's)
+    cls_token = property(lambda self: self.vit.class_token)
+    dropout = property(lambda self: self.vit.encoder.dropout)
+    blocks = property(lambda self: self.vit.encoder.layers)
+    norm = property(lambda self: self.vit.encoder.ln)
+
+    def patchify(self, x):
+        x = self.vit.conv_proj(self.stem(x))
+        return x.flatten(2).transpose(1, 2), tuple(x.shape[-2:])
+
+    def pos_embed_for(self, grid):
+        return resize_pos_embed(self.vit.encoder.pos_embedding, self.train_grid, grid)
+
+    def prepare(self, x: torch.Tensor, long: str) -> torch.Tensor:
+        size = self.image_size
+        if long == "pad":
+            x = x[..., :size]
+            return F.pad(x, (0, size - x.shape[-1], 0, size - x.shape[-2]))
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+
+    def init_stem_copy(self) -> None:
+        """Stem = "copy the one channel to all three" (used with ImageNet weights)."""
+        with torch.no_grad():
+            self.stem.weight.fill_(1.0)
+            self.stem.bias.zero_()
+
+
+class AudioViT(_ViT):
+    """ViT that patches the log-mel [n_mels, T] directly with [pf, pt] patches (no resize, no frequency
+    padding). T need not be a multiple of pt: the last T mod pt frames are dropped (a clip shorter than
+    one patch is right-padded). embed(): "resize" = time axis bilinearly resized to crop_frames (exact
+    training grid); "pad" = right-zero-pad to crop_frames or keep the first crop_frames; "chunk" as base.
+    """
+
+    def __init__(self, n_mels: int = 64, crop_frames: int = 96, patch=(16, 16), width: int = 384,
+                 depth: int = 12, heads: int = 6, mlp_ratio: float = 4.0, pos_embed: str = "sincos"):
+        super().__init__()
+        from torchvision.models.vision_transformer import EncoderBlock
+        pf, pt = int(patch[0]), int(patch[1])
+        if n_mels % pf or crop_frames % pt:
+            raise ValueError(f"patch {patch} must divide [n_mels, crop_frames] = [{n_mels}, {crop_frames}]")
+        if pos_embed not in ("sincos", "learned"):
+            raise ValueError(f"model.pos_embed must be 'sincos' or 'learned', got {pos_embed!r}")
+        self.n_mels, self.crop_frames, self.patch, self.embed_dim = n_mels, crop_frames, (pf, pt), width
+        self.train_grid = (n_mels // pf, crop_frames // pt)
+        self.patch_embed = nn.Conv2d(1, width, kernel_size=(pf, pt), stride=(pf, pt))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        n = self.train_grid[0] * self.train_grid[1]
+        if pos_embed == "learned":
+            self.pos_embed = nn.Parameter(torch.empty(1, 1 + n, width).normal_(std=0.02))
+        else:
+            table = torch.cat([torch.zeros(1, width), sincos_pos_embed(width, *self.train_grid)])
+            self.register_buffer("pos_embed", table[None])
+        self.dropout = nn.Identity()
+        self.blocks = nn.Sequential(*[EncoderBlock(heads, width, int(width * mlp_ratio), 0.0, 0.0)
+                                      for _ in range(depth)])
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def patchify(self, x):
+        if x.shape[-2] != self.n_mels:
+            raise ValueError(f"vit_audio expects {self.n_mels} mel bins, got input {tuple(x.shape)}")
+        pt = self.patch[1]
+        x = F.pad(x, (0, max(0, pt - x.shape[-1])))
+        x = self.patch_embed(x[..., :x.shape[-1] // pt * pt])
+        return x.flatten(2).transpose(1, 2), tuple(x.shape[-2:])
+
+    def pos_embed_for(self, grid):
+        return resize_pos_embed(self.pos_embed, self.train_grid, grid)
+
+    def prepare(self, x: torch.Tensor, long: str) -> torch.Tensor:
+        if long == "resize":
+            return F.interpolate(x, size=(x.shape[-2], self.crop_frames), mode="bilinear", align_corners=False)
+        if long == "pad":
+            x = x[..., :self.crop_frames]
+            return F.pad(x, (0, self.crop_frames - x.shape[-1]))
+        return x
+
+
+def build_vit(model_cfg: dict) -> nn.Module:
+    """ViT encoder from the `model` config section (never loads weights; see load_torchvision_vit)."""
+    arch = model_cfg["arch"]
+    if arch == "vit_b_32":
+        return ViTB32(image_size=model_cfg.get("image_size", 224), crop_frames=model_cfg.get("crop_frames", 96))
+    if arch == "vit_audio":
+        return AudioViT(n_mels=model_cfg.get("n_mels", 64), crop_frames=model_cfg.get("crop_frames", 96),
+                        patch=model_cfg.get("patch", [16, 16]), width=model_cfg.get("width", 384),
+                        depth=model_cfg.get("depth", 12), heads=model_cfg.get("heads", 6),
+                        mlp_ratio=model_cfg.get("mlp_ratio", 4.0), pos_embed=model_cfg.get("pos_embed", "sincos"))
+    raise ValueError(f"build_vit: unknown arch {arch!r}")
+
+
+def load_torchvision_vit(encoder: ViTB32, path: str) -> None:
+    """Initialise from a LOCAL torchvision vit_b_32 state dict file (e.g. vit_b_32-d86f8d99.pth); the
+    classifier is ignored and the stem starts as "copy the channel to three"."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith("heads.")}
+    missing, unexpected = encoder.vit.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: not a torchvision vit_b_32 state dict (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+    encoder.init_stem_copy()
+
+
+class MSNHead(nn.Sequential):
+    """MSN projection head Linear(D, h)-BN-GELU-Linear(h, h)-BN-GELU-Linear(h, out), trunc_normal(0.02)
+    weights and zero biases (msn_train.py L490-511); use_bn=False drops the BNs."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, output_dim: int = 256, use_bn: bool = True):
+        norm = (lambda: nn.BatchNorm1d(hidden_dim)) if use_bn else nn.Identity
+        super().__init__(OrderedDict([
+            ("fc1", nn.Linear(in_dim, hidden_dim)), ("bn1", norm()), ("gelu1", nn.GELU()),
+            ("fc2", nn.Linear(hidden_dim, hidden_dim)), ("bn2", norm()), ("gelu2", nn.GELU()),
+            ("fc3", nn.Linear(hidden_dim, output_dim))]))
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+
+class MSNNet(nn.Module):
+    """Encoder + projection head; one forward embeds the masked anchor group and the focal group.
+
+        z = net(anchor [B,1,S,S], focal [M*B,1,s,s] view-major, patch_drop=0.15)  # [(1+M)*B, out]
+    Only the first group (the anchor) is masked (msn deit.py L228); the target net is called as net(target).
+    """
+
+    def __init__(self, encoder: nn.Module, head: nn.Module):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, anchor: torch.Tensor, focal: torch.Tensor | None = None, patch_drop: float = 0.0):
+        h = [self.encoder(anchor, patch_drop)]
+        if focal is not None and len(focal):
+            h.append(self.encoder(focal))
+        return self.head(torch.cat(h))
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """target <- momentum * target + (1 - momentum) * online, parameters only (msn_train.py L374-377)."""
+    for p_target, p_online in zip(target.parameters(), online.parameters()):
+        p_target.mul_(momentum).add_(p_online.detach(), alpha=1 - momentum)
 
 
 # ============================================================================ ResNet18 1D / 2D (CLAR)

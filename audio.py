@@ -8,6 +8,7 @@ preprocessing run can skip the clip, record the reason and carry on.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass
 
@@ -33,7 +34,13 @@ def resample(wave: torch.Tensor, orig_sr: int, new_sr: int = SAMPLE_RATE) -> tor
     """Resample the last axis with torchaudio's windowed-sinc resampler (SPEC A1)."""
     if orig_sr == new_sr:
         return wave
-    return torchaudio.functional.resample(wave, orig_sr, new_sr)
+    return _resampler(orig_sr, new_sr)(wave)
+
+
+@functools.lru_cache(maxsize=8)
+def _resampler(orig_sr: int, new_sr: int) -> torchaudio.transforms.Resample:
+    # the module precomputes its sinc kernel once; functional.resample rebuilds it on every call
+    return torchaudio.transforms.Resample(orig_sr, new_sr)
 
 
 def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, min_seconds: float = 0.0) -> np.ndarray:
@@ -113,3 +120,78 @@ def fix_length(wave: np.ndarray | torch.Tensor, length: int, offset: int = 0):
     if isinstance(wave, torch.Tensor):
         return torch.nn.functional.pad(wave, (0, pad))
     return np.pad(wave, [(0, 0)] * (wave.ndim - 1) + [(0, pad)])
+
+
+@dataclass
+class ClarFeatureConfig:
+    """CLAR's 3-channel time-frequency input (SPEC A3 / B4).
+
+    Default = the paper: 16 ms window (256 samples) and 8 ms stride (128) at 16 kHz, linear STFT bins
+    0..n_mels-1 (the Nyquist bin is dropped so that 129 bins stack with 128 mels). The code's variant is
+    n_fft=2048, win_length=2048, freq_scale="log": 128 DFT bins at f_min * (f_max / f_min)^(k / 128) Hz.
+    """
+
+    sample_rate: int = SAMPLE_RATE
+    n_fft: int = 256
+    win_length: int = 256
+    hop_length: int = 128
+    n_mels: int = 128
+    f_min: float = 40.0
+    f_max: float = 8000.0
+    freq_scale: str = "linear"  # "log" = the code's log-frequency STFT kernels
+    amin: float = 1e-10  # power floor of the log: 10 log10(max(|S|^2, amin))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ClarFeatures(torch.nn.Module):
+    """wave [B, L] -> [B, 3, n_mels, 1 + L // hop]: stacked (10 log10 |S|^2, angle(S), 10 log10 mel power).
+
+    Centred STFT with reflect padding and a periodic Hann window, batched on the wave's device. Mel:
+    Slaney scale and area normalisation (as A1), f_min..f_max. With the paper's 16 ms window about 13 of the
+    128 lowest mel filters fall between STFT bins and stay empty (constant 10 log10(amin)); that is the
+    paper's setting, kept as is. Buffers are not persistent, so the module adds nothing to a state_dict.
+    """
+
+    def __init__(self, cfg: ClarFeatureConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or ClarFeatureConfig()
+        if cfg.freq_scale not in ("linear", "log"):
+            raise ValueError(f"freq_scale must be 'linear' or 'log', got {cfg.freq_scale!r}")
+        n_freqs = cfg.n_fft // 2 + 1
+        if cfg.freq_scale == "linear" and n_freqs - 1 < cfg.n_mels:
+            raise ValueError(f"n_fft {cfg.n_fft} gives {n_freqs} bins; need at least n_mels + 1 = {cfg.n_mels + 1}")
+        window = torch.hann_window(cfg.win_length)
+        self.register_buffer("window", window, persistent=False)
+        fbank = torchaudio.functional.melscale_fbanks(n_freqs, cfg.f_min, cfg.f_max, cfg.n_mels, cfg.sample_rate,
+                                                      norm="slaney", mel_scale="slaney")  # [n_freqs, n_mels]
+        self.register_buffer("mel_fbank", fbank, persistent=False)
+        if cfg.freq_scale == "log":  # DFT rows at log-spaced frequencies over the zero-padded n_fft frame
+            freqs = cfg.f_min * (cfg.f_max / cfg.f_min) ** (torch.arange(cfg.n_mels) / cfg.n_mels)
+            n = torch.arange(cfg.n_fft)
+            basis = torch.exp(-2j * math.pi * freqs[:, None].double() * n[None].double() / cfg.sample_rate)
+            self.register_buffer("log_basis", basis.to(torch.complex64), persistent=False)  # [n_mels, n_fft]
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        with torch.autocast(wave.device.type, enabled=False):
+            spec = torch.stft(wave.float(), cfg.n_fft, cfg.hop_length, cfg.win_length, self.window, center=True,
+                              pad_mode="reflect", return_complex=True)  # [B, n_freqs, T]
+            power = spec.real ** 2 + spec.imag ** 2
+            mel = torch.einsum("bft,fm->bmt", power, self.mel_fbank)
+            if cfg.freq_scale == "linear":
+                spec = spec[:, :cfg.n_mels]
+            else:
+                spec = self._log_frequency_stft(wave.float())
+            magnitude_db = 10 * torch.log10((spec.real ** 2 + spec.imag ** 2).clamp_min(cfg.amin))
+            mel_db = 10 * torch.log10(mel.clamp_min(cfg.amin))
+            return torch.stack([magnitude_db, torch.angle(spec), mel_db], dim=1)
+
+    def _log_frequency_stft(self, wave: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        padded = torch.nn.functional.pad(wave[:, None], (cfg.n_fft // 2, cfg.n_fft // 2), mode="reflect")[:, 0]
+        frames = padded.unfold(-1, cfg.n_fft, cfg.hop_length)  # [B, T, n_fft]
+        left = (cfg.n_fft - cfg.win_length) // 2
+        window = torch.nn.functional.pad(self.window, (left, cfg.n_fft - cfg.win_length - left))
+        return torch.einsum("btn,kn->bkt", (frames * window).to(torch.complex64), self.log_basis)

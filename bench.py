@@ -1,0 +1,93 @@
+"""Benchmarks that print numbers (speed and memory targets are checked here, never in unit tests).
+
+    python bench.py preprocess [--clips 2000] [--seconds 5] [--workers N]
+
+preprocess: generates an ESC-50-sized set once (2000 clips x 5 s at 44.1 kHz, cached in
+bench_data/), then times preprocess.py with its default workers and, in the same run, a plain
+single-process, single-thread loop (load, resample, log-mel, save per file). Prints clips/s, times
+real time, and the ratio. Targets (issue 2): >= 1000x real time on 2 cores and >= 1.5x the plain loop.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+
+BENCH_DIR = Path("bench_data")
+
+
+def make_esc50_like(root: Path, clips: int, seconds: float, sr: int = 44100) -> Path:
+    """ESC-50 layout with `clips` noisy tone clips; reused when already complete."""
+    meta = root / "meta" / "esc50.csv"
+    if meta.exists() and len(pd.read_csv(meta)) == clips:
+        return root
+    (root / "audio").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    t = np.arange(int(sr * seconds)) / sr
+    rows = []
+    for i in range(clips):
+        fold, target = i % 5 + 1, i % 50
+        name = f"{fold}-{100000 + i}-A-{target}.wav"
+        wave = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 4000) * t) + 0.05 * rng.normal(size=t.size)
+        sf.write(root / "audio" / name, wave.astype(np.float32), sr, subtype="PCM_16")
+        rows.append(dict(filename=name, fold=fold, target=target, category=f"class{target}", esc10=target < 10,
+                         src_file=100000 + i, take="A"))
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(meta, index=False)
+    return root
+
+
+def plain_loop(root: Path, out: Path) -> float:
+    """The baseline: one process, one thread, load -> resample -> log-mel -> save, file by file."""
+    from audio import LogMel, load_audio
+    torch.set_num_threads(1)
+    out.mkdir(parents=True, exist_ok=True)
+    logmel = LogMel()
+    start = time.time()
+    for path in sorted((root / "audio").glob("*.wav")):
+        wave = load_audio(path)
+        np.save(out / f"{path.stem}.npy", logmel(torch.from_numpy(wave)).numpy())
+    return time.time() - start
+
+
+def bench_preprocess(args: argparse.Namespace) -> None:
+    import preprocess
+    root = make_esc50_like(BENCH_DIR / f"esc50_like_{args.clips}x{args.seconds:g}s", args.clips, args.seconds)
+    audio_seconds = args.clips * args.seconds
+    cache = BENCH_DIR / "cache_preprocess"
+    shutil.rmtree(cache, ignore_errors=True)
+    argv = ["--dataset", "esc50", "--root", str(root), "--out", str(cache)]
+    if args.workers:
+        argv += ["--workers", str(args.workers)]
+    start = time.time()
+    preprocess.main(argv)
+    t_pre = time.time() - start
+    shutil.rmtree(cache, ignore_errors=True)
+    t_plain = plain_loop(root, BENCH_DIR / "cache_plain")
+    shutil.rmtree(BENCH_DIR / "cache_plain", ignore_errors=True)
+    print(f"\n{'':22s}{'seconds':>9s}{'clips/s':>10s}{'x real time':>13s}")
+    for name, t in [(f"preprocess.py ({args.workers or os.cpu_count()} workers)", t_pre), ("plain loop (1 thread)", t_plain)]:
+        print(f"{name:28s}{t:9.1f}{args.clips / t:10.1f}{audio_seconds / t:13.0f}")
+    print(f"ratio preprocess.py / plain loop: {t_plain / t_pre:.2f}x   (targets: >= 1000x real time, >= 1.5x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    p = sub.add_parser("preprocess", help="preprocess.py vs a plain loop on ESC-50-sized data")
+    p.add_argument("--clips", type=int, default=2000)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--workers", type=int, default=0, help="0 = preprocess.py's default")
+    args = parser.parse_args()
+    {"preprocess": bench_preprocess}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()

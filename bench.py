@@ -72,8 +72,9 @@ def bench_preprocess(args: argparse.Namespace) -> None:
     shutil.rmtree(cache, ignore_errors=True)
     t_plain = plain_loop(root, BENCH_DIR / "cache_plain")
     shutil.rmtree(BENCH_DIR / "cache_plain", ignore_errors=True)
-    print(f"\n{'':22s}{'seconds':>9s}{'clips/s':>10s}{'x real time':>13s}")
-    for name, t in [(f"preprocess.py ({args.workers or os.cpu_count()} workers)", t_pre), ("plain loop (1 thread)", t_plain)]:
+    print(f"\n{'':28s}{'seconds':>9s}{'clips/s':>10s}{'x real time':>13s}")
+    workers = args.workers or os.cpu_count()
+    for name, t in [(f"preprocess.py ({workers} workers)", t_pre), ("plain loop (1 thread)", t_plain)]:
         print(f"{name:28s}{t:9.1f}{args.clips / t:10.1f}{audio_seconds / t:13.0f}")
     print(f"ratio preprocess.py / plain loop: {t_plain / t_pre:.2f}x   (targets: >= 1000x real time, >= 1.5x)")
 

@@ -1,0 +1,271 @@
+"""linear_eval.py: the EVAR probe, early stopping, folds, low-shot subsets, results rows, end to end."""
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+
+import linear_eval as le
+import models
+from tests.conftest import write_tiny_cache
+
+
+class FakeEncoder(nn.Module):
+    """Stands in for models.build_encoder's encoders: time-mean log-mel or band energies of the wave -> linear."""
+
+    def __init__(self, input_kind: str = "logmel", dim: int = 16):
+        super().__init__()
+        self.input_kind, self.embed_dim, self.calls = input_kind, dim, 0
+        self.proj = nn.Linear(64 if input_kind == "logmel" else 32, dim)
+
+    def embed(self, x: torch.Tensor, long: str = "chunk", pool: str = "cls") -> torch.Tensor:
+        assert long in ("pad", "resize", "chunk") and pool in ("cls", "mean")
+        self.calls += 1
+        if self.input_kind == "logmel":
+            assert x.ndim == 4 and x.shape[1:3] == (1, 64)
+            features = x.mean(-1)[:, 0]
+        else:
+            assert x.ndim == 2
+            spectrum = torch.fft.rfft(x).abs()[:, :8000]  # 1 Hz bins for 1 s clips
+            features = torch.log1p(spectrum.reshape(len(x), 32, 250).mean(-1))
+        return self.proj(features)
+
+
+@pytest.fixture
+def fake_models(monkeypatch):
+    built = []
+
+    def build(cfg):
+        encoder = FakeEncoder(cfg["model"]["input"])
+        built.append(encoder)
+        return encoder
+
+    monkeypatch.setattr(models, "build_encoder", build, raising=False)
+    return built
+
+
+def write_ckpt(path, input_kind="logmel", config_name="fake_msn"):
+    torch.manual_seed(1)
+    cfg = {"model": {"arch": "fake", "input": input_kind}, "_meta": {"config_name": config_name}}
+    torch.save({"kind": "msn", "config": cfg, "encoder": FakeEncoder(input_kind).state_dict()}, path)
+    return path
+
+
+def blobs(n_per_class, n_classes=4, dim=8, seed=0, spread=0.3):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, size=(n_classes, dim))
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    return (centres[y] + spread * rng.normal(size=(len(y), dim))).astype(np.float32), y
+
+
+# ---------------------------------------------------------------------------------------------- the probe
+
+
+def test_probe_separable_reaches_about_100_percent():
+    X, y = blobs(60)
+    Xt, yt = blobs(30, seed=0)[0][::2], blobs(30, seed=0)[1][::2]
+    probe = le.fit_linear_probe(X[::2], y[::2], X[1::2], y[1::2], 4, lr=1e-2, epochs=50, seed=0)
+    assert probe.accuracy(Xt, yt) >= 0.99
+    assert probe.accuracy(X, y) >= 0.99
+
+
+def test_probe_shuffled_labels_is_about_chance():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1200, 8)).astype(np.float32)
+    y = rng.permutation(np.arange(1200) % 4)
+    probe = le.fit_linear_probe(X[:600], y[:600], X[600:800], y[600:800], 4, lr=1e-2, seed=0)
+    assert abs(probe.accuracy(X[800:], y[800:]) - 0.25) < 0.08
+
+
+def test_standard_scaler_matches_hand_computation():
+    X = np.array([[1.0, 5.0], [3.0, 5.0], [5.0, 5.0]])
+    scaler = le.StandardScaler.fit(X)
+    np.testing.assert_allclose(scaler.mean, [3.0, 5.0])
+    np.testing.assert_allclose(scaler.transform(X)[:, 0], [-1.2247449, 0.0, 1.2247449], rtol=1e-6)
+    np.testing.assert_array_equal(scaler.transform(X)[:, 1], 0.0)  # constant feature: scale 1, not inf
+
+
+def test_early_stopping_restores_best_and_later_ties_win():
+    model = nn.Linear(1, 1)
+    stopper = le.EarlyStopping(patience=2)
+    accs = [0.5, 0.7, 0.6, 0.7, 0.65, 0.6, 0.9]
+    stopped_at = None
+    for epoch, acc in enumerate(accs):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        if stopper.update(epoch, acc, model):
+            stopped_at = epoch
+            break
+    assert stopper.best_epoch == 3  # 0.7 at epoch 3 ties epoch 1; the later one wins
+    assert stopper.best_state["weight"].item() == 3.0
+    assert stopped_at == 5  # the 2nd epoch in a row below the best (general-learning EarlyStopping)
+
+
+def test_fit_restores_best_epoch_weights():
+    X, y = blobs(40, spread=2.5, seed=3)  # overlapping classes: validation accuracy moves around
+    probe = le.fit_linear_probe(X[::2], y[::2], X[1::2], y[1::2], 4, lr=3e-2, epochs=60, patience=5, seed=0)
+    valid_accs = [h["valid_acc"] for h in probe.history]
+    best = max(valid_accs)
+    assert probe.best_epoch == max(i for i, a in enumerate(valid_accs) if a == best)
+    assert probe.accuracy(X[1::2], y[1::2]) == pytest.approx(best)
+    if len(valid_accs) < 60:  # stopped early: exactly `patience` epochs after the best
+        assert len(valid_accs) == probe.best_epoch + 5 + 1
+
+
+def test_probe_is_reproducible_for_a_seed():
+    X, y = blobs(30, spread=2.0)
+    a = le.fit_linear_probe(X[::2], y[::2], X[1::2], y[1::2], 4, epochs=20, seed=7)
+    b = le.fit_linear_probe(X[::2], y[::2], X[1::2], y[1::2], 4, epochs=20, seed=7)
+    torch.testing.assert_close(a.linear.weight, b.linear.weight)
+
+
+def test_mean_ci95_t_distribution():
+    mean, half = le.mean_ci95([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert half == pytest.approx(4.302652729911275 / math.sqrt(3))  # t(0.975, 2) * sd 1 / sqrt(3)
+    assert math.isnan(le.mean_ci95([70.0])[1])
+
+# ---------------------------------------------------------------------------------------------- folds and subsets
+
+
+def test_esc50_fold_logic_trains_on_four_folds_tests_on_fifth(tmp_path):
+    cache = write_tiny_cache(tmp_path / "c", n_classes=3, per_class=20)
+    cfg = le.apply_overrides(le.DEFAULTS, ["eval.protocol=folds"])
+    task = le.resolve_task(str(cache), cfg)
+    assert task.protocol == "folds"
+    folds = task.df["fold"].to_numpy()
+    assert le.holdout_folds(task, None) == [1, 2, 3, 4, 5]
+    for holdout in range(1, 6):
+        train, valid, test = le.fold_indices(task, holdout, seed=0, valid_fraction=0.1)
+        assert set(test) == set(np.flatnonzero(folds == holdout))
+        assert set(train) | set(valid) == set(np.flatnonzero(folds != holdout))
+        assert not set(train) & set(valid)
+        assert len(valid) == math.ceil(0.1 * 48)
+        assert set(task.df["label"].iloc[valid]) == set(task.df["label"])  # every class in validation
+
+
+def test_protocol_auto_uses_folds_only_without_splits(tmp_path):
+    cache = write_tiny_cache(tmp_path / "c")
+    assert le.resolve_task(str(cache), le.DEFAULTS).protocol == "splits"
+    df = pd.read_csv(cache / "manifest.csv")
+    df["split"] = ""
+    df.to_csv(cache / "manifest.csv", index=False)
+    task = le.resolve_task(str(cache), le.DEFAULTS)
+    assert task.protocol == "folds" and task.unit_seconds == 1.0  # the median duration
+    with pytest.raises(ValueError, match="fold 7"):
+        le.holdout_folds(task, [7])
+
+
+def test_named_task_selects_subset_and_unit(tmp_path):
+    cache = write_tiny_cache(tmp_path / "c")
+    df = pd.read_csv(cache / "manifest.csv")
+    df["esc10"] = df["label"].isin(["class0", "class2"])
+    df.to_csv(cache / "manifest.csv", index=False)
+    task = le.resolve_task("esc10", le.DEFAULTS, cache=str(cache))
+    assert task.labels.names == ["class0", "class2"] and task.unit_seconds == 5.0
+
+
+def test_low_shot_is_stratified_and_reproducible():
+    y = np.repeat(np.arange(5), 40)
+    train, valid = np.arange(0, 200, 2), np.arange(1, 200, 2)
+    a_train, a_valid = le.low_shot(train, valid, y, None, 3, seed=0)
+    assert np.bincount(y[a_train]).tolist() == [3] * 5 and np.bincount(y[a_valid]).tolist() == [3] * 5
+    assert set(a_train) <= set(train) and set(a_valid) <= set(valid)
+    b_train, _ = le.low_shot(train, valid, y, None, 3, seed=0)
+    c_train, _ = le.low_shot(train, valid, y, None, 3, seed=1)
+    np.testing.assert_array_equal(a_train, b_train)
+    assert not np.array_equal(a_train, c_train)
+    f_train, _ = le.low_shot(train, valid, y, 0.1, None, seed=0)
+    assert np.bincount(y[f_train]).tolist() == [2] * 5  # 10 % of 20 per class
+    assert le.low_shot(train, valid, y, None, None, 0)[0] is train
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def test_unit_clips_pad_with_silence_and_crop(tmp_path):
+    cache = write_tiny_cache(tmp_path / "c", frames=120)
+    df = pd.read_csv(cache / "manifest.csv", keep_default_na=False)
+    raw = np.load(cache / df["logmel"][0])
+    short = le.UnitClips(cache, df, "logmel", unit_samples=160 * 149, random_crop=np.zeros(len(df), bool))
+    x = short[0][0].numpy()  # [64, 150]
+    np.testing.assert_allclose(x[:, :120], raw, atol=1e-5)
+    np.testing.assert_allclose(x[:, 120:], le.LOG_SILENCE, rtol=1e-6)
+    crop = le.UnitClips(cache, df, "logmel", unit_samples=160 * 49, random_crop=np.ones(len(df), bool),
+                        mean=-6.0, std=2.0)
+    x1, x2 = crop[3][0].numpy(), crop[3][0].numpy()
+    np.testing.assert_array_equal(x1, x2)  # the random crop is fixed per clip
+    whole = (np.load(cache / df["logmel"][3]) + 6) / 2
+    starts = [s for s in range(71) if np.allclose(x1, whole[:, s:s + 50], atol=1e-5)]
+    assert len(starts) == 1
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+def run_main(tmp_path, *args):
+    return le.main(["--results", str(tmp_path / "results.csv"), *args, f"eval.embed_dir={tmp_path / 'emb'}"])
+
+
+def test_end_to_end_checkpoint_on_tiny_cache(tmp_path, tiny_cache, fake_models, capsys):
+    ckpt = write_ckpt(tmp_path / "ckpt.pt")
+    row = run_main(tmp_path, "--ckpt", str(ckpt), "--task", str(tiny_cache), "--seeds", "0,1", "probe.lr=0.01")
+    assert float(row["mean"]) >= 90.0  # the tiny cache's classes are linearly separable in the time-mean
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == le.RESULT_FIELDS and len(rows) == 1
+    r = rows[0]
+    assert (r["task"], r["model"], r["config"], r["seeds"], r["folds"]) == ("cache", "fake_msn", "fake_msn", "0 1",
+                                                                            "test")
+    assert r["ckpt_sha256"] == le.file_sha256(ckpt) and len(r["ckpt_sha256"]) == 64
+    accs = [float(a) for a in r["fold_acc"].split()]
+    assert len(accs) == 2 and r["n"] == "2"
+    assert float(r["mean"]) == pytest.approx(np.mean(accs), abs=0.01)
+    assert float(r["ci95"]) == pytest.approx(le.mean_ci95(accs)[1], abs=0.01)
+    assert r["long"] == "chunk" and r["label_fraction"] == "" and r["commit"]
+    # the second evaluation reuses the cached embeddings (no embed call) and appends a row
+    run_main(tmp_path, "--ckpt", str(ckpt), "--task", str(tiny_cache), "--shots", "1")
+    assert fake_models[-1].calls == 0 and "(cached)" in capsys.readouterr().out
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and rows[1]["shots"] == "1" and rows[1]["n_train"] == "4"
+
+
+def test_end_to_end_random_baseline_folds_and_wave(tmp_path, fake_models):
+    cache = write_tiny_cache(tmp_path / "c", n_classes=3, per_class=10)
+    cfg_path = tmp_path / "tiny_clar.yaml"
+    cfg_path.write_text(yaml.safe_dump({"model": {"arch": "fake", "input": "wave"}}))
+    row = run_main(tmp_path, "--ckpt", f"random:{cfg_path}", "--task", str(cache), "--folds", "5",
+                   "eval.protocol=folds", "probe.lr=0.01")
+    assert row["model"] == "tiny_clar-random" and row["folds"] == "5" and row["ckpt_sha256"].startswith("random-")
+    assert float(row["mean"]) >= 90.0  # band energies separate the tones
+    again = run_main(tmp_path, "--ckpt", f"random:{cfg_path}", "--task", str(cache), "--folds", "5",
+                     "eval.protocol=folds", "probe.lr=0.01")
+    assert again["fold_acc"] == row["fold_acc"]  # same seed, same weights, same result
+
+
+def test_wave_encoder_without_waveforms_says_rerun_preprocess(tmp_path, tiny_cache, fake_models):
+    df = pd.read_csv(tiny_cache / "manifest.csv")
+    df["wave"] = ""
+    df.to_csv(tiny_cache / "manifest.csv", index=False)
+    with pytest.raises(ValueError, match="--waveform"):
+        run_main(tmp_path, "--ckpt", str(write_ckpt(tmp_path / "w.pt", "wave")), "--task", str(tiny_cache))
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, tiny_cache, fake_models):
+    with pytest.raises(ValueError, match="cross-validation"):
+        run_main(tmp_path, "--ckpt", "x.pt", "--task", str(tiny_cache), "--folds", "5")
+    with pytest.raises(FileNotFoundError, match="x.pt"):
+        run_main(tmp_path, "--ckpt", "x.pt", "--task", str(tiny_cache))
+    with pytest.raises(le.ConfigError, match="probe.lr"):
+        run_main(tmp_path, "--ckpt", "x.pt", "--task", str(tiny_cache), "probe.lrr=1")
+    with pytest.raises(ValueError, match="unknown task"):
+        run_main(tmp_path, "--ckpt", "x.pt", "--task", "esc51")
+    (tmp_path / "results.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="header"):
+        le.append_result(tmp_path / "results.csv", {k: "" for k in le.RESULT_FIELDS})

@@ -164,13 +164,17 @@ class ClarFeatures(torch.nn.Module):
             raise ValueError(f"n_fft {cfg.n_fft} gives {n_freqs} bins; need at least n_mels + 1 = {cfg.n_mels + 1}")
         window = torch.hann_window(cfg.win_length)
         self.register_buffer("window", window, persistent=False)
-        fbank = torchaudio.functional.melscale_fbanks(n_freqs, cfg.f_min, cfg.f_max, cfg.n_mels, cfg.sample_rate,
-                                                      norm="slaney", mel_scale="slaney")  # [n_freqs, n_mels]
+        import warnings
+
+        with warnings.catch_warnings():  # the empty low filters of the paper's setting are documented above
+            warnings.filterwarnings("ignore", message="At least one mel filterbank has all zero values")
+            fbank = torchaudio.functional.melscale_fbanks(n_freqs, cfg.f_min, cfg.f_max, cfg.n_mels,
+                                                          cfg.sample_rate, norm="slaney", mel_scale="slaney")
         self.register_buffer("mel_fbank", fbank, persistent=False)
         if cfg.freq_scale == "log":  # DFT rows at log-spaced frequencies over the zero-padded n_fft frame
             freqs = cfg.f_min * (cfg.f_max / cfg.f_min) ** (torch.arange(cfg.n_mels) / cfg.n_mels)
             n = torch.arange(cfg.n_fft)
-            basis = torch.exp(-2j * math.pi * freqs[:, None].double() * n[None].double() / cfg.sample_rate)
+            basis = torch.exp(-2j * np.pi * freqs[:, None].double() * n[None].double() / cfg.sample_rate)
             self.register_buffer("log_basis", basis.to(torch.complex64), persistent=False)  # [n_mels, n_fft]
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:

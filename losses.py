@@ -98,3 +98,54 @@ def _msn_loss_fp32(anchor_z, target_z, prototypes, temperature, sharpen_T, use_s
 
 
 # ============================================================================ NT-Xent / CLAR
+# SimCLR's NT-Xent (Chen et al. 2020) as CLAR uses it (SPEC A3/B4): for 2N projections of N clips (two views
+# each), anchor i, positive j(i) = the other view of the same clip, tau = 0.5:
+#   l_i = -log( exp(sim(z_i, z_j) / tau) / sum_{k != i} exp(sim(z_i, z_k) / tau) ),  loss = mean_i l_i
+# with sim the cosine similarity. Under torchrun the candidates k are the projections of EVERY process
+# (utils.gather_with_grad) and each process averages over its own anchors, so DDP's gradient averaging gives
+# exactly the gradient of the global-batch loss.
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5) -> torch.Tensor:
+    """NT-Xent of two views z1, z2 [N, D] (un-normalised projections, row i of both from the same clip)."""
+    z1, z2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+    n, rank = z1.shape[0], (torch.distributed.get_rank() if world_size() > 1 else 0)
+    candidates = torch.cat([gather_with_grad(z1), gather_with_grad(z2)])  # [2 * n * world, D]
+    total = candidates.shape[0] // 2  # N over all processes
+    anchors = torch.cat([z1, z2])  # [2n, D]
+    logits = anchors @ candidates.T / tau
+    own = torch.arange(n, device=z1.device) + rank * n  # this process's rows inside each gathered view
+    self_index = torch.cat([own, own + total])
+    positive = torch.cat([own + total, own])
+    logits[torch.arange(2 * n, device=z1.device), self_index] = float("-inf")
+    return F.cross_entropy(logits, positive)
+
+
+def labelled_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross entropy over the rows with a label (targets >= 0; -1 = unlabelled).
+
+    Zero, not NaN, when no row has a label; the zero keeps `logits` in the graph, so DDP sees every parameter.
+    """
+    labelled = targets >= 0
+    if not labelled.any():
+        return logits.float().sum() * 0.0
+    return F.cross_entropy(logits[labelled].float(), targets[labelled])
+
+
+def clar_loss(z1: torch.Tensor, z2: torch.Tensor, logits1: torch.Tensor | None, logits2: torch.Tensor | None,
+              targets: torch.Tensor, mode: str = "clar", tau: float = 0.5,
+              ce_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """CLAR objective (Al-Tahan and Mohsenzadeh 2021, SPEC A3): {"loss", "ntxent", "ce"}.
+
+    mode "clar": NT-Xent on all clips + ce_weight * CE on the labelled ones; "selfsupervised": NT-Xent only;
+    "supervised": CE only. CE is the mean over both views' labelled rows (the reference code sums the two
+    views' CEs, i.e. ce_weight 2).
+    """
+    zero = z1.float().sum() * 0.0
+    ntxent = nt_xent(z1, z2, tau) if mode in ("clar", "selfsupervised") else zero
+    ce = zero
+    if mode in ("clar", "supervised"):
+        ce = 0.5 * (labelled_cross_entropy(logits1, targets) + labelled_cross_entropy(logits2, targets))
+    if mode not in ("clar", "selfsupervised", "supervised"):
+        raise ValueError(f"mode must be clar, selfsupervised or supervised, got {mode!r}")
+    return {"loss": ntxent + ce_weight * ce, "ntxent": ntxent.detach(), "ce": ce.detach()}

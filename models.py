@@ -274,6 +274,131 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
 
 
 # ============================================================================ ResNet18 1D / 2D (CLAR)
+# CLAR encoders (SPEC A3 / B4). One ResNet18 written once for 1-D and 2-D: at width 64 and kernel 3 the 2-D
+# net is torchvision's resnet18 without its classifier (same parameter names, so its state_dict loads); the
+# 1-D net swaps every conv, pool and batch norm for its 1-D version (kernel 9 in the blocks, as the CLAR
+# code) and reads the raw waveform. Both end in adaptive average pooling to 8 * width (512 at width 64).
+# `ClarEncoder` takes 16 kHz waves [B, L] for both: the 2-D one computes its [3, F, T] input itself with
+# audio.ClarFeatures, so evaluation code only ever feeds waves.
+
+RESNET_MODEL_DEFAULTS = {"width": 64, "kernel_1d": 9, "clip_seconds": 1.0, "features": {}}
+
+
+class BasicBlockNd(nn.Module):
+    """ResNet basic block (two kxk convs + identity or 1x1-conv shortcut) in 1-D or 2-D."""
+
+    def __init__(self, dim: int, in_ch: int, out_ch: int, stride: int = 1, kernel: int = 3):
+        super().__init__()
+        conv, norm = (nn.Conv1d, nn.BatchNorm1d) if dim == 1 else (nn.Conv2d, nn.BatchNorm2d)
+        self.conv1 = conv(in_ch, out_ch, kernel, stride, kernel // 2, bias=False)
+        self.bn1 = norm(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv(out_ch, out_ch, kernel, 1, kernel // 2, bias=False)
+        self.bn2 = norm(out_ch)
+        self.downsample = None
+        if stride != 1 or in_ch != out_ch:
+            self.downsample = nn.Sequential(conv(in_ch, out_ch, 1, stride, bias=False), norm(out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class ResNet18Nd(nn.Module):
+    """ResNet18 trunk in 1-D or 2-D: x [B, C, (F,) T] -> [B, 8 * width] (global average pool)."""
+
+    def __init__(self, dim: int, in_channels: int, width: int = 64, kernel: int = 3):
+        super().__init__()
+        if dim not in (1, 2):
+            raise ValueError(f"dim must be 1 or 2, got {dim}")
+        conv, norm = (nn.Conv1d, nn.BatchNorm1d) if dim == 1 else (nn.Conv2d, nn.BatchNorm2d)
+        self.conv1 = conv(in_channels, width, 7, 2, 3, bias=False)
+        self.bn1 = norm(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = (nn.MaxPool1d if dim == 1 else nn.MaxPool2d)(3, 2, 1)
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        in_ch = width
+        for i, out_ch in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            blocks = [BasicBlockNd(dim, in_ch, out_ch, stride, kernel), BasicBlockNd(dim, out_ch, out_ch, 1, kernel)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            in_ch = out_ch
+        self.pool = nn.AdaptiveAvgPool1d(1) if dim == 1 else nn.AdaptiveAvgPool2d(1)
+        self.out_dim = 8 * width
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.pool(x).flatten(1)
+
+
+class ClarEncoder(nn.Module):
+    """CLAR encoder on 16 kHz waves [B, L] -> [B, embed_dim] (embed_dim = 8 * width, 512 in the paper).
+
+    arch "resnet18_2d": audio.ClarFeatures [B, 3, F, T] -> 2-D ResNet18 (kernel 3, torchvision layout).
+    arch "resnet18_1d": the wave [B, 1, L] -> 1-D ResNet18 (kernel `kernel_1d` in the blocks).
+    """
+
+    input_kind = "wave"
+
+    def __init__(self, arch: str, width: int = 64, kernel_1d: int = 9, clip_seconds: float = 1.0,
+                 features: dict | None = None):
+        super().__init__()
+        from audio import SAMPLE_RATE, ClarFeatureConfig, ClarFeatures
+
+        self.arch, self.clip_samples = arch, int(round(clip_seconds * SAMPLE_RATE))
+        if arch == "resnet18_2d":
+            self.features = ClarFeatures(ClarFeatureConfig(**(features or {})))
+            self.resnet = ResNet18Nd(2, 3, width, 3)
+        elif arch == "resnet18_1d":
+            self.features = None
+            self.resnet = ResNet18Nd(1, 1, width, kernel_1d)
+        else:
+            raise ValueError(f"ClarEncoder arch must be resnet18_2d or resnet18_1d, got {arch!r}")
+        self.embed_dim = self.resnet.out_dim
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        x = self.features(wave) if self.features is not None else wave[:, None]
+        return self.resnet(x)
+
+    def embed(self, x: torch.Tensor, long: str = "chunk", pool: str = "cls") -> torch.Tensor:
+        """[B, L] -> [B, embed_dim]. long="chunk": a wave longer than the training clip is cut into clip-length
+        chunks (the last one aligned to the end) whose embeddings are averaged; any other value embeds the
+        whole wave at once (the nets are fully convolutional). `pool` is unused (always average pooling)."""
+        length, clip = x.shape[-1], self.clip_samples
+        if long != "chunk" or length <= clip:
+            return self(x)
+        starts = list(range(0, length - clip + 1, clip))
+        if starts[-1] + clip < length:
+            starts.append(length - clip)
+        chunks = torch.stack([x[:, s:s + clip] for s in starts], dim=1)  # [B, n, clip]
+        return self(chunks.flatten(0, 1)).view(x.shape[0], len(starts), -1).mean(1)
+
+
+def build_resnet(model_cfg: dict) -> ClarEncoder:
+    """ClarEncoder from the `model` config section (keys: arch, width, kernel_1d, clip_seconds, features)."""
+    cfg = {**RESNET_MODEL_DEFAULTS, **model_cfg}
+    return ClarEncoder(cfg["arch"], cfg["width"], cfg["kernel_1d"], cfg["clip_seconds"], cfg["features"])
+
+
+class ProjectionHead(nn.Module):
+    """CLAR projection 512 -> 512 -> 128: Linear, ReLU, Linear (paper); batch_norm=True adds the code's BN.
+
+    Returns the un-normalised projection; NT-Xent normalises it, the classifier reads it as is (SPEC A3).
+    """
+
+    def __init__(self, in_dim: int = 512, hidden: int = 512, out_dim: int = 128, batch_norm: bool = False):
+        super().__init__()
+        layers = [nn.Linear(in_dim, hidden)] + ([nn.BatchNorm1d(hidden)] if batch_norm else [])
+        self.net = nn.Sequential(*layers, nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)
+
 
 
 # ============================================================================ factory

@@ -1,0 +1,56 @@
+"""LARS (You et al. 2017, "Large Batch Training of Convolutional Networks") as SimCLR uses it, for CLAR (SPEC A3).
+
+    groups = utils.decay_groups(model.named_parameters(), weight_decay=1e-4)  # biases/norms: lars_exclude
+    optimizer = LARS(groups, lr=1.2, momentum=0.9)
+    utils.set_lr(optimizer, warmup_cosine(step, ...))                          # per iteration
+
+For every parameter w with gradient g (SimCLR's TF LARS, `lars_optimizer.py`):
+    g <- g + wd * w
+    trust = eta * ||w|| / ||g||   (1 if either norm is 0, or if the group has lars_exclude=True)
+    v <- momentum * v + lr * trust * g ;  w <- w - v
+Groups flagged `lars_exclude` (biases and batch-norm parameters) get neither weight decay nor adaptation,
+i.e. plain momentum SGD.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise adaptive rate scaling on top of momentum SGD (see module docstring)."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
+        if lr < 0 or not 0 <= momentum < 1 or weight_decay < 0 or eta <= 0:
+            raise ValueError(f"LARS: invalid lr={lr}, momentum={momentum}, weight_decay={weight_decay}, eta={eta}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
+                                      lars_exclude=False))
+
+    @staticmethod
+    def trust_ratio(param: torch.Tensor, grad: torch.Tensor, eta: float) -> torch.Tensor:
+        """eta * ||param|| / ||grad||, or 1 where either norm is zero."""
+        w_norm, g_norm = param.norm(), grad.norm()
+        ratio = eta * w_norm / g_norm
+        return torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if not group["lars_exclude"]:
+                    if group["weight_decay"] > 0:
+                        grad = grad.add(p, alpha=group["weight_decay"])
+                    grad = grad * self.trust_ratio(p, grad, group["eta"])
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"]
+                buf.mul_(group["momentum"]).add_(grad, alpha=group["lr"])
+                p.sub_(buf)
+        return loss

@@ -1,0 +1,299 @@
+"""Regenerate results/README.md from the measured rows and the published reference numbers.
+
+    python results/make_tables.py                      # results/results.csv + reference.csv -> results/README.md
+    python results/make_tables.py --results results/demo.csv --out results/demo.md --runs runs/demo
+
+Inputs (each optional; whatever is missing shows as "-", never as a number from elsewhere):
+    --results    rows appended by linear_eval.py (linear_eval.RESULT_FIELDS)
+    --reference  published numbers with their source (table, task, model, metric, value, ci95, source, note)
+    results/clar_labels.csv          CLAR study: columns mode, label_fraction, accuracy [, ci95, encoder, task]
+    results/clar_representation.csv  CLAR study: any columns (shown as they are)
+    results/clar_augpairs.csv        CLAR study: columns aug1, aug2, accuracy -> heatmap PNG
+    --runs       folders */log.csv of pretraining runs (step, loss, any *acc* column) -> curve PNGs
+
+Figures go to <out folder>/<out name>_figures/ (results/readme_figures/ for results/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from utils import atomic_write_text  # noqa: E402
+
+SEED_TASKS = {"gtzan": "GTZAN", "nsynth": "NSynth", "esc50": "ESC-50"}
+OTHER_TASKS = {"sc35": "SPCV2 (sc35)", "sc10": "SC-10", "esc10": "ESC-10"}
+CLAR_MODES = ["supervised", "self-supervised", "clar"]
+CLAR_FRACTIONS = ["1", "0.2", "0.1", "0.01"]
+DASH = "-"
+
+
+def read_csv(path: Path | None) -> pd.DataFrame:
+    """A CSV as strings (empty cells ''), or an empty frame when the file is absent."""
+    if path is None or not Path(path).is_file():
+        return pd.DataFrame()
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) if str(c) != "" else DASH for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def cell(mean: str, ci: str = "") -> str:
+    """'71.50 ± 1.20' from result strings; '-' when there is no measurement."""
+    if mean in ("", None):
+        return DASH
+    return f"{mean} ± {ci}" if ci not in ("", None) else str(mean)
+
+
+def full_label_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """Rows evaluated with all training labels; the latest row wins per (model, long, pool, task)."""
+    if results.empty:
+        return results
+    full = results[(results["shots"] == "") & (results["label_fraction"].isin(["", "1"]))]
+    return full.drop_duplicates(["model", "long", "pool", "task"], keep="last")
+
+# ============================================================================ tables
+
+
+def accuracy_table(results: pd.DataFrame, reference: pd.DataFrame, tasks: dict[str, str]) -> str:
+    """Published accuracy rows of reference.csv's 'seed' and 'clar' tables (with their source), then one row
+    per measured (model, long, pool) that has a full-label result on at least one of `tasks`."""
+    header = ["Model", "long", "pool", *tasks.values(), "Source"]
+    rows = []
+    ref = reference[reference["table"].isin(["seed", "clar"]) & (reference["metric"] == "accuracy")
+                    & reference["task"].isin(list(tasks))] if len(reference) else []
+    for model, group in ([] if len(ref) == 0 else ref.groupby("model", sort=False)):
+        values = {r.task: cell(r.value, r.ci95) for r in group.itertuples()}
+        if values:
+            notes = "; ".join(n for n in dict.fromkeys(group["note"]) if n)
+            rows.append([model, DASH, DASH, *[values.get(t, DASH) for t in tasks],
+                         "published: " + "; ".join(dict.fromkeys(group["source"])) + (f" ({notes})" if notes else "")])
+    full = full_label_rows(results)
+    full = full[full["task"].isin(list(tasks))] if len(full) else full
+    for (model, long, pool), group in ([] if full.empty else full.groupby(["model", "long", "pool"])):
+        values = {r.task: cell(r.mean, r.ci95) for r in group.itertuples()}
+        rows.append([model, long, pool, *[values.get(t, DASH) for t in tasks], "measured"])
+    if not rows:
+        rows = [[DASH] * len(header)]
+    return markdown_table(header, rows)
+
+
+def budget_label(row) -> str:
+    if row["shots"]:
+        return f"{row['shots']}/class"
+    return f"{float(row['label_fraction'] or 1) * 100:g} %"
+
+
+def low_shot_table(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """Rows (model, task) x columns label budgets (fractions high to low, then shots)."""
+    if results.empty:
+        return markdown_table(["Model", "Task", "100 %", "10 %", "1 %"], [[DASH] * 5]), pd.DataFrame()
+    df = results.drop_duplicates(["model", "long", "pool", "task", "label_fraction", "shots"], keep="last").copy()
+    df["fraction"] = pd.to_numeric(df["label_fraction"].replace("", "1")).where(df["shots"] == "")
+    df["budget"] = [budget_label(r) for _, r in df.iterrows()]
+    low = df[(df["shots"] != "") | (df["fraction"] < 1)]
+    if low.empty:
+        return markdown_table(["Model", "Task", "100 %", "10 %", "1 %"], [[DASH] * 5]), pd.DataFrame()
+    fractions = sorted(df["fraction"].dropna().unique(), reverse=True)
+    shots = sorted({int(s) for s in df["shots"] if s}, reverse=True)
+    budgets = [f"{f * 100:g} %" for f in fractions] + [f"{s}/class" for s in shots]
+    rows = []
+    for (model, task), group in df[df.set_index(["model", "task"]).index.isin(
+            low.set_index(["model", "task"]).index)].groupby(["model", "task"]):
+        values = {r.budget: cell(r.mean, r.ci95) for r in group.itertuples()}
+        rows.append([model, task, *[values.get(b, DASH) for b in budgets]])
+    return markdown_table(["Model", "Task", *budgets], rows), df[df["fraction"].notna()]
+
+
+def clar_labels_table(clar: pd.DataFrame, reference: pd.DataFrame) -> str:
+    """CLAR: training mode x label fraction (measured, from clar_labels.csv), then the seed's quoted drops."""
+    header = ["Mode", *[f"{float(f) * 100:g} %" for f in CLAR_FRACTIONS]]
+    needed = {"mode", "label_fraction", "accuracy"}
+    extra = [c for c in ("encoder", "task") if c in clar.columns]
+    rows = []
+    if not clar.empty and needed <= set(clar.columns):
+        clar = clar.assign(fraction=[f"{float(f):g}" for f in clar["label_fraction"]])
+        for key, group in clar.groupby([*extra, "mode"], sort=False):
+            values = {r.fraction: cell(r.accuracy, getattr(r, "ci95", "")) for r in group.itertuples()}
+            name = " / ".join(key) if isinstance(key, tuple) else key
+            rows.append([name, *[values.get(f, DASH) for f in CLAR_FRACTIONS]])
+    else:
+        rows = [[mode, *[DASH] * len(CLAR_FRACTIONS)] for mode in CLAR_MODES]
+    text = markdown_table(header, rows)
+    if not clar.empty and not needed <= set(clar.columns):
+        text = generic_table(clar)
+    drops = reference[reference["table"] == "clar_labels"] if not reference.empty else reference
+    if len(drops):
+        text += "\n\nPublished (not measured here), 100 % -> 1 % labels: " + "; ".join(
+            f"{r.model} {r.value} points ({r.source})" for r in drops.itertuples()) + "."
+    return text
+
+
+def generic_table(df: pd.DataFrame, empty_header: list[str] | None = None) -> str:
+    if df.empty:
+        header = empty_header or ["Setting", "Accuracy"]
+        return markdown_table(header, [[DASH] * len(header)])
+    return markdown_table(list(df.columns), df.astype(str).values.tolist())
+
+
+def augpair_matrix(df: pd.DataFrame) -> pd.DataFrame | None:
+    """Square accuracy matrix from columns aug1, aug2, accuracy (symmetric where only one order is given)."""
+    if df.empty or not {"aug1", "aug2", "accuracy"} <= set(df.columns):
+        return None
+    names = list(dict.fromkeys([*df["aug1"], *df["aug2"]]))
+    matrix = pd.DataFrame(np.nan, index=names, columns=names)
+    for r in df.itertuples():
+        value = pd.to_numeric(r.accuracy, errors="coerce")
+        matrix.loc[r.aug1, r.aug2] = value
+        if np.isnan(matrix.loc[r.aug2, r.aug1]):
+            matrix.loc[r.aug2, r.aug1] = value
+    return matrix
+
+# ============================================================================ figures
+
+
+def heatmap_png(matrix: pd.DataFrame, path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(1 + 0.7 * len(matrix), 0.8 + 0.6 * len(matrix)))
+    image = ax.imshow(matrix.to_numpy(dtype=float), cmap="viridis")
+    ax.set_xticks(range(len(matrix)), matrix.columns, rotation=45, ha="right")
+    ax.set_yticks(range(len(matrix)), matrix.index)
+    for i in range(len(matrix)):
+        for j in range(len(matrix)):
+            v = matrix.iat[i, j]
+            ax.text(j, i, DASH if np.isnan(v) else f"{v:.1f}", ha="center", va="center", color="w", fontsize=7)
+    fig.colorbar(image, ax=ax, label="accuracy %")
+    ax.set_title(title)
+    save(fig, path)
+
+
+def curve_png(log: pd.DataFrame, path: Path, title: str) -> bool:
+    """Loss (and any accuracy column) against step; False when the log has no usable columns."""
+    log = log.apply(pd.to_numeric, errors="coerce")
+    if "step" not in log or "loss" not in log or log["loss"].notna().sum() == 0:
+        return False
+    acc_cols = [c for c in log.columns if "acc" in c.lower() and log[c].notna().any()]
+    fig, axes = plt.subplots(1, 1 + bool(acc_cols), figsize=(5 + 4 * bool(acc_cols), 3.2), squeeze=False)
+    axes[0, 0].plot(log["step"], log["loss"])
+    axes[0, 0].set(xlabel="step", ylabel="loss", title=title)
+    for c in acc_cols:
+        rows = log[log[c].notna()]
+        axes[0, 1].plot(rows["step"], rows[c], marker=".", label=c)
+    if acc_cols:
+        axes[0, 1].set(xlabel="step", ylabel="accuracy", title="online evaluation")
+        axes[0, 1].legend()
+    save(fig, path)
+    return True
+
+
+def low_shot_png(df: pd.DataFrame, task: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for model, group in df[df["task"] == task].groupby("model"):
+        group = group.sort_values("fraction")
+        ax.errorbar(group["fraction"] * 100, pd.to_numeric(group["mean"]),
+                    yerr=pd.to_numeric(group["ci95"], errors="coerce").fillna(0), marker="o", capsize=3, label=model)
+    ax.set(xscale="log", xlabel="labelled training clips (%)", ylabel="accuracy %", title=f"{task}: low-shot")
+    ax.legend(fontsize=7)
+    save(fig, path)
+
+
+def save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+# ============================================================================ page
+
+
+def build_page(results: pd.DataFrame, reference: pd.DataFrame, clar_dir: Path, runs: Path | None,
+               out: Path) -> str:
+    """The whole markdown page; figures are written next to it."""
+    figures = out.parent / f"{out.stem.lower()}_figures"
+    rel = lambda p: p.relative_to(out.parent).as_posix()
+    parts = ["<!-- generated by results/make_tables.py; edit the CSVs, not this file -->",
+             "# Results",
+             "Rows marked *published* are numbers from the cited source, never measured here. Measured rows come "
+             "from `results.csv` (one row per `linear_eval.py` run; mean ± 95 % CI over folds x seeds, accuracy %). "
+             "A cell with no measurement shows \"-\".",
+             "## Linear evaluation: the seed's table",
+             accuracy_table(results, reference, SEED_TASKS),
+             "## Linear evaluation: other tasks"]
+    full = full_label_rows(results)
+    other = dict(OTHER_TASKS)
+    for task in ([] if full.empty else full["task"].unique()):
+        if task not in SEED_TASKS and task not in other:
+            other[task] = task
+    parts.append(accuracy_table(results, reference, other))
+
+    parts.append("## Low-shot linear evaluation")
+    table, low = low_shot_table(results)
+    parts.append(table)
+    for task in ([] if low.empty else sorted(low["task"].unique())):
+        if (low["task"] == task).sum() >= 2:
+            path = figures / f"lowshot_{task}.png"
+            low_shot_png(low, task, path)
+            parts.append(f"![low-shot {task}]({rel(path)})")
+
+    parts.append("## CLAR: label fraction x training mode")
+    parts.append(clar_labels_table(read_csv(clar_dir / "clar_labels.csv"), reference))
+    parts.append("## CLAR: 1D (waveform) vs 2D (spectrogram) encoders")
+    parts.append(generic_table(read_csv(clar_dir / "clar_representation.csv"), ["Encoder", "Mode", "Accuracy"]))
+    parts.append("## CLAR: augmentation pairs")
+    pairs = read_csv(clar_dir / "clar_augpairs.csv")
+    matrix = augpair_matrix(pairs)
+    if matrix is not None:
+        path = figures / "clar_augpairs.png"
+        heatmap_png(matrix, path, "CLAR: accuracy by augmentation pair")
+        parts.append(f"![augmentation pairs]({rel(path)})")
+        values = matrix.to_numpy(dtype=float)
+        upper = values[np.triu_indices(len(values))]
+        upper = upper[~np.isnan(upper)]
+        parts.append(f"Measured mean over pairs: {upper.mean():.1f} ± {upper.std(ddof=1) if len(upper) > 1 else 0:.2f} "
+                     f"(std, {len(upper)} pairs).")
+    else:
+        parts.append(generic_table(pairs, ["aug1", "aug2", "accuracy"]))
+    refs = reference[reference["table"] == "clar_augpairs"] if not reference.empty else reference
+    if len(refs):
+        parts.append("Published (not measured here): " + "; ".join(
+            f"{r.model} mean {r.value} ± {r.ci95} ({r.source})" for r in refs.itertuples()) + ".")
+    parts.append("## Training curves")
+    curves = []
+    for log_path in sorted(runs.glob("*/log.csv")) if runs is not None and runs.is_dir() else []:
+        run = log_path.parent.name
+        path = figures / f"curve_{run}.png"
+        if curve_png(read_csv(log_path), path, run):
+            curves.append(f"![{run}]({rel(path)})")
+    parts += curves or ["No run logs found."]
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", default=str(HERE / "results.csv"))
+    parser.add_argument("--reference", default=str(HERE / "reference.csv"))
+    parser.add_argument("--clar", default=str(HERE), help="folder with the CLAR study CSVs")
+    parser.add_argument("--runs", default="runs", help="folder of run folders with log.csv")
+    parser.add_argument("--out", default=str(HERE / "README.md"))
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    page = build_page(read_csv(Path(args.results)), read_csv(Path(args.reference)), Path(args.clar),
+                      Path(args.runs), out)
+    atomic_write_text(page, out)
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -48,6 +48,9 @@ import wave as wavfile
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+
+from utils import atomic_write_text
 
 SAMPLE_RATE = 16000
 VERSION = 1  # bump when the generator changes: a cached set with another version is regenerated
@@ -208,12 +211,6 @@ def write_wav(path: Path, clip: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _csv_text(rows: list[dict]) -> str:
     lines = [",".join(CSV_COLUMNS)]
     lines += [",".join(str(r[c]) for c in CSV_COLUMNS) for r in rows]
@@ -266,14 +263,14 @@ def generate_synthetic(root: str | os.PathLike, size: str = "small", seed: int =
         marker_path.unlink()  # from here on the set is incomplete until the new marker is written
     (root / "audio").mkdir(parents=True, exist_ok=True)
     (root / "meta").mkdir(parents=True, exist_ok=True)
-    for row in rows:
+    for row in tqdm(rows, desc=f"synthetic {size}", unit="clip", disable=None):
         rng = np.random.default_rng([int(seed), row["target"], row["index"]])
         write_wav(root / "audio" / row["filename"], make_clip(row["target"], rng, seconds))
     new_files = [r["filename"] for r in rows]
     for name in set(old_files) - set(new_files):  # clips of a previous synthetic set in this root
         (root / "audio" / name).unlink(missing_ok=True)
-    write_text(csv_path, csv_text)
-    write_text(marker_path, json.dumps({**marker, "files": new_files}, indent=1) + "\n")
+    atomic_write_text(csv_text, csv_path)
+    atomic_write_text(json.dumps({**marker, "files": new_files}, indent=1) + "\n", marker_path)
     return root
 
 # ----------------------------------------------------------------------------- hardness check

@@ -31,44 +31,69 @@ class MixupBYOLA:
     Per sample, in batch order: alpha = ratio * U[0, 1) (np.random); if the memory is non-empty, z = a
     uniformly drawn memory item (np.random.randint) and out = log_mixup_exp(x, z, 1 - alpha), else out = x;
     then x is appended to the memory. Inputs earlier in the same batch are in the memory for later ones.
+    The memory is a ring buffer on the input's device; all inputs must have the same shape.
 
         mix = MixupBYOLA(ratio=0.2); views = mix(logmel)   # [B, 1, F, T] -> same shape
     """
 
     def __init__(self, ratio: float = 0.2, n_memory: int = 2048, log_mixup: bool = True):
         self.ratio, self.n_memory, self.log_mixup = ratio, n_memory, log_mixup
-        self.memory: torch.Tensor | None = None  # [M, 1, F, T], oldest first
+        self.ring: torch.Tensor | None = None  # [n_memory, 1, F, T]
+        self.count, self.next = 0, 0  # items held, next write position
 
     def draw(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
-        """alphas [B] and memory-pool indices [B] (-1 = no mix) for a batch, given the current memory size."""
-        have = 0 if self.memory is None else len(self.memory)
+        """alphas [B] and pool indices [B] (-1 = no mix); pool = the memory, oldest first, then the batch."""
         alphas, picks = np.zeros(batch), np.full(batch, -1)
         for b in range(batch):
             alphas[b] = self.ratio * np.random.random()
-            available = min(have + b, self.n_memory)  # memory length when sample b is processed
+            available = min(self.count + b, self.n_memory)  # memory length when sample b is processed
             if available > 0:
-                # pool = cat(memory, batch): the FIFO holds its last `available` items before sample b
-                picks[b] = have + b - available + np.random.randint(available)
+                picks[b] = self.count + b - available + np.random.randint(available)
         return alphas, picks
 
     def mix(self, x: torch.Tensor, alphas: np.ndarray, picks: np.ndarray) -> torch.Tensor:
-        """Deterministic core: mix x [B, 1, F, T] with pool items `picks` (pool = memory then x) and push x."""
-        pool = x.detach() if self.memory is None else torch.cat([self.memory.to(x), x.detach()])
-        use = torch.as_tensor(picks >= 0, device=x.device).view(-1, 1, 1, 1)
-        z = pool[torch.as_tensor(np.maximum(picks, 0), device=x.device)]
+        """Deterministic core: mix x [B, 1, F, T] with the pool items `picks`, then push x into the memory."""
+        if self.ring is None:
+            self.ring = x.new_zeros(self.n_memory, *x.shape[1:])
+        self.ring = self.ring.to(x)
+        from_memory = picks < self.count
+        z = x.detach().clone()
+        if from_memory.any():
+            slots = (self.next - self.count + picks[from_memory]) % self.n_memory
+            z[torch.as_tensor(from_memory, device=x.device)] = self.ring[torch.as_tensor(slots, device=x.device)]
+        in_batch = picks >= self.count
+        if in_batch.any():
+            z[torch.as_tensor(in_batch, device=x.device)] = x.detach()[torch.as_tensor(picks[in_batch] - self.count,
+                                                                                      device=x.device)]
         lam = torch.as_tensor(1 - alphas, dtype=x.dtype, device=x.device).view(-1, 1, 1, 1)
         mixed = log_mixup_exp(x, z, lam) if self.log_mixup else lam * x + (1 - lam) * z
-        self.memory = pool[-self.n_memory:].clone()
-        return torch.where(use, mixed, x)
+        keep = x.detach()[-self.n_memory:]
+        slots = (self.next + torch.arange(len(x) - len(keep), len(x))) % self.n_memory
+        self.ring[slots.to(x.device)] = keep
+        self.next = (self.next + len(x)) % self.n_memory
+        self.count = min(self.count + len(x), self.n_memory)
+        return torch.where(torch.as_tensor(picks >= 0, device=x.device).view(-1, 1, 1, 1), mixed, x)
+
+    @property
+    def memory(self) -> torch.Tensor | None:
+        """The held inputs [count, 1, F, T], oldest first."""
+        if self.ring is None:
+            return None
+        return self.ring[(self.next - self.count + torch.arange(self.count)) % self.n_memory]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.mix(x, *self.draw(len(x)))
 
     def state_dict(self) -> dict:
-        return {"memory": None if self.memory is None else self.memory.cpu()}
+        return {"memory": None if self.ring is None else self.memory.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.memory = state["memory"]
+        memory = state["memory"]
+        self.ring, self.count, self.next = None, 0, 0
+        if memory is not None:
+            self.ring = memory.new_zeros(self.n_memory, *memory.shape[1:])
+            self.ring[:len(memory)] = memory
+            self.count, self.next = len(memory), len(memory) % self.n_memory
 
 
 def _size2(size: int | list[int] | tuple[int, int]) -> tuple[int, int]:

@@ -6,3 +6,134 @@ import torch
 import models
 
 VIT_B32 = {"arch": "vit_b_32", "image_size": 224, "crop_frames": 96, "pretrained": None}
+TINY_AUDIO = {"arch": "vit_audio", "crop_frames": 32, "n_mels": 64, "patch": [16, 8], "width": 32, "depth": 1,
+              "heads": 2, "mlp_ratio": 2.0, "pos_embed": "sincos"}
+
+
+_VIT_B32_CACHE = []
+
+
+def _vit_b32():
+    """The full ViT-B/32, built once per test session (88M parameters)."""
+    if not _VIT_B32_CACHE:
+        torch.manual_seed(0)
+        _VIT_B32_CACHE.append(models.build_encoder({"model": VIT_B32}).eval())
+    return _VIT_B32_CACHE[0]
+
+
+def test_vit_b32_drops_tokens_with_one_permutation_for_the_batch():
+    vit = _vit_b32()
+    x = torch.randn(2, 1, 224, 224)
+    # patch_drop 0.15 keeps floor(49 * 0.85) = 41 patch tokens plus CLS (SPEC B1)
+    captured = {}
+    original = models.drop_tokens
+
+    def spy(tokens, patch_drop):
+        captured["in"] = tokens
+        captured["out"] = original(tokens, patch_drop)
+        return captured["out"]
+
+    models.drop_tokens = spy
+    try:
+        torch.manual_seed(1)
+        out = vit.tokens(x, patch_drop=0.15)
+    finally:
+        models.drop_tokens = original
+    assert out.shape == (2, 42, 768)
+    torch.manual_seed(1)
+    keep = torch.randperm(49)[:41]
+    expected = torch.cat([captured["in"][:, :1], captured["in"][:, 1:][:, keep]], dim=1)
+    assert torch.equal(captured["out"], expected)  # CLS first, the same kept tokens for every sample
+    assert vit(x, patch_drop=0.15).shape == (2, 768)
+
+
+def test_vit_pos_embed_interpolation_keeps_224_and_resizes_96():
+    vit = _vit_b32()
+    pos = vit.vit.encoder.pos_embedding
+    assert vit.pos_embed_for((7, 7)) is pos
+    small = vit.pos_embed_for((3, 3))
+    assert small.shape == (1, 10, 768) and torch.equal(small[:, 0], pos[:, 0])
+    assert vit.tokens(torch.randn(1, 1, 96, 96)).shape == (1, 10, 768)
+    # interpolation of a constant grid is that constant
+    const = torch.ones(1, 50, 4)
+    assert torch.allclose(models.resize_pos_embed(const, (7, 7), (3, 3)), torch.ones(1, 10, 4), atol=1e-6)
+
+
+def test_vit_b32_embed_modes_and_stem_copy():
+    vit = _vit_b32()
+    x = torch.randn(1, 1, 64, 200)
+    assert vit.embed(x, long="pad", pool="mean").shape == (1, 768)
+    # pad: 64 mel bins and the first 224 frames in the top-left corner of zeros
+    padded = vit.prepare(torch.ones(1, 1, 64, 300), "pad")
+    assert padded.shape == (1, 1, 224, 224) and padded.sum() == 64 * 224
+    # chunk = mean of the crop_frames chunks, each resized like a training crop
+    chunks = [x[..., :96], x[..., 96:192], torch.nn.functional.pad(x[..., 192:], (0, 88))]
+    expected = torch.stack([vit.embed(c, long="resize") for c in chunks]).mean(0)
+    assert torch.allclose(vit.embed(x, long="chunk"), expected, atol=1e-5)
+
+
+def test_vit_b32_loads_local_torchvision_weights(tmp_path):
+    vit = _vit_b32()
+    state = {k: v.clone() for k, v in vit.vit.state_dict().items()}
+    state["encoder.pos_embedding"] += 1.0
+    state["heads.head.weight"] = torch.zeros(1000, 768)  # the ImageNet classifier is ignored
+    torch.save(state, tmp_path / "vit_b_32.pth")
+    models.load_torchvision_vit(vit, str(tmp_path / "vit_b_32.pth"))
+    assert torch.equal(vit.vit.encoder.pos_embedding, state["encoder.pos_embedding"])
+    img = torch.randn(1, 1, 8, 8)
+    assert torch.allclose(vit.stem(img), img.expand(1, 3, 8, 8))  # stem = copy the channel to three
+    torch.save({"bogus": torch.zeros(1)}, tmp_path / "bad.pth")
+    try:
+        models.load_torchvision_vit(vit, str(tmp_path / "bad.pth"))
+        raise AssertionError("a wrong file must be rejected")
+    except ValueError as err:
+        assert "bad.pth" in str(err)
+
+
+def test_vit_audio_patches_logmel_directly_any_length():
+    torch.manual_seed(0)
+    vit = models.build_encoder({"model": TINY_AUDIO}).eval()
+    assert vit.input_kind == "logmel" and vit.embed_dim == 32
+    assert vit.tokens(torch.randn(3, 1, 64, 32)).shape == (3, 1 + 4 * 4, 32)
+    assert vit.tokens(torch.randn(3, 1, 64, 32), patch_drop=0.15).shape == (3, 1 + 13, 32)
+    assert vit.tokens(torch.randn(1, 1, 64, 85)).shape == (1, 1 + 4 * 10, 32)   # 85 frames -> 10 patches
+    x = torch.randn(2, 1, 64, 70)
+    for long in ("chunk", "resize", "pad"):
+        assert vit.embed(x, long=long, pool="mean").shape == (2, 32)
+    chunks = [x[..., :32], x[..., 32:64], torch.nn.functional.pad(x[..., 64:], (0, 26))]
+    expected = torch.stack([vit.embed(c, long="pad") for c in chunks]).mean(0)
+    assert torch.allclose(vit.embed(x, long="chunk"), expected, atol=1e-5)
+    strips = models.build_encoder({"model": {**TINY_AUDIO, "patch": [64, 2], "pos_embed": "learned"}})
+    assert strips.tokens(torch.randn(1, 1, 64, 32)).shape == (1, 17, 32)
+
+
+def test_vit_sincos_pos_embed_values():
+    pos = models.sincos_pos_embed(8, 2, 3)
+    assert pos.shape == (6, 8)
+    # token (row 1, col 2): channels [sin(1*w), cos(1*w), sin(2*w), cos(2*w)], w = [1, 1/100]
+    w = torch.tensor([1.0, 0.01], dtype=torch.float64)
+    expected = torch.cat([torch.sin(1 * w), torch.cos(1 * w), torch.sin(2 * w), torch.cos(2 * w)]).float()
+    assert torch.allclose(pos[5], expected, atol=1e-6)
+
+
+def test_vit_msn_head_and_ema_update():
+    head = models.MSNHead(16, hidden_dim=32, output_dim=8)
+    assert [type(m).__name__ for m in head] == ["Linear", "BatchNorm1d", "GELU", "Linear", "BatchNorm1d", "GELU",
+                                               "Linear"]
+    assert head(torch.randn(4, 16)).shape == (4, 8) and torch.all(head.fc1.bias == 0)
+    online = torch.nn.Linear(2, 1)
+    target = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        online.weight.fill_(1.0)
+        target.weight.fill_(3.0)
+    models.ema_update(target, online, 0.75)
+    assert torch.allclose(target.weight, torch.full((1, 2), 0.75 * 3 + 0.25 * 1))
+
+
+def test_vit_checkpoint_config_rebuilds_encoder_without_reading_pretrained():
+    cfg = {"model": {**TINY_AUDIO, "pretrained": "/nonexistent/weights.pth"}}
+    enc = models.build_encoder(cfg)
+    again = models.build_encoder(cfg)
+    again.load_state_dict(enc.state_dict())
+    x = torch.randn(1, 1, 64, 40)
+    assert torch.equal(enc.eval().embed(x), again.eval().embed(x))

@@ -215,7 +215,8 @@ def run_main(tmp_path, *args):
 
 def test_end_to_end_checkpoint_on_tiny_cache(tmp_path, tiny_cache, fake_models, capsys):
     ckpt = write_ckpt(tmp_path / "ckpt.pt")
-    row = run_main(tmp_path, "--ckpt", str(ckpt), "--task", str(tiny_cache), "--seeds", "0,1", "probe.lr=0.01")
+    row = run_main(tmp_path, "--ckpt", str(ckpt), "--task", str(tiny_cache), "--seeds", "0,1", "probe.lr=0.01",
+                   "probe.epochs=60")
     assert float(row["mean"]) >= 90.0  # the tiny cache's classes are linearly separable in the time-mean
     with open(tmp_path / "results.csv") as f:
         rows = list(csv.DictReader(f))
@@ -242,11 +243,11 @@ def test_end_to_end_random_baseline_folds_and_wave(tmp_path, fake_models):
     cfg_path = tmp_path / "tiny_clar.yaml"
     cfg_path.write_text(yaml.safe_dump({"model": {"arch": "fake", "input": "wave"}}))
     row = run_main(tmp_path, "--ckpt", f"random:{cfg_path}", "--task", str(cache), "--folds", "5",
-                   "eval.protocol=folds", "probe.lr=0.01")
+                   "eval.protocol=folds", "probe.lr=0.01", "probe.epochs=60")
     assert row["model"] == "tiny_clar-random" and row["folds"] == "5" and row["ckpt_sha256"].startswith("random-")
     assert float(row["mean"]) >= 90.0  # band energies separate the tones
     again = run_main(tmp_path, "--ckpt", f"random:{cfg_path}", "--task", str(cache), "--folds", "5",
-                     "eval.protocol=folds", "probe.lr=0.01")
+                     "eval.protocol=folds", "probe.lr=0.01", "probe.epochs=60")
     assert again["fold_acc"] == row["fold_acc"]  # same seed, same weights, same result
 
 

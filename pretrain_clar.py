@@ -244,12 +244,16 @@ def embed_all(encoder: nn.Module, loader: DataLoader, device: torch.device) -> t
 
 @torch.no_grad()
 def online_accuracy(net: ClarNet, loader: DataLoader, device: torch.device) -> float:
-    """Test accuracy of the online head (each process scores its shard; counts summed over processes)."""
+    """Test accuracy of the online head (each process scores its shard; counts summed over processes).
+
+    Runs under a forked RNG (the loader draws a seed), so evaluating or not never changes training draws.
+    """
     net.eval()
     counts = torch.zeros(2, device=device)
-    for wave, label in loader:
-        pred = net.online(net.encoder(wave.to(device))).argmax(1)
-        counts += torch.tensor([(pred.cpu() == label).sum().item(), len(label)], device=device)
+    with torch.random.fork_rng(devices=[]):
+        for wave, label in loader:
+            pred = net.online(net.encoder(wave.to(device))).argmax(1)
+            counts += torch.tensor([(pred.cpu() == label).sum().item(), len(label)], device=device)
     all_reduce_sum(counts)
     net.train()
     return (counts[0] / counts[1].clamp_min(1)).item()

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from audio import fix_length
+from audio import LOG_SILENCE, fix_length
 
 MANIFEST_COLUMNS = ["id", "logmel", "wave", "label", "split", "fold", "duration", "source"]
 
@@ -103,12 +103,15 @@ def load_array(cache: str | os.PathLike, relpath: str) -> np.ndarray:
 
 def crop_frames(logmel: np.ndarray, frames: int, random_crop: bool,
                 rng: np.random.Generator | None = None) -> np.ndarray:
-    """Crop or right-pad [F, T] to [F, frames]; the crop start is random or 0 (SPEC B3)."""
+    """Crop or right-pad [F, T] to [F, frames]; the crop start is random or 0 (SPEC B3).
+
+    Padding is log-mel silence (LOG_SILENCE), as if the waveform had been zero-padded (EVAR).
+    """
     total = logmel.shape[-1]
     start = 0
     if random_crop and total > frames:
         start = int((rng or np.random.default_rng()).integers(0, total - frames + 1))
-    return np.asarray(fix_length(logmel, frames, start), dtype=np.float32)
+    return np.asarray(fix_length(logmel, frames, start, value=LOG_SILENCE), dtype=np.float32)
 
 
 class _CacheDataset(Dataset):

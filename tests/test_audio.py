@@ -5,7 +5,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from audio import LOG_EPS, AudioError, LogMel, LogMelConfig, fix_length, load_audio
+from audio import LOG_EPS, LOG_SILENCE, AudioError, LogMel, LogMelConfig, fix_length, load_audio
 
 
 def tone(freq, sr, seconds, amp=0.5):
@@ -94,3 +94,6 @@ def test_fix_length_pads_right_and_crops():
     np.testing.assert_array_equal(fix_length(x, 7), [0, 1, 2, 3, 4, 0, 0])
     np.testing.assert_array_equal(fix_length(x, 3, offset=2), [2, 3, 4])
     assert torch.equal(fix_length(torch.ones(2, 3), 4), torch.tensor([[1.0, 1, 1, 0], [1, 1, 1, 0]]))
+    np.testing.assert_array_equal(fix_length(x, 6, value=-2.0), [0, 1, 2, 3, 4, -2])
+    silent = LogMel()(torch.zeros(3200))
+    assert silent.max().item() == pytest.approx(LOG_SILENCE)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import data
+from audio import LOG_SILENCE
 
 
 def test_manifest_select_and_labels(tiny_cache):
@@ -27,7 +28,7 @@ def test_crop_frames_pads_right_and_crops_from_start_for_eval():
     np.testing.assert_array_equal(data.crop_frames(logmel, 4, random_crop=False), logmel[:, :4])
     padded = data.crop_frames(logmel, 13, random_crop=False)
     np.testing.assert_array_equal(padded[:, :10], logmel)
-    assert (padded[:, 10:] == 0).all()
+    assert (padded[:, 10:] == LOG_SILENCE).all()  # silence, not 0 (which is loud in the log domain)
     starts = {int(data.crop_frames(logmel, 4, True, np.random.default_rng(s))[0, 0]) for s in range(50)}
     assert starts == set(range(7))  # every start 0..T-frames is reachable
 
@@ -46,7 +47,7 @@ def test_logmel_and_wave_datasets(tiny_cache):
     torch.manual_seed(0)
     assert torch.equal(a, data.LogMelCrops(tiny_cache, df, labels, frames=50, random_crop=True)[3][0])
     w, _ = data.WaveClips(tiny_cache, df, labels, samples=20000)[0]
-    assert w.shape == (20000,) and (w[16000:] == 0).all()
+    assert w.shape == (20000,) and (w[16000:] == 0).all()  # waveforms are zero-padded
     np.testing.assert_array_equal(w[:16000].numpy(), np.load(tiny_cache / df.wave[0]))
 
 

@@ -19,6 +19,7 @@ import torchaudio
 
 SAMPLE_RATE = 16000
 LOG_EPS = float(np.finfo(np.float32).eps)  # 1.1920929e-07, as BYOL-A / EVAR: ln(mel + eps)
+LOG_SILENCE = float(np.log(LOG_EPS))  # -15.94: the log-mel of digital silence
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 
 
@@ -111,15 +112,18 @@ class LogMel(torch.nn.Module):
         return torch.log(self.mel(wave.float()) + LOG_EPS)
 
 
-def fix_length(wave: np.ndarray | torch.Tensor, length: int, offset: int = 0):
-    """Crop `wave` [..., L] to `length` samples from `offset`, or zero-pad on the right (EVAR)."""
+def fix_length(wave: np.ndarray | torch.Tensor, length: int, offset: int = 0, value: float = 0.0):
+    """Crop `wave` [..., L] to `length` samples from `offset`, or pad on the right with `value` (EVAR: zeros).
+
+    For a log-mel, pad with LOG_SILENCE (what a zero-padded waveform gives), not 0, which is loud.
+    """
     n = wave.shape[-1]
     if n >= length:
         return wave[..., offset:offset + length]
     pad = length - n
     if isinstance(wave, torch.Tensor):
-        return torch.nn.functional.pad(wave, (0, pad))
-    return np.pad(wave, [(0, 0)] * (wave.ndim - 1) + [(0, pad)])
+        return torch.nn.functional.pad(wave, (0, pad), value=value)
+    return np.pad(wave, [(0, 0)] * (wave.ndim - 1) + [(0, pad)], constant_values=value)
 
 
 @dataclass

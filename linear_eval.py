@@ -53,7 +53,7 @@ from scipy import stats
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from audio import LOG_EPS, SAMPLE_RATE, fix_length
+from audio import LOG_SILENCE, SAMPLE_RATE, fix_length
 from config import ConfigError, apply_overrides, load_config
 from data import LabelMap, load_array, logmel_stats, read_manifest, select, stratified_subset
 from utils import atomic_write_text, git_commit
@@ -96,7 +96,6 @@ TASKS = {
     "sc35": ("speechcommands", None, 1.0),
     "sc10": ("speechcommands", {"sc10": True}, 1.0),
 }
-LOG_SILENCE = math.log(LOG_EPS)  # the log-mel of zero-padded audio
 HOP = 160
 
 RESULT_FIELDS = ["date", "task", "model", "ckpt_sha256", "config", "long", "pool", "label_fraction", "shots",
@@ -390,7 +389,7 @@ class UnitClips(Dataset):
             start = int(rng.integers(0, x.shape[-1] - self.length + 1))
         if self.input_kind == "wave":
             return torch.from_numpy(np.array(fix_length(x, self.length, start), dtype=np.float32))
-        x = fix_length(np.asarray(x, dtype=np.float32) - LOG_SILENCE, self.length, start) + LOG_SILENCE
+        x = fix_length(np.asarray(x, dtype=np.float32), self.length, start, value=LOG_SILENCE)
         return torch.from_numpy(((x - self.mean) / self.std).astype(np.float32))[None]
 
 

@@ -53,7 +53,7 @@ from tqdm import tqdm
 from utils import atomic_write_text
 
 SAMPLE_RATE = 16000
-VERSION = 1  # bump when the generator changes: a cached set with another version is regenerated
+VERSION = 2  # bump when the generator changes: a cached set with another version is regenerated
 SIZES = {  # classes, clips per class, seconds per clip
     "small": (10, 20, 2.0),
     "default": (10, 40, 5.0),
@@ -112,7 +112,7 @@ def pulse_train(rng: np.random.Generator, t: np.ndarray, rate: float) -> np.ndar
     """Sum of bursts (2 ms attack, 20-60 ms decay) every 1/rate s with +-5 % timing jitter."""
     decay = rng.uniform(0.02, 0.06)
     env = np.zeros_like(t)
-    start = rng.uniform(0, 1 / rate)
+    start = rng.uniform(0, min(1 / rate, t[-1] / 2))  # the first pulse falls within even a short event
     for onset in np.arange(start, t[-1], 1 / rate):
         onset += rng.uniform(-0.05, 0.05) / rate
         since = t - onset
@@ -169,6 +169,8 @@ def make_clip(target: int, rng: np.random.Generator, seconds: float) -> np.ndarr
     window = np.ones(length)
     window[:fade] = window[-fade:][::-1] = 0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / fade)
     event *= window
+    if not np.any(event):
+        raise ValueError(f"class {CATEGORIES[target]}: silent event of {length} samples (clip too short?)")
     event *= 0.05 * 10 ** (rng.uniform(*LOUDNESS_DB) / 20) / (np.sqrt(np.mean(event ** 2)) + 1e-12)
     clip = np.zeros(n)
     clip[onset:onset + length] = event

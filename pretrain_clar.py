@@ -262,7 +262,8 @@ def online_accuracy(net: ClarNet, loader: DataLoader, device: torch.device) -> f
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                  n_classes: int, steps: int, seed: int = 0) -> float:
     """Test accuracy of a linear classifier on standardised frozen embeddings (Adam 1e-3, full batch)."""
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    mean, std = train_x.mean(0), train_x.std(0)
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))  # constant (dead) units: scale 1, as StandardScaler
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
     generator = torch.Generator().manual_seed(seed)
     head = nn.Linear(train_x.shape[1], n_classes)

@@ -225,18 +225,30 @@ def main(argv: list[str] | None = None) -> dict:
         target.load_state_dict(ckpt["target"])
         prototypes.data.copy_(ckpt["prototypes"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        views.load_state_dict(ckpt["views"])
-        utils.set_rng_state(ckpt["rng"])
+        mine = ckpt["per_process"][rank] if len(ckpt["per_process"]) == world else ckpt["per_process"][0]
+        views.load_state_dict(mine["views"])
+        utils.set_rng_state(mine["rng"])
+        if len(ckpt["per_process"]) != world:  # another world size: keep the processes' draws distinct
+            utils.seed_everything(cfg["seed"] + rank + 7919 * step)
         start_epoch, step, last_ckpt = ckpt["epoch"], ckpt["step"], out_dir / "ckpt_last.pt"
     amp = cfg["train"]["amp"] and device.type == "cuda"
     fields = ["step", "epoch", "loss", "ploss", "me_max", "ent", "perplexity", "lr", "wd", "momentum", "clips_per_s"]
     log = utils.CSVLog(out_dir / "log.csv", fields, resume_step=step if ckpt else None) if utils.is_main() else None
 
-    def save(epoch: int, name: str) -> Path:
+    def per_process_state() -> list[dict]:
+        """Every process's RNG and augmentation state (mixup memory, RunningNorm), in rank order."""
+        local = {"rng": utils.rng_state(), "views": views.state_dict()}
+        if world == 1:
+            return [local]
+        states = [None] * world
+        torch.distributed.all_gather_object(states, local)
+        return states
+
+    def save(epoch: int, name: str, states: list[dict]) -> Path:
         state = {"kind": "msn", "config": cfg, "encoder": target.encoder.state_dict(), "epoch": epoch, "step": step,
                  "online": online_module.state_dict(), "target": target.state_dict(),
                  "prototypes": prototypes.detach().cpu(), "optimizer": optimizer.state_dict(),
-                 "views": views.state_dict(), "rng": utils.rng_state(), "git": cfg["_meta"]["git"]}
+                 "per_process": states, "git": cfg["_meta"]["git"]}
         utils.atomic_torch_save(state, out_dir / name)
         return out_dir / name
 
@@ -279,10 +291,11 @@ def main(argv: list[str] | None = None) -> dict:
             if max_steps is not None and step >= max_steps:
                 break
         finished = step == (epoch + 1) * ipe
+        states = per_process_state()
         if utils.is_main():
-            last_ckpt = save(epoch + 1 if finished else epoch, "ckpt_last.pt")
+            last_ckpt = save(epoch + 1 if finished else epoch, "ckpt_last.pt", states)
             if finished and ((epoch + 1) % cfg["train"]["save_every"] == 0 or epoch + 1 == o["epochs"]):
-                save(epoch + 1, f"ckpt_epoch{epoch + 1:03d}.pt")
+                save(epoch + 1, f"ckpt_epoch{epoch + 1:03d}.pt", states)
         if not finished or (max_steps is not None and step >= max_steps):
             break
     if utils.is_main():

@@ -13,7 +13,10 @@ The cache is the contract between preprocessing and everything else:
     logmel, y = ds[0]   # [1, 64, 96], int
 
 Arrays are opened with np.load(mmap_mode="r") so that a data loader only touches the frames it
-crops. Cropping follows SPEC B3 (EVAR): shorter clips are zero-padded on the right; longer ones are
+crops. `pack_logmels(cache)` (or `preprocess.py --pack`) also writes all log-mels into one time-major
+memory map, CACHE/packed/logmel.npy [sum T, F] with CACHE/packed/index.npz (ids, offsets, lengths);
+LogMelCrops then slices that one map instead of opening a file per clip (see `bench.py loader`).
+Cropping follows SPEC B3 (EVAR): shorter clips are zero-padded on the right; longer ones are
 cropped at random for training and from the start for evaluation.
 """
 from __future__ import annotations
@@ -114,6 +117,45 @@ def crop_frames(logmel: np.ndarray, frames: int, random_crop: bool,
     return np.asarray(fix_length(logmel, frames, start, value=LOG_SILENCE), dtype=np.float32)
 
 
+PACKED_DIR = "packed"
+
+
+def pack_logmels(cache: str | os.PathLike, df: pd.DataFrame | None = None) -> Path:
+    """Concatenate every clip's log-mel [F, T] into CACHE/packed/logmel.npy [sum T, F] (time-major, so a
+    crop is one contiguous block) plus index.npz (ids, offsets, lengths); atomic; returns the folder."""
+    cache = Path(cache)
+    df = read_manifest(cache) if df is None else df
+    lengths = np.array([load_array(cache, p).shape[1] for p in df["logmel"]], dtype=np.int64)
+    n_mels = load_array(cache, df["logmel"].iloc[0]).shape[0]
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    folder = cache / PACKED_DIR
+    folder.mkdir(exist_ok=True)
+    tmp = folder / f".logmel.npy.tmp{os.getpid()}"
+    packed = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(int(lengths.sum()), n_mels))
+    for path, offset, length in zip(df["logmel"], offsets, lengths):
+        packed[offset:offset + length] = load_array(cache, path).T
+    packed.flush()
+    del packed
+    with open(folder / f".index.npz.tmp{os.getpid()}", "wb") as f:
+        np.savez(f, ids=df["id"].to_numpy(dtype=str), offsets=offsets, lengths=lengths)
+    os.replace(tmp, folder / "logmel.npy")  # the map first, then the index that makes it valid
+    os.replace(folder / f".index.npz.tmp{os.getpid()}", folder / "index.npz")
+    return folder
+
+
+def open_packed(cache: str | os.PathLike, ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(memmap [sum T, F], offsets, lengths) for `ids` when CACHE/packed holds all of them, else None."""
+    folder = Path(cache) / PACKED_DIR
+    if not (folder / "index.npz").exists() or not (folder / "logmel.npy").exists():
+        return None
+    index = np.load(folder / "index.npz")
+    row = {cid: i for i, cid in enumerate(index["ids"].tolist())}
+    if any(cid not in row for cid in ids):
+        return None
+    rows = np.array([row[cid] for cid in ids], dtype=np.int64)
+    return np.load(folder / "logmel.npy", mmap_mode="r"), index["offsets"][rows], index["lengths"][rows]
+
+
 class _CacheDataset(Dataset):
     column = ""
 
@@ -136,18 +178,33 @@ class _CacheDataset(Dataset):
 
 
 class LogMelCrops(_CacheDataset):
-    """(logmel [1, F, frames] float32 tensor, label index) items; frames=None keeps the whole clip."""
+    """(logmel [1, F, frames] float32 tensor, label index) items; frames=None keeps the whole clip.
+
+    Reads CACHE/packed when it holds every clip (one memory map, no file opened per item), else the
+    per-clip files.
+    """
 
     column = "logmel"
 
-    def __init__(self, cache, df, labels=None, frames: int | None = 96, random_crop: bool = False):
+    def __init__(self, cache, df, labels=None, frames: int | None = 96, random_crop: bool = False,
+                 use_packed: bool = True):
         super().__init__(cache, df, labels, random_crop)
         self.frames = frames
+        self.packed = open_packed(self.cache, self.df["id"].tolist()) if use_packed else None
+
+    def _clip(self, i: int, rng: np.random.Generator | None) -> np.ndarray:
+        if self.packed is None:
+            logmel = load_array(self.cache, self.paths[i])
+            return logmel if self.frames is None else crop_frames(logmel, self.frames, self.random_crop, rng)
+        packed, offsets, lengths = self.packed
+        length, frames = int(lengths[i]), self.frames or int(lengths[i])
+        start = int(rng.integers(0, length - frames + 1)) if rng is not None and length > frames else 0
+        block = packed[offsets[i] + start:offsets[i] + start + min(frames, length)].T
+        return fix_length(block, frames, value=LOG_SILENCE) if frames > length else block
 
     def __getitem__(self, i: int):
-        logmel = load_array(self.cache, self.paths[i])
-        if self.frames is not None:
-            logmel = crop_frames(logmel, self.frames, self.random_crop, self._rng() if self.random_crop else None)
+        rng = self._rng() if self.random_crop and self.frames is not None else None
+        logmel = self._clip(i, rng)
         return torch.from_numpy(np.array(logmel, dtype=np.float32))[None], int(self.targets[i])
 
 

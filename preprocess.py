@@ -24,6 +24,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, LogMel, LogMelConfig, load_audio
-from data import MANIFEST_COLUMNS
+from data import MANIFEST_COLUMNS, PACKED_DIR, pack_logmels
 
 DATASETS = ("esc50", "gtzan", "nsynth", "speechcommands", "audioset", "folder", "synthetic")
 SC10_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -316,6 +317,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--shard", default=None, help="K/N: process every N-th clip, starting at the K-th (1-based)")
     p.add_argument("--force", action="store_true", help="rebuild every clip, even with other parameters")
+    p.add_argument("--pack", action="store_true", help="also pack all log-mels into one memory map "
+                   "(CACHE/packed/) for fast loading")
     p.add_argument("--split-dir", type=Path, help="GTZAN: folder with {train,valid,test}_filtered.txt")
     p.add_argument("--labels", type=Path, help="audioset: optional labels CSV")
     p.add_argument("--size", default="small", choices=("small", "default"), help="synthetic: data set size")
@@ -358,6 +361,8 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "logmel").mkdir(exist_ok=True)
     (out / "wave").mkdir(exist_ok=True)
     remove_stale_temps(out)
+    if args.force:
+        shutil.rmtree(out / PACKED_DIR, ignore_errors=True)  # a rebuilt clip would not match the pack
     meta = {"params": params, "versions": versions(), "root": str(root.resolve()), "command": sys.argv}
     (out / ".preprocess.json.tmp").write_text(json.dumps(meta, indent=2))
     os.replace(out / ".preprocess.json.tmp", out / "preprocess.json")
@@ -413,6 +418,8 @@ def main(argv: list[str] | None = None) -> dict:
         if pool is not None:
             pool.close()
             pool.join()
+    if args.pack and not shard and rows:
+        pack_logmels(out, pd.DataFrame([rows[cid] for _, cid in jobs if cid in rows]))
     seconds = time.time() - start
 
     extra_columns = sorted({k for r in rows.values() for k in r} - set(MANIFEST_COLUMNS))

@@ -77,3 +77,25 @@ def test_logmel_stats_match_numpy(tiny_cache):
     everything = np.stack([np.load(tiny_cache / p) for p in df.logmel]).astype(np.float64)
     mean, std = data.logmel_stats(tiny_cache, df)
     assert mean == pytest.approx(everything.mean()) and std == pytest.approx(everything.std())
+
+
+def test_packed_cache_gives_the_same_items(tiny_cache):
+    df = data.read_manifest(tiny_cache)
+    labels = data.LabelMap.from_labels(df.label)
+    data.pack_logmels(tiny_cache)
+    subset = df.iloc[[5, 2, 17]].reset_index(drop=True)  # any subset and order of the packed clips
+    for frames, random_crop in [(50, True), (96, False), (200, False), (None, False)]:
+        packed = data.LogMelCrops(tiny_cache, subset, labels, frames=frames, random_crop=random_crop)
+        files = data.LogMelCrops(tiny_cache, subset, labels, frames=frames, random_crop=random_crop,
+                                 use_packed=False)
+        assert packed.packed is not None and files.packed is None
+        for i in range(len(subset)):
+            torch.manual_seed(i)
+            a = packed[i]
+            torch.manual_seed(i)
+            b = files[i]
+            assert torch.equal(a[0], b[0]) and a[1] == b[1]
+    assert not list((tiny_cache / "packed").glob(".*tmp*"))
+    extra = df.copy()
+    extra.loc[0, "id"] = "not_packed"
+    assert data.LogMelCrops(tiny_cache, extra, labels).packed is None  # falls back to per-clip files

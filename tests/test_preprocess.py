@@ -209,6 +209,16 @@ def test_interrupted_run_resumes_to_same_manifest(tmp_path, monkeypatch):
     assert run("--dataset", "esc50", "--root", root, "--out", out)["written"] == 0
 
 
+def test_pack_option_writes_a_memory_map_of_every_clip(tmp_path):
+    root = make_esc50(tmp_path / "esc", n=4)
+    run("--dataset", "esc50", "--root", root, "--out", tmp_path / "c", "--pack")
+    df = read_manifest(tmp_path / "c")
+    packed = np.load(tmp_path / "c" / "packed" / "logmel.npy")
+    index = np.load(tmp_path / "c" / "packed" / "index.npz")
+    assert index["ids"].tolist() == df.id.tolist() and packed.shape == (4 * 101, 64)
+    np.testing.assert_array_equal(packed[101:202].T, np.load(tmp_path / "c" / df.logmel[1]))
+
+
 def test_changed_parameters_refused_unless_force(tmp_path):
     root = make_esc50(tmp_path / "esc", n=2)
     run("--dataset", "esc50", "--root", root, "--out", tmp_path / "c")

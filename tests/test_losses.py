@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 import losses
@@ -77,3 +78,65 @@ def test_msn_loss_is_fp32_under_bf16_autocast_and_grads_reach_prototypes():
         raise AssertionError("5 anchor rows for 3 targets must be rejected")
     except ValueError as err:
         assert "multiple" in str(err)
+
+
+# ----------------------------------------------------------------------------- NT-Xent / CLAR
+
+
+def _ntxent_by_hand(z1, z2, tau):
+    z = [[c / math.sqrt(sum(c * c for c in v)) for c in v] for v in z1.tolist() + z2.tolist()]
+    n = len(z1)
+    total = 0.0
+    for i in range(2 * n):
+        j = (i + n) % (2 * n)
+        sims = {k: sum(a * b for a, b in zip(z[i], z[k])) / tau for k in range(2 * n) if k != i}
+        total += -sims[j] + math.log(sum(math.exp(s) for s in sims.values()))
+    return total / (2 * n)
+
+
+def test_ntxent_matches_a_hand_computation():
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    z2 = torch.tensor([[2.0, 0.5], [-1.0, 1.0], [0.0, -3.0]])
+    for tau in (0.5, 0.1):
+        assert losses.nt_xent(z1, z2, tau).item() == pytest.approx(_ntxent_by_hand(z1, z2, tau), rel=1e-5)
+    # two clips, identical views, orthogonal: each anchor sees its positive at cos 1, the others at cos 0
+    eye = torch.eye(2)
+    expected = -2 + math.log(math.exp(2) + 2 * math.exp(0))
+    assert losses.nt_xent(eye, eye, 0.5).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_ntxent_is_symmetric_in_the_views_and_scale_invariant():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(6, 8), torch.randn(6, 8)
+    assert losses.nt_xent(z1, z2).item() == pytest.approx(losses.nt_xent(z2, z1).item(), rel=1e-6)
+    assert losses.nt_xent(3 * z1, z2 * 0.1).item() == pytest.approx(losses.nt_xent(z1, z2).item(), rel=1e-5)
+    z1.requires_grad_(True)
+    losses.nt_xent(z1, z2).backward()
+    assert torch.isfinite(z1.grad).all()
+
+
+def test_clar_cross_entropy_is_zero_without_labels():
+    logits = torch.randn(4, 3, requires_grad=True)
+    ce = losses.labelled_cross_entropy(logits, torch.full((4,), -1))
+    assert ce.item() == 0.0 and not torch.isnan(ce)
+    ce.backward()
+    assert (logits.grad == 0).all()
+    targets = torch.tensor([2, -1, 0, -1])
+    expected = torch.nn.functional.cross_entropy(logits[[0, 2]], targets[[0, 2]])
+    assert losses.labelled_cross_entropy(logits, targets).item() == pytest.approx(expected.item())
+
+
+def test_clar_loss_modes_combine_the_terms():
+    torch.manual_seed(0)
+    z1, z2, l1, l2 = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 3), torch.randn(4, 3)
+    y = torch.tensor([0, -1, 2, 1])
+    clar = losses.clar_loss(z1, z2, l1, l2, y, "clar")
+    ce = 0.5 * (losses.labelled_cross_entropy(l1, y) + losses.labelled_cross_entropy(l2, y))
+    assert clar["ntxent"].item() == pytest.approx(losses.nt_xent(z1, z2, 0.5).item())
+    assert clar["ce"].item() == pytest.approx(ce.item())
+    assert clar["loss"].item() == pytest.approx(clar["ntxent"].item() + ce.item())
+    assert losses.clar_loss(z1, z2, None, None, y, "selfsupervised")["loss"].item() == pytest.approx(
+        clar["ntxent"].item())
+    assert losses.clar_loss(z1, z2, l1, l2, y, "supervised")["loss"].item() == pytest.approx(ce.item())
+    with pytest.raises(ValueError, match="mode"):
+        losses.clar_loss(z1, z2, l1, l2, y, "semi")

@@ -137,3 +137,49 @@ def test_vit_checkpoint_config_rebuilds_encoder_without_reading_pretrained():
     again.load_state_dict(enc.state_dict())
     x = torch.randn(1, 1, 64, 40)
     assert torch.equal(enc.eval().embed(x), again.eval().embed(x))
+
+
+# ----------------------------------------------------------------------------- ResNet18 1D / 2D (CLAR)
+
+
+def test_resnet_2d_is_torchvision_resnet18_without_fc():
+    import torchvision
+
+    enc = models.build_encoder({"model": {"arch": "resnet18_2d"}})
+    reference = torchvision.models.resnet18()
+    reference.fc = torch.nn.Identity()
+    state = {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")}
+    enc.resnet.load_state_dict(state, strict=True)
+    reference.load_state_dict(state, strict=False)
+    x = torch.randn(2, 3, 64, 50)
+    assert torch.allclose(enc.resnet.eval()(x), reference.eval()(x), atol=1e-5)
+    assert enc.input_kind == "wave" and enc.embed_dim == 512
+
+
+def test_resnet_1d_is_all_one_dimensional():
+    enc = models.build_encoder({"model": {"arch": "resnet18_1d", "width": 8}})
+    kinds = {type(m) for m in enc.modules()}
+    assert torch.nn.Conv1d in kinds and torch.nn.BatchNorm1d in kinds and torch.nn.MaxPool1d in kinds
+    assert not kinds & {torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.MaxPool2d}
+    assert enc.resnet.layer1[0].conv1.kernel_size == (9,) and enc.embed_dim == 64
+
+
+def test_resnet_encoders_embed_waves_and_average_chunks():
+    for arch in ("resnet18_2d", "resnet18_1d"):
+        enc = models.build_encoder({"model": {"arch": arch, "width": 4, "clip_seconds": 0.25}}).eval()
+        wave = torch.randn(2, 8000)  # two 0.25 s chunks
+        with torch.no_grad():
+            whole = enc.embed(wave)
+            halves = (enc(wave[:, :4000]) + enc(wave[:, 4000:])) / 2
+            assert whole.shape == (2, 32) and torch.allclose(whole, halves, atol=1e-5)
+            assert enc.embed(wave, long="full").shape == (2, 32)
+            # a ragged tail: the last chunk is aligned to the end of the wave
+            ragged = enc.embed(wave[:, :6000])
+            assert torch.allclose(ragged, (enc(wave[:, :4000]) + enc(wave[:, 2000:6000])) / 2, atol=1e-5)
+
+
+def test_resnet_projection_head_shapes():
+    head = models.ProjectionHead(512, 512, 128)
+    assert head(torch.randn(3, 512)).shape == (3, 128)
+    assert [type(m).__name__ for m in head.net] == ["Linear", "ReLU", "Linear"]
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in models.ProjectionHead(batch_norm=True).modules())

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir = Path(cfg["train"]["out_dir"] or f"runs/{cfg['_meta']['config_name']}")
     cfg["train"]["out_dir"] = str(out_dir)
     cfg["_meta"]["git"] = utils.git_commit()
-    utils.seed_everything(cfg["seed"] + rank)
+    utils.seed_everything(cfg["seed"])  # the same initial weights and prototypes in every process
     ckpt = None
     if args.resume:
         path = out_dir / "ckpt_last.pt"
@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     bound = 1.0 / m["output_dim"] ** 0.5
     prototypes = torch.nn.Parameter(prototypes.uniform_(-bound, bound).to(device),
                                     requires_grad=not m["freeze_prototypes"])
+    utils.seed_everything(cfg["seed"] + rank)  # then distinct augmentation draws per process
     if world > 1:
         online = torch.nn.SyncBatchNorm.convert_sync_batchnorm(online)
         target = torch.nn.SyncBatchNorm.convert_sync_batchnorm(target)
@@ -285,9 +286,13 @@ def main(argv: list[str] | None = None) -> dict:
             history.append(row)
             step += 1
             if log and (step % cfg["train"]["log_every"] == 0 or step == total_steps):
-                row["clips_per_s"] = len(logmel) * world * (step - epoch * ipe - skip) / (time.time() - tick)
-                log.write(row)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}")
+                # losses: mean over the steps since the previous row (of this run), the rest: this step
+                recent = history[-min(len(history), (step - 1) % cfg["train"]["log_every"] + 1):]
+                mean_row = {**row, **{key: sum(r[key] for r in recent) / len(recent)
+                                      for key in ("loss", "ploss", "me_max", "ent", "perplexity")}}
+                mean_row["clips_per_s"] = len(logmel) * world * (step - epoch * ipe - skip) / (time.time() - tick)
+                log.write(mean_row)
+                bar.set_postfix(loss=f"{mean_row['loss']:.3f}", lr=f"{lr:.2e}")
             if max_steps is not None and step >= max_steps:
                 break
         finished = step == (epoch + 1) * ipe

@@ -208,8 +208,9 @@ def main(argv: list[str] | None = None) -> dict:
                                     requires_grad=not m["freeze_prototypes"])
     utils.seed_everything(cfg["seed"] + rank)  # then distinct augmentation draws per process
     if world > 1:
-        online = torch.nn.SyncBatchNorm.convert_sync_batchnorm(online)
-        target = torch.nn.SyncBatchNorm.convert_sync_batchnorm(target)
+        if device.type == "cuda":  # MSN syncs the head's BN across GPUs (msn_train.py L176-178); CPU cannot
+            online = torch.nn.SyncBatchNorm.convert_sync_batchnorm(online)
+            target = torch.nn.SyncBatchNorm.convert_sync_batchnorm(target)
         online = torch.nn.parallel.DistributedDataParallel(online, device_ids=[device] if device.type == "cuda"
                                                            else None)
     online_module = online.module if world > 1 else online

@@ -12,12 +12,26 @@ import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+RESULTS = "results/demo.csv"
 
 
 def steps(size: str) -> list[list[str]]:
     cache = f"cache/synth_{size}"
+    data = [f"data.cache={cache}"]
+    evals = []
+    for ckpt, name in [("runs/demo_msn/ckpt_last.pt", "demo_msn"), ("random:config/demo_msn.yaml", "demo_msn-random"),
+                       ("runs/demo_clar/ckpt_last.pt", "demo_clar"),
+                       ("random:config/demo_clar.yaml", "demo_clar-random")]:
+        evals.append(["linear_eval.py", "--ckpt", ckpt, "--task", cache, "--results", RESULTS, "--name", name])
     return [
-        ["preprocess.py", "--dataset", "synthetic", "--size", size, "--waveform", "--out", cache],
+        ["preprocess.py", "--dataset", "synthetic", "--size", size, "--waveform", "--pack", "--out", cache],
+        ["pretrain_msn.py", "--config", "config/demo_msn.yaml", *data],
+        ["pretrain_clar.py", "--config", "config/demo_clar.yaml", *data],
+        *evals,
+        ["results/make_tables.py", "--results", RESULTS, "--runs", "runs", "--clar", "runs/none",
+         "--out", "results/demo.md"],
     ]
 
 
@@ -26,6 +40,7 @@ def main() -> None:
     parser.add_argument("--size", default="small", choices=("small", "default"))
     args = parser.parse_args()
     start = time.time()
+    Path(RESULTS).unlink(missing_ok=True)  # every number in the demo table is measured in this run
     for step in steps(args.size):
         command = [sys.executable, *step]
         print(f"\n$ python {shlex.join(step)}", flush=True)
@@ -33,7 +48,8 @@ def main() -> None:
         if subprocess.run(command).returncode != 0:
             raise SystemExit(f"demo step failed: python {shlex.join(step)}")
         print(f"[{time.time() - t0:.0f} s]", flush=True)
-    print(f"\ndemo finished in {time.time() - start:.0f} s")
+    print("\n" + Path("results/demo.md").read_text())
+    print(f"demo finished in {time.time() - start:.0f} s; table: results/demo.md")
 
 
 if __name__ == "__main__":

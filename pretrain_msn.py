@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
                    **{k: out[k].item() for k in ("loss", "ploss", "me_max", "ent", "perplexity")}}
             history.append(row)
             step += 1
-            if log and (step % cfg["train"]["log_every"] == 0 or step == total_steps):
+            if log and (step % cfg["train"]["log_every"] == 0 or step in (total_steps, max_steps)):
                 # losses: mean over the steps since the previous row (of this run), the rest: this step
                 recent = history[-min(len(history), (step - 1) % cfg["train"]["log_every"] + 1):]
                 mean_row = {**row, **{key: sum(r[key] for r in recent) / len(recent)

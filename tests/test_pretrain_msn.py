@@ -85,6 +85,7 @@ def test_pretrain_msn_seed_config_runs_one_step_of_full_vit_b32(tiny_cache, tmp_
     assert ckpt["config"]["model"]["arch"] == "vit_b_32"
     assert ckpt["config"]["optim"]["milestones"] == [100, 200, 300, 400]
     assert ckpt["online"]["encoder.vit.encoder.pos_embedding"].shape == (1, 50, 768)
+    assert [row["step"] for row in read_log(tmp_path / "log.csv")] == ["0"]  # the max_steps stop is logged
 
 
 def test_pretrain_msn_non_finite_loss_names_the_step(tiny_cache, tmp_path):

@@ -7,10 +7,12 @@ against the per-sample one for the same drawn parameters.
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import RandomResizedCrop as TorchvisionRandomResizedCrop
 
 # ============================================================================ spectrogram (MSN / BYOL-A)
 # All spectrogram augmentations take a batch logmel [B, 1, F, T] on any device and apply the reference's
@@ -125,9 +127,9 @@ class RandomResizedCrop:
         self.size, self.scale, self.ratio = _size2(size), tuple(scale), tuple(ratio)
 
     def draw(self, shape: torch.Size) -> list[tuple[int, int, int, int]]:
-        from torchvision.transforms import RandomResizedCrop as TVCrop
         dummy = torch.empty(1, shape[-2], shape[-1])  # get_params only reads the size
-        return [TVCrop.get_params(dummy, list(self.scale), list(self.ratio)) for _ in range(shape[0])]
+        return [TorchvisionRandomResizedCrop.get_params(dummy, list(self.scale), list(self.ratio))
+                for _ in range(shape[0])]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([resized_crop(xb, box, self.size) for xb, box in zip(x, self.draw(x.shape))])
@@ -153,7 +155,6 @@ class RandomResizeCropBYOLA:
         return out
 
     def draw(self, shape: torch.Size) -> list[tuple[int, int, int, int]]:
-        import random
         f, t = shape[-2:]
         cf, ct = int(f * self.virtual_crop_scale[0]), int(t * self.virtual_crop_scale[1])
         boxes = []

@@ -106,3 +106,17 @@ def test_pretrain_msn_rejects_unknown_keys_and_bad_choices(tmp_path):
         pretrain_msn.resolve_config(DEMO, ["optim.schedule=linear"])
     cfg = pretrain_msn.resolve_config("config/msn_audio_vit.yaml", [])
     assert cfg["model"]["arch"] == "vit_audio" and cfg["msn"]["focal_views"] == 10
+
+
+def test_pretrain_msn_views_for_each_crop_and_norm_option():
+    logmel = torch.randn(3, 1, 64, 48) * 2 + 5
+    for crop, norm, batch_norm in (("torchvision", "running", False), ("byola", "precomputed", True),
+                                   ("torchvision", "none", True)):
+        cfg = pretrain_msn.resolve_config(DEMO, [f"aug.crop={crop}", f"aug.norm={norm}",
+                                                 f"aug.normalize_batch={str(batch_norm).lower()}"])
+        views = pretrain_msn.MSNViews(cfg["aug"], focal_views=2, stats=(5.0, 2.0))
+        target, anchor, focal = views(logmel)
+        assert target.shape == anchor.shape == (3, 1, 64, 64) and focal.shape == (6, 1, 64, 32)
+        assert not torch.equal(target, anchor)  # independent draws
+        if batch_norm:
+            assert abs(focal.mean().item()) < 1e-5 and abs(focal.std().item() - 1) < 1e-4

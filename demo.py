@@ -18,7 +18,7 @@ RESULTS = "results/demo.csv"
 
 
 def steps(size: str) -> list[list[str]]:
-    cache = f"cache/synth_{size}"
+    cache = f"cache/demo_{size}"  # its own cache: --waveform and --pack, whatever cache/synth_* holds
     data = [f"data.cache={cache}"]
     evals = []
     for ckpt, name in [("runs/demo_msn/ckpt_last.pt", "demo_msn"), ("random:config/demo_msn.yaml", "demo_msn-random"),

@@ -53,13 +53,21 @@ class MixupBYOLA:
                 picks[b] = self.count + b - available + np.random.randint(available)
         return alphas, picks
 
-    def mix(self, x: torch.Tensor, alphas: np.ndarray, picks: np.ndarray) -> torch.Tensor:
-        """Deterministic core: mix x [B, 1, F, T] with the pool items `picks`, then push x into the memory."""
+    def mix(self, x: torch.Tensor, alphas: np.ndarray, picks: np.ndarray, rows=None) -> torch.Tensor:
+        """Deterministic core: mix x [B, 1, F, T] with the pool items `picks`, then push x into the memory.
+
+        rows (an index or slice into the batch, e.g. slice(rank, None, world)): mix and return only those rows;
+        alphas and picks are still given for the whole batch, and the whole batch x is pushed (the global batch
+        under torchrun, so that every process holds the same memory).
+        """
         if self.ring is None:
             self.ring = x.new_zeros(self.n_memory, *x.shape[1:])
         self.ring = self.ring.to(x)
-        from_memory = picks < self.count
-        z = x.detach().clone()
+        rows = np.arange(len(x))[rows if rows is not None else slice(None)]
+        alphas, picks = np.asarray(alphas)[rows], np.asarray(picks)[rows]
+        own = x[torch.as_tensor(rows, device=x.device)]
+        from_memory = (picks >= 0) & (picks < self.count)
+        z = own.detach().clone()
         if from_memory.any():
             slots = (self.next - self.count + picks[from_memory]) % self.n_memory
             z[torch.as_tensor(from_memory, device=x.device)] = self.ring[torch.as_tensor(slots, device=x.device)]
@@ -68,13 +76,13 @@ class MixupBYOLA:
             z[torch.as_tensor(in_batch, device=x.device)] = x.detach()[torch.as_tensor(picks[in_batch] - self.count,
                                                                                       device=x.device)]
         lam = torch.as_tensor(1 - alphas, dtype=x.dtype, device=x.device).view(-1, 1, 1, 1)
-        mixed = log_mixup_exp(x, z, lam) if self.log_mixup else lam * x + (1 - lam) * z
+        mixed = log_mixup_exp(own, z, lam) if self.log_mixup else lam * own + (1 - lam) * z
         keep = x.detach()[-self.n_memory:]
         slots = (self.next + torch.arange(len(x) - len(keep), len(x))) % self.n_memory
         self.ring[slots.to(x.device)] = keep
         self.next = (self.next + len(x)) % self.n_memory
         self.count = min(self.count + len(x), self.n_memory)
-        return torch.where(torch.as_tensor(picks >= 0, device=x.device).view(-1, 1, 1, 1), mixed, x)
+        return torch.where(torch.as_tensor(picks >= 0, device=x.device).view(-1, 1, 1, 1), mixed, own)
 
     @property
     def memory(self) -> torch.Tensor | None:
@@ -307,16 +315,21 @@ def pitch_shift(wave: torch.Tensor, semitones: float, n_fft: int = 512, hop: int
 
 def colored_noise(length: int, color: str = "white") -> torch.Tensor:
     """Unit-RMS noise [length]: white (flat), pink (power ~ 1/f) or brown (power ~ 1/f^2), no DC."""
+    return color_noise(torch.randn(length), color)
+
+
+def color_noise(noise: torch.Tensor, color: str = "white") -> torch.Tensor:
+    """Deterministic core of colored_noise: white Gaussian noise [..., L] -> unit-RMS noise of that color."""
     if color not in NOISE_COLORS:
         raise ValueError(f"noise color must be one of {NOISE_COLORS}, got {color!r}")
-    noise = torch.randn(length)
+    length = noise.shape[-1]
     if color != "white":
         spec = torch.fft.rfft(noise)
         freqs = torch.arange(spec.shape[-1], dtype=torch.float32).clamp_min(1.0)
-        spec = spec / freqs ** (0.5 if color == "pink" else 1.0)
-        spec[0] = 0
+        spec = spec / freqs.to(spec.device) ** (0.5 if color == "pink" else 1.0)
+        spec[..., 0] = 0
         noise = torch.fft.irfft(spec, n=length)
-    return noise / noise.pow(2).mean().sqrt().clamp_min(1e-12)
+    return noise / noise.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
 
 
 def add_noise(wave: torch.Tensor, noise: torch.Tensor, snr_db: float) -> torch.Tensor:
@@ -432,3 +445,275 @@ class WaveAugment:
     def _mixed_noise(self, wave):
         color = NOISE_COLORS[_randint(0, 2)]
         return add_noise(wave, colored_noise(wave.shape[-1], color), _uniform(*self.snr_db))
+
+
+# ============================================================================ batched, on the training device
+# The same augmentations for a whole batch at once on the model's device (issue 6), so a data loader only
+# reads cached arrays. Parameters are drawn per sample, from the same distributions as the per-sample classes
+# above, but as vectors from an explicit torch.Generator (e.g. utils.key_generator(seed, step, view)) for the
+# GLOBAL batch; each process applies the rows it holds. For the same drawn parameters the batched cores give
+# the per-sample results (tests/test_batched_augment.py).
+
+
+def _randint_rows(generator: torch.Generator, low: torch.Tensor | int, high: torch.Tensor | int,
+                  n: int) -> torch.Tensor:
+    """n uniform integers, row k in [low_k, high_k] (both ends included), int64 on the generator's device."""
+    u = torch.rand(n, generator=generator, dtype=torch.float64, device=generator.device)
+    low = torch.as_tensor(low, dtype=torch.float64, device=u.device)
+    high = torch.as_tensor(high, dtype=torch.float64, device=u.device)
+    return (low + torch.floor(u * (high - low + 1))).long()
+
+
+def draw_rrc_boxes(generator: torch.Generator, n: int, height: int, width: int, scale=(0.08, 1.0),
+                   ratio=(3 / 4, 4 / 3), attempts: int = 10) -> torch.Tensor:
+    """torchvision RandomResizedCrop.get_params for n samples at once -> boxes [n, 4] (top, left, h, w).
+
+    Per sample: up to `attempts` (area fraction ~ U(scale), log aspect ~ U(log ratio)) draws, the first that
+    fits wins; none fits -> the central crop clamped to the ratio range; position uniform over the valid range.
+    """
+    g = generator
+    area = height * width
+    target = area * torch.empty(n, attempts, device=g.device).uniform_(scale[0], scale[1], generator=g)
+    log_ratio = torch.log(torch.tensor(ratio, device=g.device))
+    aspect = torch.exp(torch.empty(n, attempts, device=g.device).uniform_(log_ratio[0].item(), log_ratio[1].item(),
+                                                                           generator=g))
+    w = torch.round(torch.sqrt(target * aspect)).long()
+    h = torch.round(torch.sqrt(target / aspect)).long()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.to(torch.int8).argmax(dim=1)
+    w = w.gather(1, first[:, None])[:, 0]
+    h = h.gather(1, first[:, None])[:, 0]
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fw, fh = int(round(height * max(ratio))), height
+    else:
+        fw, fh = width, height
+    found = fits.any(dim=1)
+    w, h = torch.where(found, w, fw), torch.where(found, h, fh)
+    i = torch.where(found, _randint_rows(g, 0, height - h, n), (height - fh) // 2)
+    j = torch.where(found, _randint_rows(g, 0, width - w, n), (width - fw) // 2)
+    return torch.stack([i, j, h, w], dim=1)
+
+
+def draw_byola_boxes(generator: torch.Generator, n: int, height: int, width: int, virtual_crop_scale=(1.0, 1.5),
+                     freq_scale=(0.6, 1.5), time_scale=(0.6, 1.5)) -> torch.Tensor:
+    """BYOL-A RandomResizeCrop boxes (see RandomResizeCropBYOLA.draw) for n samples on the canvas -> [n, 4]."""
+    g = generator
+    cf, ct = int(height * virtual_crop_scale[0]), int(width * virtual_crop_scale[1])
+    u = torch.rand(n, 2, generator=g, dtype=torch.float64, device=g.device)
+    h = (freq_scale[0] + u[:, 0] * (freq_scale[1] - freq_scale[0])).mul(height).long().clamp(1, cf)
+    w = (time_scale[0] + u[:, 1] * (time_scale[1] - time_scale[0])).mul(width).long().clamp(1, ct)
+    return torch.stack([_randint_rows(g, 0, cf - h, n), _randint_rows(g, 0, ct - w, n), h, w], dim=1)
+
+
+def _interp_taps(start: torch.Tensor, length: torch.Tensor, out_size: int, mode: str):
+    """Source indices and weights [n, out_size, k] with which F.interpolate resizes the span [start, start +
+    length) of one axis to out_size: bilinear (align_corners=False, k=2) or bicubic (align_corners=True, k=4,
+    A = -0.75, taps clamped to the span). All arithmetic in fp32, as torch's CPU kernels."""
+    dst = torch.arange(out_size, device=start.device, dtype=torch.float32)[None]
+    length_f = length.float()[:, None]
+    if mode == "bilinear":
+        scale = (length_f / out_size).double()  # fp32 scale; the source index rounded once (torch uses an FMA)
+        src = (scale * (dst.double() + 0.5) - 0.5).float().clamp_min(0)
+        i0 = src.floor().long().clamp_max(length[:, None] - 1)
+        lam = (src - i0).clamp(0, 1)
+        i1 = torch.minimum(i0 + 1, length[:, None] - 1)
+        idx, weights = torch.stack([i0, i1], -1), torch.stack([1 - lam, lam], -1)
+    elif mode == "bicubic":
+        scale = (length_f - 1) / (out_size - 1) if out_size > 1 else torch.zeros_like(length_f)
+        src = scale * dst
+        i0 = src.floor().long().clamp_max(length[:, None] - 1)
+        t = (src - i0).clamp(0, 1)
+        a = -0.75
+        weights = torch.stack([((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
+                               ((a + 2) * t - (a + 3)) * t * t + 1,
+                               ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1,
+                               ((a * (2 - t) - 5 * a) * (2 - t) + 8 * a) * (2 - t) - 4 * a], -1)
+        offsets = torch.arange(-1, 3, device=start.device)
+        idx = torch.minimum((i0[..., None] + offsets).clamp_min(0), length[:, None, None] - 1)
+    else:
+        raise ValueError(f"mode must be 'bilinear' or 'bicubic', got {mode!r}")
+    return idx + start[:, None, None], weights
+
+
+def _weighted_rows(table: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_i weights[:, i, :, None] * table[rows[:, i]]: rows [B, k, S] index the rows of table [N, D] -> [B, S, D]."""
+    b, k, s = rows.shape
+    picked = table.index_select(0, rows.flatten()).view(b, k, s, -1)
+    weights = weights.to(table.dtype)[..., None]
+    out = picked[:, 0] * weights[:, 0]
+    for i in range(1, k):
+        out += picked[:, i] * weights[:, i]
+    return out
+
+
+def resized_crop_batch(x: torch.Tensor, boxes: torch.Tensor, size, mode: str = "bilinear") -> torch.Tensor:
+    """Batched `resized_crop`: x [B, C, F, T], boxes [B, 4] (top, left, h, w), one box per sample -> [B, C, *size].
+
+    Separable, as torch's kernel: interpolate along time, then along frequency; each pass copies whole rows
+    (index_select) and adds them with their weights, so it is fast on CPU and GPU alike.
+    """
+    out_h, out_w = _size2(size)
+    boxes = boxes.to(x.device)
+    b, c, f, t = x.shape
+    idx_w, w_w = (v.transpose(1, 2) for v in _interp_taps(boxes[:, 1], boxes[:, 3], out_w, mode))  # [B, k, out_w]
+    idx_h, w_h = (v.transpose(1, 2) for v in _interp_taps(boxes[:, 0], boxes[:, 2], out_h, mode))  # [B, k, out_h]
+    first = torch.arange(b, device=x.device)[:, None, None]
+    by_time = x.permute(0, 3, 1, 2).reshape(b * t, c * f)
+    cols = _weighted_rows(by_time, first * t + idx_w, w_w)  # [B, out_w, C * F]
+    by_freq = cols.view(b, out_w, c, f).permute(0, 3, 2, 1).reshape(b * f, c * out_w)
+    out = _weighted_rows(by_freq, first * f + idx_h, w_h)  # [B, out_h, C * out_w]
+    return out.view(b, out_h, c, out_w).permute(0, 2, 1, 3).contiguous()
+
+
+def draw_mixup(generator: torch.Generator, n: int, ratio: float, count: int, n_memory: int):
+    """MixupBYOLA.draw for n samples at once: alphas [n] = ratio * U[0, 1) and pool indices [n] (-1 = no mix)
+    uniform over the memory as sample b sees it (the `count` held items and the b earlier batch items, at most
+    n_memory); both as NumPy arrays, the form MixupBYOLA.mix takes."""
+    u = torch.rand(n, 2, generator=generator, dtype=torch.float64, device=generator.device).cpu().numpy()
+    b = np.arange(n)
+    available = np.minimum(count + b, n_memory)
+    picks = np.where(available > 0, count + b - available + np.floor(u[:, 1] * available), -1).astype(np.int64)
+    return ratio * u[:, 0], picks
+
+
+def draw_fader(generator: torch.Generator, n: int, gain: float) -> torch.Tensor:
+    """RandomLinearFader gains for n samples: [n, 2] (head, tail) = gain * (2 U[0, 1) - 1)."""
+    return gain * (2 * torch.rand(n, 2, generator=generator, dtype=torch.float64, device=generator.device) - 1)
+
+
+def fade_gain_batch(length: int, fade_in: torch.Tensor, fade_out: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+    """Gains [B, length] of `fade` for per-sample fade_in, fade_out [B] and shape indices [B] into FADE_SHAPES."""
+    pos = torch.arange(length, device=fade_in.device, dtype=torch.float32)[None]
+
+    def curve(t):  # [B, L] -> each row's shape (fade_curve at t = i / (n - 1))
+        curves = torch.stack([t, torch.log10(1 + 9 * t), t * 2 ** (5 * (t - 1))])
+        return curves.gather(0, shape.view(1, -1, 1).expand(1, *t.shape))[0]
+
+    def linspace(i, n):  # torch.linspace(0, 1, n)[i] as torch computes it: from both ends, fp32 step, one rounding
+        step = (1.0 / (n - 1).clamp_min(1).float()).double()
+        value = torch.where(i < n // 2, step * i, 1.0 - step * (n - 1 - i)).float()
+        return torch.where(n > 1, value, 0.0)
+
+    fade_in, fade_out = fade_in[:, None], fade_out[:, None]
+    gain_in = torch.where(pos < fade_in, curve(linspace(pos, fade_in)), 1.0)
+    from_end = length - 1 - pos
+    gain_out = torch.where(from_end < fade_out, curve(linspace(from_end, fade_out)), 1.0)
+    return gain_in * gain_out
+
+
+class BatchWaveAugment(WaveAugment):
+    """WaveAugment for a batch of waves [B, L] on their own device (same names, order, probability and ranges).
+
+        augment = BatchWaveAugment(["fade", "time_mask"], p=1.0)
+        params = augment.draw(n_global, L, utils.key_generator(seed, step, view, device=wave.device))
+        view = augment.apply(wave, params, rows=slice(rank, None, world))    # this process's rows [b, L]
+
+    `draw` returns, per augmentation in order, the per-sample parameters of the whole (global) batch, including
+    its noise; `apply` is batched for fade, time_mask, time_shift, white_noise and mixed_noise, and loops over
+    the selected clips (on the device) for time_stretch and pitch_shift, whose phase vocoder output lengths differ
+    per clip. `apply_sample` is the per-sample version for the same parameters.
+    """
+
+    def draw(self, n: int, length: int, generator: torch.Generator) -> list[tuple[str, dict]]:
+        g, device = generator, generator.device
+
+        def uniform(low: float, high: float) -> torch.Tensor:
+            return low + (high - low) * torch.rand(n, generator=g, device=device)
+
+        params = []
+        for name in self.names:
+            p = {"on": torch.rand(n, generator=g, device=device) < self.p}
+            if name == "fade":
+                limit = int(self.max_fade * length)
+                p.update(shape=_randint_rows(g, 0, 2, n), fade_in=_randint_rows(g, 0, limit, n),
+                         fade_out=_randint_rows(g, 0, limit, n))
+            elif name == "time_mask":
+                limit = int(self.max_mask * length)
+                size = _randint_rows(g, 0, limit, n)
+                p.update(length=size, start=_randint_rows(g, 0, length - size, n),
+                         noisy=torch.rand(n, generator=g, device=device) < 0.5,
+                         noise=torch.randn(n, max(limit, 1), generator=g, device=device) * self.mask_noise_std)
+            elif name == "time_stretch":
+                p["rate"] = uniform(*self.stretch)
+            elif name == "pitch_shift":
+                p["semitones"] = uniform(-self.max_semitones, self.max_semitones)
+            elif name == "time_shift":
+                limit = int(self.max_shift * length)
+                p["shift"] = _randint_rows(g, -limit, limit, n)
+            else:  # white_noise, mixed_noise: color index into NOISE_COLORS (0 = white)
+                color = _randint_rows(g, 0, 2, n) if name == "mixed_noise" else torch.zeros(n, dtype=torch.long,
+                                                                                          device=device)
+                p.update(color=color, snr=uniform(*self.snr_db),
+                         white=torch.randn(n, length, generator=g, device=device))
+            params.append((name, p))
+        return params
+
+    def apply(self, wave: torch.Tensor, params: list[tuple[str, dict]], rows=None) -> torch.Tensor:
+        """wave [b, L] = rows `rows` of the drawn batch (all rows when None) -> augmented [b, L]."""
+        for name, p in params:
+            p = {key: value[rows if rows is not None else slice(None)].to(wave.device) for key, value in p.items()}
+            if p["on"].any():
+                wave = torch.where(p["on"][:, None], getattr(self, "_batch_" + name)(wave, p), wave)
+        return wave
+
+    def apply_sample(self, wave: torch.Tensor, params: list[tuple[str, dict]], index: int) -> torch.Tensor:
+        """The per-sample version: clip `index` of the drawn batch, wave [L], with WaveAugment's cores."""
+        for name, p in params:
+            p = {key: value[index] for key, value in p.items()}
+            if not p["on"]:
+                continue
+            if name == "fade":
+                wave = fade(wave, int(p["fade_in"]), int(p["fade_out"]), FADE_SHAPES[int(p["shape"])])
+            elif name == "time_mask":
+                size = int(p["length"])
+                wave = time_mask(wave, int(p["start"]), size, p["noise"][:size] if p["noisy"] else 0.0)
+            elif name == "time_stretch":
+                wave = time_stretch(wave, float(p["rate"]), self.n_fft, self.hop)
+            elif name == "pitch_shift":
+                wave = pitch_shift(wave, float(p["semitones"]), self.n_fft, self.hop)
+            elif name == "time_shift":
+                wave = time_shift(wave, int(p["shift"]))
+            else:
+                wave = add_noise(wave, color_noise(p["white"], NOISE_COLORS[int(p["color"])]), float(p["snr"]))
+        return wave
+
+    def _batch_fade(self, wave, p):
+        return wave * fade_gain_batch(wave.shape[-1], p["fade_in"], p["fade_out"], p["shape"])
+
+    def _batch_time_mask(self, wave, p):
+        pos = torch.arange(wave.shape[-1], device=wave.device)[None]
+        offset = pos - p["start"][:, None]
+        inside = (offset >= 0) & (offset < p["length"][:, None])
+        noise = p["noise"].gather(1, offset.clamp(0, p["noise"].shape[1] - 1))
+        fill = torch.where(p["noisy"][:, None], noise, torch.zeros_like(noise))
+        return torch.where(inside, fill, wave)
+
+    def _batch_time_shift(self, wave, p):
+        n = wave.shape[-1]
+        pos = torch.arange(n, device=wave.device)[None]
+        return wave.gather(1, (pos - p["shift"][:, None]) % n)
+
+    def _batch_noise(self, wave, p):
+        noise = p["white"] / p["white"].pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
+        for index, color in enumerate(NOISE_COLORS[1:], start=1):
+            chosen = p["color"] == index
+            if chosen.any():
+                noise[chosen] = color_noise(p["white"][chosen], color)
+        return add_noise(wave, noise, p["snr"][:, None])
+
+    _batch_white_noise = _batch_mixed_noise = _batch_noise
+
+    def _per_clip(self, wave, p, core, key):
+        out = wave.clone()
+        for b in torch.nonzero(p["on"]).flatten().tolist():
+            out[b] = core(wave[b], float(p[key][b]), self.n_fft, self.hop)
+        return out
+
+    def _batch_time_stretch(self, wave, p):
+        return self._per_clip(wave, p, time_stretch, "rate")
+
+    def _batch_pitch_shift(self, wave, p):
+        return self._per_clip(wave, p, pitch_shift, "semitones")

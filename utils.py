@@ -213,3 +213,124 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
         return _GatherWithGrad.apply(x)
     return x
+
+
+def gather_batch(x: torch.Tensor) -> torch.Tensor:
+    """The global batch [world * b, ...] from every process's x [b, ...], no gradient; identity alone.
+
+    Rows come back in global position order: process r holds positions r, r + world, r + 2 world, ...
+    (DistributedSampler's rank::world slicing), so `gather_batch(x)[rank::world]` is x again.
+    """
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.stack(parts, dim=1).flatten(0, 1)
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """Sum over processes; the backward sums the upstream gradients too (every process's loss depends on
+    every process's contribution), which with DDP's gradient averaging gives the global-batch gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return all_reduce_sum(x.clone())
+
+    @staticmethod
+    def backward(ctx, grad):
+        return all_reduce_sum(grad.clone())
+
+
+class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """Batch norm over the batch of ALL processes, for backends where torch's SyncBatchNorm does not run
+    (gloo on CPU). Same parameters, buffers and state_dict keys as BatchNorm1d/2d; alone or in eval mode it
+    is plain batch norm. Statistics in fp32, two passes (mean, then the centred second moment)."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"GlobalBatchNorm expects [N, C, ...], got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or world_size() == 1:
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        xf = x.float()
+        count = all_reduce_sum(torch.tensor(float(xf.numel() // xf.shape[1]), device=x.device))
+        mean = _SumOverProcesses.apply(xf.sum(dims)) / count
+        centred = xf - mean.view(shape)
+        var = _SumOverProcesses.apply(centred.pow(2).sum(dims)) / count
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked.item()
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * count / (count - 1).clamp_min(1), alpha=m)
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def convert_sync_batchnorm(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Every BatchNorm of `module` normalises over the global batch: torch's SyncBatchNorm on CUDA,
+    GlobalBatchNorm elsewhere (torch's SyncBatchNorm refuses CPU tensors). Parameters and buffers are kept."""
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats)
+        out.load_state_dict(module.state_dict())
+        return out.to(next(iter(module.state_dict().values())).device).train(module.training)
+    for name, child in module.named_children():
+        module.add_module(name, convert_sync_batchnorm(child, device))
+    return module
+
+# ----------------------------------------------------------------------------- keyed randomness
+# Training draws that must not depend on the number of processes (augmentation parameters, crop starts,
+# MSN's token mask) come from generators seeded by a key such as (seed, step, stream, global position).
+# A 2-process run then draws exactly what a 1-process run on the same global batch draws, and a resumed
+# run needs only the step.
+
+
+def key_seed(*key: int) -> int:
+    """A 63-bit seed from non-negative integers (NumPy SeedSequence: nearby keys give unrelated seeds)."""
+    state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, np.uint32)
+    return int(state.view(np.uint64)[0] >> np.uint64(1))
+
+
+def key_generator(*key: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A torch.Generator on `device` seeded with key_seed(*key)."""
+    return torch.Generator(device=device).manual_seed(key_seed(*key))
+
+
+class KeyedItems(torch.utils.data.Dataset):
+    """Items are (index, item_seed) pairs: dataset[index] is read with torch's RNG seeded by item_seed, so a
+    clip's random crop depends on its key, not on which process or loader worker reads it."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+class KeyedBatches:
+    """A batch sampler for KeyedItems: this process's batches (lists of dataset indices, the i-th at global
+    batch position rank + world * i) with each index paired with key_seed(seed, step, position)."""
+
+    def __init__(self, batches, seed: int, first_step: int, rank: int = 0, world: int = 1):
+        self.batches, self.seed, self.first_step, self.rank, self.world = batches, seed, first_step, rank, world
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for step, batch in enumerate(self.batches, self.first_step):
+            yield [(int(index), key_seed(self.seed, step, self.rank + self.world * i)) for i, index in enumerate(batch)]

@@ -30,16 +30,17 @@ def steps(size: str) -> list[list[str]]:
     cache = f"cache/demo_{size}"  # its own cache: --waveform and --pack, whatever cache/synth_* holds
     data = [f"data.cache={cache}"]
     evals = []
-    for ckpt, name in [("runs/demo_msn/ckpt_last.pt", "demo_msn"), ("random:config/demo_msn.yaml", "demo_msn-random"),
-                       ("runs/demo_clar/checkpoint.pt", "demo_clar"),
+    for ckpt, name in [("runs/demo/msn/ckpt_last.pt", "demo_msn"), ("random:config/demo_msn.yaml", "demo_msn-random"),
+                       ("runs/demo/clar/checkpoint.pt", "demo_clar"),
                        ("random:config/demo_clar.yaml", "demo_clar-random")]:
         evals.append(["linear_eval.py", "--ckpt", ckpt, "--task", cache, "--results", RESULTS, "--name", name, *PROBE])
     return [
         ["preprocess.py", "--dataset", "synthetic", "--size", size, "--waveform", "--pack", "--out", cache],
-        ["pretrain_msn.py", "--config", "config/demo_msn.yaml", *data],
-        ["pretrain_clar.py", "--config", "config/demo_clar.yaml", "train.epochs=30", *data],
+        ["pretrain_msn.py", "--config", "config/demo_msn.yaml", "train.out_dir=runs/demo/msn", *data],
+        ["pretrain_clar.py", "--config", "config/demo_clar.yaml", "train.epochs=30", "train.out_dir=runs/demo/clar",
+         *data],
         *evals,
-        ["results/make_tables.py", "--results", RESULTS, "--runs", "runs", "--clar", "runs/none",
+        ["results/make_tables.py", "--results", RESULTS, "--runs", "runs/demo", "--clar", "runs/none",
          "--out", "results/demo.md"],
     ]
 

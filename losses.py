@@ -122,14 +122,18 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5) -> torch.Tenso
 
 
 def labelled_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross entropy over the rows with a label (targets >= 0; -1 = unlabelled).
+    """Mean cross entropy over the rows with a label (targets >= 0; -1 = unlabelled), of the GLOBAL batch.
 
     Zero, not NaN, when no row has a label; the zero keeps `logits` in the graph, so DDP sees every parameter.
+    Under torchrun the processes may hold different numbers of labelled rows: each returns its rows' summed CE
+    times world / (labelled rows of all processes), so that DDP's gradient averaging gives the global mean.
     """
     labelled = targets >= 0
+    count = all_reduce_sum(labelled.sum().float())
     if not labelled.any():
         return logits.float().sum() * 0.0
-    return F.cross_entropy(logits[labelled].float(), targets[labelled])
+    ce = F.cross_entropy(logits[labelled].float(), targets[labelled], reduction="sum")
+    return ce * world_size() / count
 
 
 def clar_loss(z1: torch.Tensor, z2: torch.Tensor, logits1: torch.Tensor | None, logits2: torch.Tensor | None,

@@ -360,9 +360,20 @@ class ClarEncoder(nn.Module):
         else:
             raise ValueError(f"ClarEncoder arch must be resnet18_2d or resnet18_1d, got {arch!r}")
         self.embed_dim = self.resnet.out_dim
+        self.channels_last = False
+
+    def use_channels_last(self) -> ClarEncoder:
+        """Channels-last (NHWC) weights and activations for the 2-D ResNet: faster convolutions on CUDA with
+        bf16. A no-op for the 1-D net. The state_dict is unchanged."""
+        if self.arch == "resnet18_2d":
+            self.channels_last = True
+            self.resnet.to(memory_format=torch.channels_last)
+        return self
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         x = self.features(wave) if self.features is not None else wave[:, None]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.resnet(x)
 
     def embed(self, x: torch.Tensor, long: str = "chunk", pool: str = "cls") -> torch.Tensor:

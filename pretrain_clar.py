@@ -5,7 +5,8 @@
     python pretrain_clar.py --config config/demo_clar.yaml --resume              # continue from checkpoint.pt
     torchrun --nproc_per_node 4 pretrain_clar.py --config config/clar.yaml      # global batch split over GPUs
 
-Each training clip gives two views, two independent passes of augment.WaveAugment over the same crop. The
+Each training clip gives two views, two independent passes of augment.BatchWaveAugment over the same crop, made
+batched on the training device (the loader only reads cached waves). The
 encoder (models.ClarEncoder: 1-D ResNet18 on the wave, or 2-D ResNet18 on audio.ClarFeatures) maps both to
 h [B, 512], the projection head to z [B, 128]. losses.clar_loss: NT-Xent over z of all clips (mode clar,
 selfsupervised) + cross entropy of a linear classifier on z for the labelled clips (mode clar, supervised).
@@ -23,6 +24,7 @@ import copy
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm import tqdm
 
 from audio import SAMPLE_RATE, ClarFeatureConfig
-from augment import WaveAugment
+from augment import BatchWaveAugment
 from config import ConfigError, check_keys, load_config, save_config
 from data import LabelMap, WaveClips, read_manifest, select, stratified_subset
 from losses import clar_loss
@@ -41,14 +43,19 @@ from models import ProjectionHead, build_encoder
 from optim import LARS
 from utils import (
     CSVLog,
+    KeyedBatches,
+    KeyedItems,
+    all_reduce_mean,
     all_reduce_sum,
     atomic_torch_save,
     atomic_write_text,
     check_finite,
+    convert_sync_batchnorm,
     decay_groups,
     git_commit,
     init_distributed,
     is_main,
+    key_generator,
     rng_state,
     seed_everything,
     set_lr,
@@ -89,7 +96,9 @@ DEFAULTS = {
         "seed": 0, "out_dir": None, "device": None,
         "log_every": 10, "eval_every": 10, "ckpt_every": 1,
         "amp": True,           # bf16 autocast on CUDA
-        "sync_bn": True,       # SyncBatchNorm across processes (CUDA only)
+        "sync_bn": True,       # batch norm over the global batch under torchrun (SyncBatchNorm on CUDA)
+        "channels_last": True,  # NHWC 2-D ResNet on CUDA
+        "compile": False,      # torch.compile the model
         "probe_epochs": 300,   # full-batch Adam steps of the final linear probe; 0 = skip
     },
 }
@@ -121,18 +130,19 @@ def resolve_config(cfg: dict) -> dict:
 # ----------------------------------------------------------------------------- data
 
 
-class TwoViews(Dataset):
-    """(view1 [L], view2 [L], training target (-1 = unlabelled), true label) for each training clip."""
+class TrainClips(Dataset):
+    """(wave [L], training target (-1 = unlabelled), true label) of each training clip; the two augmented views
+    are made on the training device (augment.BatchWaveAugment in train_step)."""
 
-    def __init__(self, clips: WaveClips, augment: WaveAugment, targets: np.ndarray):
-        self.clips, self.augment, self.targets = clips, augment, targets
+    def __init__(self, clips: WaveClips, targets: np.ndarray):
+        self.clips, self.targets = clips, targets
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def __getitem__(self, i: int):
         wave, label = self.clips[i]
-        return self.augment(wave), self.augment(wave), int(self.targets[i]), label
+        return wave, int(self.targets[i]), label
 
 
 class RatioBatchSampler(Sampler):
@@ -278,6 +288,87 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     with torch.no_grad():
         return (head(test_x).argmax(1) == test_y).float().mean().item()
 
+# ----------------------------------------------------------------------------- training step
+
+
+@dataclass
+class Training:
+    """Everything one CLAR step touches: `net` the plain ClarNet (state dicts), `model` what is called (DDP-wrapped
+    and/or compiled)."""
+    cfg: dict
+    device: torch.device
+    rank: int
+    world: int
+    net: ClarNet
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    online_optimizer: torch.optim.Optimizer
+    augment: BatchWaveAugment
+    total_steps: int
+    warmup_steps: int
+
+
+def build_training(cfg: dict, n_classes: int, device: torch.device, rank: int, world: int,
+                   steps_per_epoch: int) -> Training:
+    """ClarNet, LARS (+ Adam for the online head) and the on-device augmentation, the same weights everywhere.
+
+    Under torchrun: batch norm over the global batch (train.sync_bn: SyncBatchNorm on CUDA, utils.GlobalBatchNorm
+    on CPU), DDP. On CUDA the 2-D ResNet runs channels-last (train.channels_last) and Adam is fused;
+    train.compile wraps the model with torch.compile.
+    """
+    tcfg, ocfg = cfg["train"], cfg["optim"]
+    torch.manual_seed(tcfg["seed"])
+    net = ClarNet(build_encoder(cfg), cfg["model"], n_classes, cfg["mode"] != "selfsupervised").to(device)
+    if tcfg["channels_last"] and device.type == "cuda":
+        net.encoder.use_channels_last()
+    model = net
+    if world > 1:
+        if tcfg["sync_bn"]:
+            net = convert_sync_batchnorm(net, device)
+        model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if tcfg["compile"]:
+        model = torch.compile(model)
+    trained = [(name, p) for name, p in net.named_parameters() if not name.startswith("online.")]
+    optimizer = LARS(decay_groups(trained, ocfg["weight_decay"]), lr=ocfg["lr"], momentum=ocfg["momentum"],
+                     eta=ocfg["eta"])
+    online_optimizer = torch.optim.Adam(net.online.parameters(), lr=ocfg["online_lr"], fused=device.type == "cuda")
+    return Training(cfg, device, rank, world, net, model, optimizer, online_optimizer,
+                    BatchWaveAugment(**cfg["augment"]), tcfg["epochs"] * steps_per_epoch,
+                    ocfg["warmup_epochs"] * steps_per_epoch)
+
+
+LOSS_KEYS = ("loss", "ntxent", "ce", "online_loss")
+
+
+def train_step(run: Training, wave: torch.Tensor, target: torch.Tensor, label: torch.Tensor, step: int,
+               last_ckpt=None) -> dict:
+    """One CLAR step on this process's clips wave [b, L]: two views augmented on the device (parameters drawn for
+    the global batch, keyed by seed, step and view), bf16 forward (CUDA), fp32 losses, LARS. Returns lr and the
+    losses of the GLOBAL batch (mean over processes)."""
+    cfg, device = run.cfg, run.device
+    wave, target, label = (x.to(device, non_blocking=True) for x in (wave, target, label))
+    lr = warmup_cosine(step, run.warmup_steps, run.total_steps, 0.0, cfg["optim"]["lr"], 0.0)
+    set_lr(run.optimizer, lr)
+    rows, n_global = slice(run.rank, None, run.world), len(wave) * run.world
+    view1, view2 = (run.augment.apply(wave, run.augment.draw(n_global, wave.shape[-1],
+                                                             key_generator(cfg["train"]["seed"], step, view,
+                                                                           device=device)), rows)
+                    for view in (1, 2))
+    amp = cfg["train"]["amp"] and device.type == "cuda"
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        z1, z2, logits1, logits2, online_logits = run.model(view1, view2)
+    losses = clar_loss(z1, z2, logits1, logits2, target, cfg["mode"], cfg["loss"]["tau"], cfg["loss"]["ce_weight"])
+    online_loss = F.cross_entropy(online_logits.float(), label)
+    check_finite(losses["loss"], step, last_ckpt)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.online_optimizer.zero_grad(set_to_none=True)
+    (losses["loss"] + online_loss).backward()
+    run.optimizer.step()
+    run.online_optimizer.step()
+    values = {**losses, "online_loss": online_loss}
+    values = all_reduce_mean(torch.stack([values[key].detach().float() for key in LOSS_KEYS]))
+    return {"lr": lr, **dict(zip(LOSS_KEYS, values.tolist()))}
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -298,7 +389,7 @@ def main(argv: list[str] | None = None) -> dict:
     seed_everything(tcfg["seed"] + rank)
     main_process = is_main()
 
-    # data
+    # data: the loader only reads cached waves (crops keyed by seed, step and batch position)
     train_df, test_df, labels = load_splits(cfg)
     samples = int(round(cfg["model"]["clip_seconds"] * SAMPLE_RATE))
     true_labels = labels.encode(train_df["label"])
@@ -307,37 +398,21 @@ def main(argv: list[str] | None = None) -> dict:
         keep = np.flatnonzero(targets >= 0)
         train_df, true_labels, targets = train_df.iloc[keep].reset_index(drop=True), true_labels[keep], targets[keep]
     clips = WaveClips(cfg["data"]["cache"], train_df, labels, samples, random_crop=True)
-    train_set = TwoViews(clips, WaveAugment(**cfg["augment"]), targets)
+    train_set = KeyedItems(TrainClips(clips, targets))
     batch_size = tcfg["batch_size"]
     if batch_size > len(train_set):
         batch_size = len(train_set) - len(train_set) % world
         print(f"note: batch_size {tcfg['batch_size']} > {len(train_set)} training clips; using {batch_size}")
     sampler = RatioBatchSampler(targets >= 0, batch_size, tcfg["seed"], rank, world)
     workers = cfg["data"]["num_workers"]
-    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
     test_set = WaveClips(cfg["data"]["cache"], test_df, labels, samples)
     test_loader = DataLoader(Subset(test_set, range(rank, len(test_set), world)), batch_size=64,
                              num_workers=workers)
 
-    # model
-    net = ClarNet(build_encoder(cfg), cfg["model"], len(labels), cfg["mode"] != "selfsupervised").to(device)
-    model = net
-    if world > 1:
-        if tcfg["sync_bn"] and device.type == "cuda":
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-
-    # optimiser and schedules (functions of the global step)
-    ocfg = cfg["optim"]
-    trained = [(name, p) for name, p in net.named_parameters() if not name.startswith("online.")]
-    optimizer = LARS(decay_groups(trained, ocfg["weight_decay"]), lr=ocfg["lr"], momentum=ocfg["momentum"],
-                     eta=ocfg["eta"])
-    online_optimizer = torch.optim.Adam(net.online.parameters(), lr=ocfg["online_lr"])
+    # model, optimisers (schedules: functions of the global step)
     steps_per_epoch = len(sampler)
-    total_steps = tcfg["epochs"] * steps_per_epoch
-    warmup_steps = ocfg["warmup_epochs"] * steps_per_epoch
-    amp = tcfg["amp"] and device.type == "cuda"
+    run = build_training(cfg, len(labels), device, rank, world, steps_per_epoch)
+    net, optimizer, online_optimizer = run.net, run.optimizer, run.online_optimizer
 
     # resume
     ckpt_path = out_dir / "checkpoint.pt"
@@ -357,7 +432,8 @@ def main(argv: list[str] | None = None) -> dict:
         optimizer.load_state_dict(ckpt["optimizer"])
         online_optimizer.load_state_dict(ckpt["online_optimizer"])
         epoch, step = ckpt["epoch"], ckpt["step"]
-        set_rng_state(ckpt["rng"][rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
+        rng = ckpt["rng"]  # training draws are keyed by the step; this only restores the rest (any world size)
+        set_rng_state(rng[rank if len(rng) == world else 0] if isinstance(rng, list) else rng)
         if main_process:
             print(f"resumed from {path} at epoch {epoch}, step {step}")
     if main_process:
@@ -370,7 +446,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def save_checkpoint() -> None:
         states = [None] * world
-        if world > 1:  # every process draws its own augmentations: keep every process's RNG state
+        if world > 1:  # every process's RNG state (training draws are keyed; this keeps the rest exact)
             torch.distributed.all_gather_object(states, rng_state())
         else:
             states = rng_state()
@@ -387,31 +463,18 @@ def main(argv: list[str] | None = None) -> dict:
     start_time, test_acc, stop = time.time(), float("nan"), False
     last_ckpt = str(ckpt_path) if ckpt_path.exists() else None
     while epoch < tcfg["epochs"] and not stop:
-        sampler.set_epoch(epoch, skip=step - epoch * steps_per_epoch)
+        skip = step - epoch * steps_per_epoch
+        sampler.set_epoch(epoch, skip=skip)
+        loader = DataLoader(train_set, batch_sampler=KeyedBatches(sampler, tcfg["seed"], step, rank, world),
+                            num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=False)
         net.train()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tcfg['epochs']}", disable=not main_process, leave=False)
-        for view1, view2, target, label in bar:
-            view1, view2 = view1.to(device, non_blocking=True), view2.to(device, non_blocking=True)
-            target, label = target.to(device), label.to(device)
-            lr = warmup_cosine(step, warmup_steps, total_steps, 0.0, ocfg["lr"], 0.0)
-            set_lr(optimizer, lr)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                z1, z2, logits1, logits2, online_logits = model(view1, view2)
-            losses = clar_loss(z1, z2, logits1, logits2, target, cfg["mode"], cfg["loss"]["tau"],
-                               cfg["loss"]["ce_weight"])
-            online_loss = F.cross_entropy(online_logits.float(), label)
-            check_finite(losses["loss"], step, last_ckpt)
-            optimizer.zero_grad(set_to_none=True)
-            online_optimizer.zero_grad(set_to_none=True)
-            (losses["loss"] + online_loss).backward()
-            optimizer.step()
-            online_optimizer.step()
+        for wave, target, label in bar:
+            row = train_step(run, wave, target, label, step, last_ckpt)
             step += 1
             if main_process and (step % tcfg["log_every"] == 0 or step == 1):
-                bar.set_postfix(loss=f"{losses['loss'].item():.4f}", lr=f"{lr:.3g}")
-                log.write({"step": step, "epoch": epoch, "lr": lr, "loss": losses["loss"].item(),
-                           "ntxent": losses["ntxent"].item(), "ce": losses["ce"].item(),
-                           "online_loss": online_loss.item(), "seconds": time.time() - start_time})
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.3g}")
+                log.write({"step": step, "epoch": epoch, **row, "seconds": time.time() - start_time})
             if tcfg["max_steps"] is not None and step >= tcfg["max_steps"]:
                 stop = True
                 break
@@ -422,7 +485,7 @@ def main(argv: list[str] | None = None) -> dict:
                 if main_process:
                     log.write({"step": step, "epoch": epoch, "test_acc": test_acc,
                                "seconds": time.time() - start_time})
-                    print(f"epoch {epoch} step {step}: loss {losses['loss'].item():.4f} online test acc {test_acc:.3f}")
+                    print(f"epoch {epoch} step {step}: loss {row['loss']:.4f} online test acc {test_acc:.3f}")
         if epoch % tcfg["ckpt_every"] == 0 or epoch == tcfg["epochs"] or stop:
             save_checkpoint()
             last_ckpt = str(ckpt_path)

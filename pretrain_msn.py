@@ -16,6 +16,7 @@ import argparse
 import copy
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,7 +48,7 @@ DEFAULTS = {
               "milestones": [100, 200, 300, 400], "gamma": 0.1,  # multistep (the seed)
               "warmup_epochs": 15, "start_lr": 2e-4, "final_lr": 1e-6,  # warmup_cosine (MSN)
               "weight_decay": 0.04, "final_weight_decay": 0.04, "clip_grad": 3.0},
-    "train": {"out_dir": None, "device": "auto", "amp": True, "log_every": 10, "save_every": 50,
+    "train": {"out_dir": None, "device": "auto", "amp": True, "compile": False, "log_every": 10, "save_every": 50,
               "max_steps": None},
 }
 
@@ -73,14 +74,21 @@ def resolve_config(path: str, overrides: list[str]) -> dict:
 
 
 class MSNViews:
-    """The seed's view maker: norm (per clip), then per view MixupBYOLA -> random resized crop -> fader.
+    """The seed's view maker, batched on the training device: norm (per clip), then per view MixupBYOLA ->
+    random resized crop -> RandomLinearFader (SPEC A2, B2).
 
-    views(logmel [B, 1, F, T]) -> target [B, 1, S...], anchor [B, 1, S...], focal [M*B, 1, s...] (view-major).
-    Views are made one after the other over the whole batch, so the mixup memory receives the batch once
-    per view (as BYOL-A, whose views are independent passes of one augmentation module).
+        views = MSNViews(cfg["aug"], focal_views=10, seed=cfg["seed"])
+        target, anchor, focal = views(logmel, step, rank, world)
+
+    logmel [N, 1, F, T] is the GLOBAL batch (utils.gather_batch; process r holds rows r::world). RunningNorm and
+    the mixup memory see every clip, so every process holds the same state, and each view's parameters are drawn
+    for all N clips from utils.key_generator(seed, step, view), from the ranges of the per-sample augment classes.
+    A process returns its own rows, the values a 1-process run gives for those clips: target [b, 1, S...], anchor
+    [b, 1, S...], focal [M*b, 1, s...] (view-major). Views are made one after the other and the mixup memory
+    receives the batch once per view (BYOL-A: views are independent passes of one augmentation module).
     """
 
-    def __init__(self, aug: dict, focal_views: int, stats: tuple[float, float] | None = None):
+    def __init__(self, aug: dict, focal_views: int, stats: tuple[float, float] | None = None, seed: int = 0):
         if aug["norm"] == "running":
             self.norm = augment.RunningNorm(aug["running_norm_epoch_samples"])
         elif aug["norm"] == "precomputed":
@@ -88,27 +96,49 @@ class MSNViews:
         else:
             self.norm = None
         self.mixup = augment.MixupBYOLA(aug["mixup_ratio"], aug["mixup_memory"]) if aug["mixup_ratio"] > 0 else None
-        if aug["crop"] == "torchvision":
-            self.rand_crop = augment.RandomResizedCrop(aug["rand_size"], aug["rand_scale"])
-            self.focal_crop = augment.RandomResizedCrop(aug["focal_size"], aug["focal_scale"])
+        self.canvas = augment.RandomResizeCropBYOLA().canvas if aug["crop"] == "byola" else None
+        self.sizes = [aug["rand_size"]] * 2 + [aug["focal_size"]] * focal_views  # target, anchor, focal views
+        self.scales = [aug["rand_scale"]] * 2 + [aug["focal_scale"]] * focal_views
+        self.fader_gain, self.focal_views, self.normalize_batch = aug["fader_gain"], focal_views, aug["normalize_batch"]
+        self.seed = seed
+
+    def draw(self, n: int, shape: tuple[int, int], step: int, view: int) -> dict:
+        """Parameters of view `view` for n clips of log-mel shape (F, T): mixup alphas/picks (against the memory
+        as it is now), crop boxes [n, 4], fader gains [n, 2]."""
+        g = utils.key_generator(self.seed, step, view)
+        params = {}
+        if self.mixup:
+            params["alphas"], params["picks"] = augment.draw_mixup(g, n, self.mixup.ratio, self.mixup.count,
+                                                                   self.mixup.n_memory)
+        if self.canvas is None:
+            params["boxes"] = augment.draw_rrc_boxes(g, n, *shape, scale=self.scales[view])
         else:
-            self.rand_crop = augment.RandomResizeCropBYOLA(aug["rand_size"])
-            self.focal_crop = augment.RandomResizeCropBYOLA(aug["focal_size"])
-        self.fader = augment.RandomLinearFader(aug["fader_gain"]) if aug["fader_gain"] > 0 else None
-        self.focal_views, self.normalize_batch = focal_views, aug["normalize_batch"]
+            params["boxes"] = augment.draw_byola_boxes(g, n, *shape)
+        if self.fader_gain > 0:
+            params["gains"] = augment.draw_fader(g, n, self.fader_gain)
+        return params
 
-    def view(self, logmel: torch.Tensor, crop) -> torch.Tensor:
-        x = self.mixup(logmel) if self.mixup else logmel
-        x = crop(x)
-        return self.fader(x) if self.fader else x
+    def apply(self, logmel: torch.Tensor, params: dict, view: int, rows=slice(None)) -> torch.Tensor:
+        """One view of rows `rows` of the normalised global batch logmel [N, 1, F, T] (the memory gets all N)."""
+        x = self.mixup.mix(logmel, params["alphas"], params["picks"], rows) if self.mixup else logmel[rows]
+        mode = "bilinear" if self.canvas is None else "bicubic"
+        x = augment.resized_crop_batch(x if self.canvas is None else self.canvas(x), params["boxes"][rows],
+                                       self.sizes[view], mode)
+        if self.fader_gain > 0:
+            gains = params["gains"][rows]
+            x = augment.linear_fade(x, gains[:, 0], gains[:, 1])
+        return x
 
-    def __call__(self, logmel: torch.Tensor):
+    def __call__(self, logmel: torch.Tensor, step: int = 0, rank: int = 0, world: int = 1):
         logmel = self.norm(logmel) if self.norm else logmel
-        target, anchor = self.view(logmel, self.rand_crop), self.view(logmel, self.rand_crop)
-        focal = torch.cat([self.view(logmel, self.focal_crop) for _ in range(self.focal_views)])
-        if self.normalize_batch:  # BYOL-A NormalizeBatch, per view size
-            big = augment.normalize_batch(torch.cat([target, anchor]))
-            target, anchor, focal = *big.chunk(2), augment.normalize_batch(focal)
+        rows = slice(rank, None, world)
+        views = []
+        for view in range(2 + self.focal_views):
+            views.append(self.apply(logmel, self.draw(len(logmel), logmel.shape[-2:], step, view), view, rows))
+        target, anchor, focal = views[0], views[1], torch.cat(views[2:])
+        if self.normalize_batch:  # BYOL-A NormalizeBatch per view size, over the global batch
+            big = normalize_global(torch.cat([target, anchor]))
+            target, anchor, focal = *big.chunk(2), normalize_global(focal)
         return target, anchor, focal
 
     def state_dict(self) -> dict:
@@ -120,6 +150,16 @@ class MSNViews:
             self.norm.load_state_dict(state["norm"])
         if state["mixup"] is not None:
             self.mixup.load_state_dict(state["mixup"])
+
+
+def normalize_global(x: torch.Tensor) -> torch.Tensor:
+    """augment.normalize_batch (mean and unbiased std over all but the channel axis) over every process's x."""
+    if utils.world_size() == 1:
+        return augment.normalize_batch(x)
+    count = utils.all_reduce_sum(torch.tensor(float(x.numel() // x.shape[1]), device=x.device))
+    mean = utils.all_reduce_sum(x.sum(dim=(0, 2, 3), keepdim=True)) / count
+    var = utils.all_reduce_sum((x - mean).pow(2).sum(dim=(0, 2, 3), keepdim=True)) / (count - 1)
+    return (x - mean) / var.sqrt().clamp(float(torch.finfo(torch.float32).eps), float(torch.finfo().max))
 
 
 def lr_at(step: int, optim: dict, ipe: int) -> float:
@@ -137,18 +177,115 @@ def wd_at(step: int, optim: dict, ipe: int) -> float:
     return utils.cosine(step + 1, int(1.25 * optim["epochs"] * ipe), optim["weight_decay"], optim["final_weight_decay"])
 
 
-def epoch_loader(dataset, cfg: dict, epoch: int, rank: int, world: int, skip_batches: int = 0):
-    """This process's batches of one epoch: DistributedSampler order (seed + epoch), drop_last, minus the
-    first `skip_batches` (mid-epoch resume); worker seeds from a generator seeded per epoch and rank."""
+def epoch_loader(dataset, cfg: dict, epoch: int, rank: int, world: int, skip_batches: int = 0) -> DataLoader:
+    """This process's batches of one epoch: DistributedSampler order (a permutation seeded by seed + epoch, process
+    r taking positions r::world), drop_last, minus the first `skip_batches` (mid-epoch resume). Each clip's random
+    crop is keyed by (seed, step, global batch position), so it does not depend on the number of processes."""
     batch_size = cfg["optim"]["batch_size"]
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg["seed"],
                                  drop_last=True)
     sampler.set_epoch(epoch)
-    indices = list(sampler)[skip_batches * batch_size:]
-    generator = torch.Generator().manual_seed(cfg["seed"] * 100003 + epoch * 1009 + rank)
-    return DataLoader(dataset, batch_size=batch_size, sampler=indices, drop_last=True, generator=generator,
-                      num_workers=cfg["data"]["num_workers"], pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False)
+    indices = list(sampler)
+    ipe = len(indices) // batch_size
+    batches = [indices[k * batch_size:(k + 1) * batch_size] for k in range(skip_batches, ipe)]
+    keyed = utils.KeyedBatches(batches, cfg["seed"], epoch * ipe + skip_batches, rank, world)
+    return DataLoader(utils.KeyedItems(dataset), batch_sampler=keyed, num_workers=cfg["data"]["num_workers"],
+                      pin_memory=torch.cuda.is_available(), persistent_workers=False)
+
+
+LOSS_KEYS = ("loss", "ploss", "me_max", "ent", "perplexity")
+
+
+@dataclass
+class Training:
+    """Everything one MSN step touches. `online`/`target` are what is called (DDP-wrapped and/or compiled);
+    `online_module`/`target_module` the plain modules (state dicts, EMA, gradient clipping)."""
+    cfg: dict
+    device: torch.device
+    rank: int
+    world: int
+    ipe: int
+    views: MSNViews
+    online: torch.nn.Module
+    online_module: torch.nn.Module
+    target: torch.nn.Module
+    target_module: torch.nn.Module
+    prototypes: torch.nn.Parameter
+    optimizer: torch.optim.Optimizer
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg["optim"]["epochs"] * self.ipe
+
+
+def build_training(cfg: dict, device: torch.device, rank: int, world: int, ipe: int,
+                   stats: tuple[float, float] | None = None, load_pretrained: bool = True) -> Training:
+    """Views, online and EMA target nets, prototypes and AdamW, the same initial values in every process.
+
+    Under torchrun: batch norm over the global batch (utils.convert_sync_batchnorm; MSN syncs its head's BN,
+    msn_train.py L176-178), DDP on the online net; the prototypes stay outside DDP, their gradient is summed
+    across processes in train_step (SPEC B1). train.compile wraps the nets with torch.compile; AdamW is fused on CUDA.
+    """
+    m = cfg["msn"]
+    utils.seed_everything(cfg["seed"])
+    encoder = models.build_encoder(cfg)
+    if cfg["model"]["pretrained"] and load_pretrained:
+        models.load_torchvision_vit(encoder, cfg["model"]["pretrained"])
+    head = models.MSNHead(encoder.embed_dim, m["hidden_dim"], m["output_dim"], m["use_bn"])
+    online_module = models.MSNNet(encoder, head).to(device)
+    target_module = copy.deepcopy(online_module)
+    for p in target_module.parameters():
+        p.requires_grad_(False)
+    bound = 1.0 / m["output_dim"] ** 0.5
+    prototypes = torch.nn.Parameter(torch.empty(m["num_prototypes"], m["output_dim"]).uniform_(-bound, bound)
+                                    .to(device), requires_grad=not m["freeze_prototypes"])
+    online = online_module
+    if world > 1:
+        online_module = utils.convert_sync_batchnorm(online_module, device)
+        target_module = utils.convert_sync_batchnorm(target_module, device)
+        online = torch.nn.parallel.DistributedDataParallel(
+            online_module, device_ids=[device] if device.type == "cuda" else None)
+    target = target_module
+    if cfg["train"]["compile"]:
+        online, target = torch.compile(online), torch.compile(target_module)
+    o = cfg["optim"]
+    groups = utils.decay_groups(online_module.named_parameters(), o["weight_decay"])
+    if prototypes.requires_grad:
+        groups.append({"params": [prototypes], "weight_decay": 0.0, "lars_exclude": True})
+    optimizer = torch.optim.AdamW(groups, lr=o["lr"], fused=device.type == "cuda")
+    views = MSNViews(cfg["aug"], m["focal_views"], stats, seed=cfg["seed"])
+    return Training(cfg, device, rank, world, ipe, views, online, online_module, target, target_module, prototypes,
+                    optimizer)
+
+
+def train_step(run: Training, logmel: torch.Tensor, step: int, last_ckpt=None) -> dict:
+    """One MSN step on this process's clips logmel [b, 1, F, T]: views on the device, bf16 forward (CUDA), fp32
+    loss, AdamW, EMA. Returns the schedules' values and the losses of the GLOBAL batch (mean over processes)."""
+    cfg, m, o = run.cfg, run.cfg["msn"], run.cfg["optim"]
+    lr, wd = lr_at(step, o, run.ipe), wd_at(step, o, run.ipe)
+    utils.set_lr(run.optimizer, lr, wd)
+    torch.manual_seed(utils.key_seed(cfg["seed"], step))  # the token mask: the same in every process, keyed by step
+    logmel = utils.gather_batch(logmel.to(run.device, non_blocking=True))
+    target_view, anchor_view, focal_views = run.views(logmel, step, run.rank, run.world)
+    amp = cfg["train"]["amp"] and run.device.type == "cuda"
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=amp):
+        z_anchor = run.online(anchor_view, focal_views, m["patch_drop"])
+        with torch.no_grad():
+            z_target = run.target(target_view)
+    out = msn_loss(z_anchor.float(), z_target.float(), run.prototypes, m["temperature"], m["sharpen"],
+                   m["sinkhorn"], m["me_max_weight"], m["ent_weight"])
+    utils.check_finite(out["loss"], step, last_ckpt)
+    run.optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    if run.prototypes.grad is not None:
+        utils.all_reduce_sum(run.prototypes.grad)  # summed, not averaged, across processes (msn L367)
+    if o["clip_grad"]:
+        torch.nn.utils.clip_grad_norm_(run.online_module.parameters(), o["clip_grad"])
+    run.optimizer.step()
+    momentum = utils.ema_momentum(step, run.total_steps, m["ema_start"], m["ema_final"])
+    models.ema_update(run.target_module, run.online_module, momentum)
+    values = utils.all_reduce_mean(torch.stack([out[key].detach().float() for key in LOSS_KEYS]))
+    return {"lr": lr, "wd": wd, "momentum": momentum, **dict(zip(LOSS_KEYS, values.tolist()))}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -166,7 +303,6 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir = Path(cfg["train"]["out_dir"] or f"runs/{cfg['_meta']['config_name']}")
     cfg["train"]["out_dir"] = str(out_dir)
     cfg["_meta"]["git"] = utils.git_commit()
-    utils.seed_everything(cfg["seed"])  # the same initial weights and prototypes in every process
     ckpt = None
     if args.resume:
         path = out_dir / "ckpt_last.pt"
@@ -188,58 +324,26 @@ def main(argv: list[str] | None = None) -> dict:
     if ipe == 0:
         raise ValueError(f"{cache}: {len(dataset)} clips is less than one batch of "
                          f"{cfg['optim']['batch_size']} per process; lower optim.batch_size")
-    total_steps = cfg["optim"]["epochs"] * ipe
     stats = data.logmel_stats(cache, df) if cfg["aug"]["norm"] == "precomputed" else None
-    views = MSNViews(cfg["aug"], cfg["msn"]["focal_views"], stats)
 
-    # ---------------------------------------------------------------- model
-    m = cfg["msn"]
-    encoder = models.build_encoder(cfg)
-    if cfg["model"]["pretrained"] and ckpt is None:
-        models.load_torchvision_vit(encoder, cfg["model"]["pretrained"])
-    head = models.MSNHead(encoder.embed_dim, m["hidden_dim"], m["output_dim"], m["use_bn"])
-    online = models.MSNNet(encoder, head).to(device)
-    target = copy.deepcopy(online)
-    for p in target.parameters():
-        p.requires_grad_(False)
-    prototypes = torch.empty(m["num_prototypes"], m["output_dim"])
-    bound = 1.0 / m["output_dim"] ** 0.5
-    prototypes = torch.nn.Parameter(prototypes.uniform_(-bound, bound).to(device),
-                                    requires_grad=not m["freeze_prototypes"])
-    utils.seed_everything(cfg["seed"] + rank)  # then distinct augmentation draws per process
-    if world > 1:
-        if device.type == "cuda":  # MSN syncs the head's BN across GPUs (msn_train.py L176-178); CPU cannot
-            online = torch.nn.SyncBatchNorm.convert_sync_batchnorm(online)
-            target = torch.nn.SyncBatchNorm.convert_sync_batchnorm(target)
-        online = torch.nn.parallel.DistributedDataParallel(online, device_ids=[device] if device.type == "cuda"
-                                                           else None)
-    online_module = online.module if world > 1 else online
-
-    # ---------------------------------------------------------------- optimiser & schedules
+    # ---------------------------------------------------------------- model, optimiser (schedules: lr_at, wd_at)
+    run = build_training(cfg, device, rank, world, ipe, stats, load_pretrained=ckpt is None)
     o = cfg["optim"]
-    groups = utils.decay_groups(online_module.named_parameters(), o["weight_decay"])
-    if prototypes.requires_grad:
-        groups.append({"params": [prototypes], "weight_decay": 0.0, "lars_exclude": True})
-    optimizer = torch.optim.AdamW(groups, lr=o["lr"])
     start_epoch, step, last_ckpt = 0, 0, None
     if ckpt is not None:
-        online_module.load_state_dict(ckpt["online"])
-        target.load_state_dict(ckpt["target"])
-        prototypes.data.copy_(ckpt["prototypes"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        mine = ckpt["per_process"][rank] if len(ckpt["per_process"]) == world else ckpt["per_process"][0]
-        views.load_state_dict(mine["views"])
-        utils.set_rng_state(mine["rng"])
-        if len(ckpt["per_process"]) != world:  # another world size: keep the processes' draws distinct
-            utils.seed_everything(cfg["seed"] + rank + 7919 * step)
+        run.online_module.load_state_dict(ckpt["online"])
+        run.target_module.load_state_dict(ckpt["target"])
+        run.prototypes.data.copy_(ckpt["prototypes"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        states = ckpt["per_process"]  # every process holds the same view state; any world size resumes
+        run.views.load_state_dict(states[rank if len(states) == world else 0]["views"])
         start_epoch, step, last_ckpt = ckpt["epoch"], ckpt["step"], out_dir / "ckpt_last.pt"
-    amp = cfg["train"]["amp"] and device.type == "cuda"
-    fields = ["step", "epoch", "loss", "ploss", "me_max", "ent", "perplexity", "lr", "wd", "momentum", "clips_per_s"]
+    fields = ["step", "epoch", *LOSS_KEYS, "lr", "wd", "momentum", "clips_per_s"]
     log = utils.CSVLog(out_dir / "log.csv", fields, resume_step=step if ckpt else None) if utils.is_main() else None
 
     def per_process_state() -> list[dict]:
         """Every process's RNG and augmentation state (mixup memory, RunningNorm), in rank order."""
-        local = {"rng": utils.rng_state(), "views": views.state_dict()}
+        local = {"rng": utils.rng_state(), "views": run.views.state_dict()}
         if world == 1:
             return [local]
         states = [None] * world
@@ -247,9 +351,9 @@ def main(argv: list[str] | None = None) -> dict:
         return states
 
     def save(epoch: int, name: str, states: list[dict]) -> Path:
-        state = {"kind": "msn", "config": cfg, "encoder": target.encoder.state_dict(), "epoch": epoch, "step": step,
-                 "online": online_module.state_dict(), "target": target.state_dict(),
-                 "prototypes": prototypes.detach().cpu(), "optimizer": optimizer.state_dict(),
+        state = {"kind": "msn", "config": cfg, "encoder": run.target_module.encoder.state_dict(), "epoch": epoch,
+                 "step": step, "online": run.online_module.state_dict(), "target": run.target_module.state_dict(),
+                 "prototypes": run.prototypes.detach().cpu(), "optimizer": run.optimizer.state_dict(),
                  "per_process": states, "git": cfg["_meta"]["git"]}
         utils.atomic_torch_save(state, out_dir / name)
         return out_dir / name
@@ -263,37 +367,16 @@ def main(argv: list[str] | None = None) -> dict:
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{o['epochs']}", disable=not utils.is_main(), leave=False)
         tick = time.time()
         for logmel, _ in bar:
-            lr, wd = lr_at(step, o, ipe), wd_at(step, o, ipe)
-            utils.set_lr(optimizer, lr, wd)
-            target_view, anchor_view, focal_views = views(logmel.to(device, non_blocking=True))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                z_anchor = online(anchor_view, focal_views, m["patch_drop"])
-                with torch.no_grad():
-                    z_target = target(target_view)
-            out = msn_loss(z_anchor.float(), z_target.float(), prototypes, m["temperature"], m["sharpen"],
-                           m["sinkhorn"], m["me_max_weight"], m["ent_weight"])
-            utils.check_finite(out["loss"], step, last_ckpt)
-            optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            if prototypes.grad is not None:
-                utils.all_reduce_sum(prototypes.grad)  # summed, not averaged, across processes (msn L367)
-            if o["clip_grad"]:
-                torch.nn.utils.clip_grad_norm_(online_module.parameters(), o["clip_grad"])
-            optimizer.step()
-            momentum = utils.ema_momentum(step, total_steps, m["ema_start"], m["ema_final"])
-            models.ema_update(target, online_module, momentum)
-            row = {"step": step, "epoch": epoch + 1, "lr": lr, "wd": wd, "momentum": momentum,  # step: 0-based
-                   **{k: out[k].item() for k in ("loss", "ploss", "me_max", "ent", "perplexity")}}
+            row = {"step": step, "epoch": epoch + 1, **train_step(run, logmel, step, last_ckpt)}  # step: 0-based
             history.append(row)
             step += 1
-            if log and (step % cfg["train"]["log_every"] == 0 or step in (total_steps, max_steps)):
+            if log and (step % cfg["train"]["log_every"] == 0 or step in (run.total_steps, max_steps)):
                 # losses: mean over the steps since the previous row (of this run), the rest: this step
                 recent = history[-min(len(history), (step - 1) % cfg["train"]["log_every"] + 1):]
-                mean_row = {**row, **{key: sum(r[key] for r in recent) / len(recent)
-                                      for key in ("loss", "ploss", "me_max", "ent", "perplexity")}}
+                mean_row = {**row, **{key: sum(r[key] for r in recent) / len(recent) for key in LOSS_KEYS}}
                 mean_row["clips_per_s"] = len(logmel) * world * (step - epoch * ipe - skip) / (time.time() - tick)
                 log.write(mean_row)
-                bar.set_postfix(loss=f"{mean_row['loss']:.3f}", lr=f"{lr:.2e}")
+                bar.set_postfix(loss=f"{mean_row['loss']:.3f}", lr=f"{row['lr']:.2e}")
             if max_steps is not None and step >= max_steps:
                 break
         finished = step == (epoch + 1) * ipe

@@ -20,6 +20,9 @@ def test_logmel_equals_torchaudio_slaney_then_log():
     out = LogMel()(wave)
     assert out.shape == (64, 1 + 16000 // 160) and out.dtype == torch.float32
     torch.testing.assert_close(out, torch.log(ref + 1.1920929e-07))
+    batch = LogMel()(torch.stack([wave, 0.5 * wave])[None])  # any leading batch shape
+    assert batch.shape == (1, 2, 64, 101)
+    torch.testing.assert_close(batch[0, 0], out)
     assert LOG_EPS == pytest.approx(1.1920929e-07)
 
 
@@ -43,6 +46,8 @@ def test_pure_tone_lands_in_expected_mel_bin(freq):
 def test_htk_option_differs_from_default():
     wave = torch.from_numpy(tone(440, 16000, 0.5))
     htk = LogMel(LogMelConfig(mel_scale="htk"))(wave)
+    ref = torchaudio.transforms.MelSpectrogram(16000, n_fft=1024, hop_length=160, f_min=60, f_max=7800, n_mels=64)
+    torch.testing.assert_close(htk, torch.log(ref(wave) + 1.1920929e-07))  # torchaudio's defaults: HTK, no norm
     assert htk.shape == (64, 51)
     assert (htk - LogMel()(wave)).abs().max() > 1.0  # un-normalised HTK filters: several nats apart
 

@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: setup demo test lint bench clean-demo
+.PHONY: setup demo test lint bench tables
 
 setup: $(STAMP)
 
@@ -23,3 +23,6 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench.py preprocess
+
+tables: $(STAMP)
+	$(PY) results/make_tables.py

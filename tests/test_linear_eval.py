@@ -280,3 +280,73 @@ def test_end_to_end_random_real_encoder_on_tiny_cache(tmp_path, tiny_cache, conf
     assert row["model"] == f"{Path(config).stem}-random" and 0.0 <= float(row["mean"]) <= 100.0
     embeddings = list((tmp_path / "emb").glob("*.npy"))
     assert len(embeddings) == 1 and np.load(embeddings[0]).shape[0] == 24
+
+
+def write_speechcommands(root: Path) -> Path:
+    from tests.test_preprocess import write_wav
+    for i, word in enumerate(["zero", "one", "yes", "up"]):
+        for k in range(6):
+            write_wav(root / word / f"{k:08x}_nohash_0.wav", seconds=1.0, freq=300.0 * (i + 1))
+    words = ["zero", "one", "yes", "up"]
+    (root / "validation_list.txt").write_text("\n".join(f"{w}/00000001_nohash_0.wav" for w in words))
+    (root / "testing_list.txt").write_text("\n".join(f"{w}/00000002_nohash_0.wav" for w in words))
+    return root
+
+
+def write_gtzan(root: Path, split_dir: Path) -> Path:
+    from tests.test_preprocess import write_wav
+    split_dir.mkdir(parents=True)
+    lists = {"train": range(0, 4), "valid": range(4, 6), "test": range(6, 8)}
+    for i, genre in enumerate(["blues", "metal"]):
+        for k in range(8):
+            write_wav(root / "genres" / genre / f"{genre}.{k:05d}.wav", sr=22050, seconds=1.0, freq=200.0 * (i + 1))
+    for split, ks in lists.items():
+        (split_dir / f"{split}_filtered.txt").write_text(
+            "\n".join(f"{g}/{g}.{k:05d}.wav" for g in ["blues", "metal"] for k in ks))
+    return root
+
+
+def write_nsynth(root: Path) -> Path:
+    import json
+
+    from tests.test_preprocess import write_wav
+    for split, n in {"train": 4, "valid": 2, "test": 2}.items():
+        examples = {}
+        for i, family in enumerate(["bass", "flute"]):
+            for k in range(n):
+                note = f"{family}_acoustic_{k:03d}-0{60 + k}-100"
+                write_wav(root / f"nsynth-{split}" / "audio" / f"{note}.wav", seconds=1.0, freq=220.0 * (i + 1))
+                examples[note] = {"instrument_family_str": family, "instrument_source_str": "acoustic",
+                                  "pitch": 60 + k}
+        (root / f"nsynth-{split}" / "examples.json").write_text(json.dumps(examples))
+    return root
+
+
+def test_named_tasks_end_to_end_on_real_layouts(tmp_path):
+    """preprocess.py on each real layout, then linear_eval.py --task <name> with a real (random) encoder."""
+    import preprocess
+    from tests.test_preprocess import make_esc50
+    demo_msn = str(Path(__file__).parents[1] / "config" / "demo_msn.yaml")
+    esc = make_esc50(tmp_path / "ESC-50-master", n=15)
+    sc = write_speechcommands(tmp_path / "speech_commands_v0.02")
+    gtzan = write_gtzan(tmp_path / "gtzan", tmp_path / "GTZAN_split")
+    for name, root, extra in [("esc50", esc, []), ("speechcommands", sc, []),
+                              ("gtzan", gtzan, ["--split-dir", str(tmp_path / "GTZAN_split")]),
+                              ("nsynth", write_nsynth(tmp_path / "nsynth"), [])]:
+        preprocess.main(["--dataset", name, "--root", str(root), "--out", str(tmp_path / "cache" / name),
+                         "--workers", "1", *extra])
+    expected = {"esc50": (15, 5), "esc10": (10, 5), "sc35": (24, 1), "sc10": (12, 1), "gtzan": (16, 1),
+                "nsynth": (16, 1)}
+    for task, (n_clips, n_folds) in expected.items():
+        folder = {"esc10": "esc50", "sc10": "speechcommands", "sc35": "speechcommands"}.get(task, task)
+        cache = tmp_path / "cache" / folder
+        row = run_main(tmp_path, "--ckpt", f"random:{demo_msn}", "--task", task, "--cache", str(cache),
+                       "probe.epochs=3")
+        assert row["task"] == task and len(row["fold_acc"].split()) == n_folds, task
+        assert int(row["n"]) == n_folds, task
+        (embeddings,) = (tmp_path / "emb").glob(f"{task}-*.npy")
+        assert np.load(embeddings).shape[0] == n_clips, task
+        assert float(row["unit_seconds"]) == {"esc50": 5, "esc10": 5, "sc35": 1, "sc10": 1, "gtzan": 30,
+                                                 "nsynth": 4}[task]
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert [r["task"] for r in rows] == list(expected)

@@ -11,6 +11,19 @@ real time, and the ratio. Targets (issue 2): >= 1000x real time on 2 cores and >
 loader: a cache of ten-second log-mels [64, 1001] (generated once), read through data.LogMelCrops and a
 DataLoader (batch 64) from the page cache, per-clip files vs the packed memory map, whole clips and
 96-frame random crops. Target (issue 6): >= 5,000 ten-second clips/s on 2 cores.
+
+    python bench.py augment [--config config/msn.yaml] [--batch 64]
+    python bench.py train [--batch B] [--steps 5] [--peak-tflops T]
+    python bench.py eval [--clips 128] [--seconds 5]
+
+augment: the MSN views of the seed config (1 + 1 x 224 and 10 x 96 crops per clip, mixup, fader, RunningNorm)
+made clip by clip with augment's per-sample classes, as a loader worker would, and batched by
+pretrain_msn.MSNViews (CPU, and CUDA when present) in the same run; prints clips/s and the ratio. Target: >= 5x.
+train: pretrain_msn.train_step / pretrain_clar.train_step (augmentation inside the step) on random inputs: the
+demo configs on CPU, config/msn.yaml (ViT-B/32, 1 + 1 + 10 views) and config/clar.yaml (2-D ResNet18, 1 s) on
+CUDA; step time, clips/s, peak memory, model FLOPs per step (torch FlopCounterMode) and, on CUDA, MFU against the
+GPU's dense bf16 peak. eval: linear_eval.compute_embeddings over in-memory clips (demo encoders on CPU, the full
+ones on CUDA).
 """
 from __future__ import annotations
 
@@ -126,6 +139,175 @@ def bench_loader(args: argparse.Namespace) -> None:
     print("target: >= 5000 ten-second clips/s on 2 cores (issue 6)")
 
 
+# ----------------------------------------------------------------------------- augment, train, eval (issue 6)
+
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0,
+                    "RTX 4090": 165.0, "V100": 125.0}  # dense bf16 (V100: fp16) tensor-core peaks, vendor sheets
+
+
+def bench_devices() -> list[torch.device]:
+    return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory(device: torch.device) -> str:
+    """CUDA: peak allocated since the last reset; CPU: the process's peak resident set (all it ever held)."""
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+    import resource
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS"
+
+
+def per_sample_msn_views(aug: dict, focal_views: int, logmel: torch.Tensor, state: dict) -> None:
+    """The per-sample pipeline a data-loader worker runs: clip by clip, RunningNorm, then per view MixupBYOLA ->
+    torchvision RandomResizedCrop -> RandomLinearFader on that one clip [1, 1, F, T] (augment's per-sample classes)."""
+    import augment
+    if not state:
+        state.update(norm=augment.RunningNorm(aug["running_norm_epoch_samples"]),
+                     mixup=augment.MixupBYOLA(aug["mixup_ratio"], aug["mixup_memory"]),
+                     rand=augment.RandomResizedCrop(aug["rand_size"], aug["rand_scale"]),
+                     focal=augment.RandomResizedCrop(aug["focal_size"], aug["focal_scale"]),
+                     fader=augment.RandomLinearFader(aug["fader_gain"]))
+    for clip in logmel.split(1):
+        clip = state["norm"](clip)
+        for crop in [state["rand"]] * 2 + [state["focal"]] * focal_views:
+            state["fader"](crop(state["mixup"](clip)))
+
+
+def bench_augment(args: argparse.Namespace) -> None:
+    import pretrain_msn
+    cfg = pretrain_msn.resolve_config(args.config, [])
+    aug, focal = cfg["aug"], cfg["msn"]["focal_views"]
+    logmel = torch.randn(args.batch, 1, cfg["model"]["n_mels"], cfg["model"]["crop_frames"]) * 2 - 5
+    print(f"MSN views of {args.config}: 1 + 1 x {aug['rand_size']} and {focal} x {aug['focal_size']} per clip, "
+          f"crop '{aug['crop']}', norm '{aug['norm']}'; batch {args.batch}, {torch.get_num_threads()} CPU threads")
+    state: dict = {}
+    per_sample_msn_views(aug, focal, logmel[:8], state)  # warm up
+    start = time.perf_counter()
+    per_sample_msn_views(aug, focal, logmel, state)
+    per_sample = args.batch / (time.perf_counter() - start)
+    rows = [("per-sample (loader worker)", "cpu", per_sample)]
+    for device in bench_devices():
+        views = pretrain_msn.MSNViews(aug, focal, seed=0)
+        x = logmel.to(device)
+        views(x, 0)
+        sync(device)
+        start = time.perf_counter()
+        for step in range(1, args.steps + 1):
+            views(x, step)
+        sync(device)
+        rows.append(("batched (MSNViews)", device.type, args.batch * args.steps / (time.perf_counter() - start)))
+    print(f"{'pipeline':28s}{'device':>8s}{'clips/s':>10s}{'x per-sample':>14s}")
+    for name, device, rate in rows:
+        print(f"{name:28s}{device:>8s}{rate:10.0f}{rate / per_sample:14.1f}")
+    print("target: batched >= 5x per-sample on CPU (issue 6)")
+
+
+def train_setups(device: torch.device, batch: int | None) -> list[tuple[str, str, list[str]]]:
+    """(name, config, overrides): the tiny demo configs on CPU, the full configs on CUDA."""
+    if device.type == "cuda":
+        msn = ("MSN ViT-B/32 1+1+10 views", "config/msn.yaml", [f"optim.batch_size={batch or 64}"])
+        clar = ("CLAR 2-D ResNet18 1 s", "config/clar.yaml", [f"train.batch_size={batch or 1024}"])
+    else:
+        msn = ("MSN demo (tiny audio ViT)", "config/demo_msn.yaml", [f"optim.batch_size={batch or 32}"])
+        clar = ("CLAR demo (ResNet18 w16)", "config/demo_clar.yaml", [f"train.batch_size={batch or 32}"])
+    return [msn, clar]
+
+
+def make_train_step(name: str, config: str, overrides: list[str], device: torch.device):
+    """(step(i) -> None, clips per step): one training step of pretrain_msn / pretrain_clar on random inputs
+    (augmentation inside the step, no data loading)."""
+    if name.startswith("MSN"):
+        import pretrain_msn
+        cfg = pretrain_msn.resolve_config(config, [*overrides, "model.pretrained=null"])
+        run = pretrain_msn.build_training(cfg, device, 0, 1, ipe=1000)
+        logmel = torch.randn(cfg["optim"]["batch_size"], 1, cfg["model"]["n_mels"], cfg["model"]["crop_frames"]) - 5
+        return (lambda i: pretrain_msn.train_step(run, logmel, i)), len(logmel)
+    import pretrain_clar
+    from audio import SAMPLE_RATE
+    from config import load_config
+    cfg = pretrain_clar.resolve_config(load_config(config, overrides))
+    run = pretrain_clar.build_training(cfg, 10, device, 0, 1, steps_per_epoch=1000)
+    batch = cfg["train"]["batch_size"]
+    wave = 0.1 * torch.randn(batch, int(round(cfg["model"]["clip_seconds"] * SAMPLE_RATE)))
+    label = torch.arange(batch) % 10
+    return (lambda i: pretrain_clar.train_step(run, wave, label, label, i)), batch
+
+
+def step_flops(step, index: int, device: torch.device) -> float:
+    """Model FLOPs of one training step (forward + backward matmuls and convolutions, torch's FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(index)
+    sync(device)
+    return float(counter.get_total_flops())
+
+
+def bench_train(args: argparse.Namespace) -> None:
+    print(f"{'model':28s}{'device':>7s}{'batch':>7s}{'step ms':>9s}{'clips/s':>9s}{'peak memory':>16s}"
+          f"{'GFLOP/step':>12s}{'MFU':>7s}")
+    for device in bench_devices():
+        for name, config, overrides in train_setups(device, args.batch):
+            overrides = [*overrides, f"train.compile={str(args.compile).lower()}"]
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            step, clips = make_train_step(name, config, overrides, device)
+            for i in range(args.warmup):
+                step(i)
+            sync(device)
+            start = time.perf_counter()
+            for i in range(args.warmup, args.warmup + args.steps):
+                step(i)
+            sync(device)
+            seconds = (time.perf_counter() - start) / args.steps
+            flops = step_flops(step, args.warmup + args.steps, device)
+            mfu = "-"
+            if device.type == "cuda":
+                gpu = torch.cuda.get_device_name(device)
+                peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
+                mfu = f"{100 * flops / seconds / (peak * 1e12):.1f}%" if peak else "n/a"
+            print(f"{name:28s}{device.type:>7s}{clips:7d}{1000 * seconds:9.1f}{clips / seconds:9.0f}"
+                  f"{peak_memory(device):>16s}{flops / 1e9:12.1f}{mfu:>7s}")
+    print("targets on one H200 (issue 6): MSN ViT-B/32 >= 3000 clips/s, CLAR 2-D ResNet18 1 s >= 5000 clips/s")
+
+
+def bench_eval(args: argparse.Namespace) -> None:
+    import linear_eval
+    import models
+    from config import load_config
+    print(f"linear_eval.compute_embeddings on {args.seconds:g} s clips (long='chunk', pool='cls'), "
+          f"{torch.get_num_threads()} CPU threads")
+    print(f"{'encoder':34s}{'device':>7s}{'batch':>7s}{'clips/s':>9s}{'x real time':>13s}")
+    for device in bench_devices():
+        configs = (["config/msn.yaml", "config/clar.yaml"] if device.type == "cuda"
+                   else ["config/demo_msn.yaml", "config/demo_clar.yaml"])
+        for path in configs:
+            cfg = load_config(path)
+            if "encoder" in cfg:  # CLAR configs name the encoder by an alias
+                import pretrain_clar
+                cfg = pretrain_clar.resolve_config(cfg)
+            encoder = models.build_encoder(cfg)
+            n = args.clips if device.type == "cpu" else 8 * args.clips
+            if encoder.input_kind == "wave":
+                clips = 0.1 * torch.randn(n, int(args.seconds * 16000))
+            else:
+                clips = torch.randn(n, 1, 64, 1 + int(args.seconds * 100))
+            batch = args.batch if device.type == "cpu" else 8 * args.batch
+            linear_eval.compute_embeddings(encoder, clips[:batch], "chunk", "cls", batch, 0, device, desc="warm up")
+            sync(device)
+            start = time.perf_counter()
+            linear_eval.compute_embeddings(encoder, clips, "chunk", "cls", batch, 0, device, desc=path)
+            sync(device)
+            rate = n / (time.perf_counter() - start)
+            name = f"{cfg['model']['arch']} ({path.split('/')[-1]})"
+            print(f"{name:34s}{device.type:>7s}{batch:7d}{rate:9.1f}{rate * args.seconds:13.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -136,8 +318,23 @@ def main() -> None:
     p = sub.add_parser("loader", help="data.LogMelCrops throughput from the page cache")
     p.add_argument("--clips", type=int, default=2000)
     p.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
+    p = sub.add_parser("augment", help="batched on-device MSN views vs the per-sample pipeline")
+    p.add_argument("--config", default="config/msn.yaml")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=5)
+    p = sub.add_parser("train", help="training step time, clips/s, peak memory (and MFU on CUDA)")
+    p.add_argument("--batch", type=int, default=None, help="per-process batch (default: 32 CPU, config's on CUDA)")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, for MFU")
+    p.add_argument("--compile", action="store_true", help="train.compile=true (torch.compile)")
+    p = sub.add_parser("eval", help="linear_eval.compute_embeddings throughput")
+    p.add_argument("--clips", type=int, default=128)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
-    {"preprocess": bench_preprocess, "loader": bench_loader}[args.mode](args)
+    {"preprocess": bench_preprocess, "loader": bench_loader, "augment": bench_augment, "train": bench_train,
+     "eval": bench_eval}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -76,13 +76,19 @@ class MixupBYOLA:
             z[torch.as_tensor(in_batch, device=x.device)] = x.detach()[torch.as_tensor(picks[in_batch] - self.count,
                                                                                       device=x.device)]
         lam = torch.as_tensor(1 - alphas, dtype=x.dtype, device=x.device).view(-1, 1, 1, 1)
-        mixed = log_mixup_exp(own, z, lam) if self.log_mixup else lam * own + (1 - lam) * z
+        if self.log_mixup:  # log_mixup_exp(own, z, lam), the same operations in place (no fresh buffers)
+            mixed = own.exp().mul_(lam).add_(z.exp_().mul_(1 - lam)).add_(LOG_EPS).log_()
+        else:
+            mixed = lam * own + (1 - lam) * z
         keep = x.detach()[-self.n_memory:]
         slots = (self.next + torch.arange(len(x) - len(keep), len(x))) % self.n_memory
         self.ring[slots.to(x.device)] = keep
         self.next = (self.next + len(x)) % self.n_memory
         self.count = min(self.count + len(x), self.n_memory)
-        return torch.where(torch.as_tensor(picks >= 0, device=x.device).view(-1, 1, 1, 1), mixed, own)
+        if (picks < 0).any():  # nothing to mix with (the very first inputs): unchanged
+            unmixed = torch.as_tensor(picks < 0, device=x.device)
+            mixed[unmixed] = own[unmixed]
+        return mixed
 
     @property
     def memory(self) -> torch.Tensor | None:
@@ -185,7 +191,7 @@ def linear_fade(x: torch.Tensor, head: torch.Tensor, tail: torch.Tensor) -> torc
     ramp = torch.linspace(0, 1, x.shape[-1], device=x.device, dtype=x.dtype)
     head = torch.as_tensor(head, dtype=x.dtype, device=x.device).view(-1, 1, 1, 1)
     tail = torch.as_tensor(tail, dtype=x.dtype, device=x.device).view(-1, 1, 1, 1)
-    return x + head + (tail - head) * ramp
+    return x + (head + (tail - head) * ramp)  # the [B, 1, 1, T] gain first: one pass over x
 
 
 class RandomLinearFader:
@@ -543,9 +549,9 @@ def _weighted_rows(table: torch.Tensor, rows: torch.Tensor, weights: torch.Tenso
     b, k, s = rows.shape
     picked = table.index_select(0, rows.flatten()).view(b, k, s, -1)
     weights = weights.to(table.dtype)[..., None]
-    out = picked[:, 0] * weights[:, 0]
+    out = picked[:, 0].mul_(weights[:, 0])
     for i in range(1, k):
-        out += picked[:, i] * weights[:, i]
+        out.addcmul_(picked[:, i], weights[:, i])
     return out
 
 

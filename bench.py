@@ -186,18 +186,21 @@ def bench_augment(args: argparse.Namespace) -> None:
     print(f"MSN views of {args.config}: 1 + 1 x {aug['rand_size']} and {focal} x {aug['focal_size']} per clip, "
           f"crop '{aug['crop']}', norm '{aug['norm']}'; batch {args.batch}, {torch.get_num_threads()} CPU threads")
     state: dict = {}
-    per_sample_msn_views(aug, focal, logmel[:8], state)  # warm up
+    for _ in range(2):  # warm up: RunningNorm freezes after 100 clips and the mixup memory fills
+        per_sample_msn_views(aug, focal, logmel, state)
     start = time.perf_counter()
-    per_sample_msn_views(aug, focal, logmel, state)
-    per_sample = args.batch / (time.perf_counter() - start)
+    for _ in range(2):
+        per_sample_msn_views(aug, focal, logmel, state)
+    per_sample = 2 * args.batch / (time.perf_counter() - start)
     rows = [("per-sample (loader worker)", "cpu", per_sample)]
     for device in bench_devices():
         views = pretrain_msn.MSNViews(aug, focal, seed=0)
         x = logmel.to(device)
-        views(x, 0)
+        for step in range(2):  # warm up as the per-sample pipeline
+            views(x, step)
         sync(device)
         start = time.perf_counter()
-        for step in range(1, args.steps + 1):
+        for step in range(2, 2 + args.steps):
             views(x, step)
         sync(device)
         rows.append(("batched (MSNViews)", device.type, args.batch * args.steps / (time.perf_counter() - start)))
@@ -321,7 +324,7 @@ def main() -> None:
     p = sub.add_parser("augment", help="batched on-device MSN views vs the per-sample pipeline")
     p.add_argument("--config", default="config/msn.yaml")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10)
     p = sub.add_parser("train", help="training step time, clips/s, peak memory (and MFU on CUDA)")
     p.add_argument("--batch", type=int, default=None, help="per-process batch (default: 32 CPU, config's on CUDA)")
     p.add_argument("--steps", type=int, default=5)

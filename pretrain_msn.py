@@ -7,6 +7,9 @@ Per clip: a random crop of model.crop_frames frames from the cache, normalised (
 the seed's), then 1 target view, 1 anchor view (rand_size, masked in the encoder) and focal_views focal
 views (focal_size), each MixupBYOLA -> random resized crop -> RandomLinearFader. The anchor/focal views go
 through the online encoder + head, the target view through the EMA target; the loss is msn_loss.
+The loader only reads crops; the views are made batched on the training device (MSNViews). Under torchrun
+(optim.batch_size per process) every draw is keyed by (seed, step, view, global batch position), so N
+processes train as one process on the global batch (tests/test_distributed.py).
 Writes OUT/config.yaml, OUT/log.csv, OUT/ckpt_last.pt (every epoch) and OUT/ckpt_epochNNN.pt (every
 train.save_every epochs and at the end); --resume continues from OUT/ckpt_last.pt exactly.
 """

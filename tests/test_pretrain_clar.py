@@ -140,3 +140,15 @@ def test_resume_is_exact(tiny_cache, tmp_path):
 def test_non_finite_loss_stops_with_a_clear_error(tiny_cache, tmp_path):
     with pytest.raises(NonFiniteLoss, match="step 0"):
         pretrain_clar.main(tiny_args(tiny_cache, tmp_path / "run", "loss.tau=0.0", "mode=selfsupervised"))
+
+
+def test_paper_config_builds_the_full_model_and_runs_a_step_on_cpu(tiny_cache, tmp_path):
+    results = pretrain_clar.main(["--config", "config/clar.yaml", f"data.cache={tiny_cache}", "data.classes=null",
+                                  "data.num_workers=0", f"train.out_dir={tmp_path}", "train.batch_size=8",
+                                  "train.max_steps=1", "train.probe_epochs=0"])
+    assert results["step"] == 1
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    encoder = models.build_encoder(ckpt["config"])
+    encoder.load_state_dict(ckpt["encoder"])
+    n_params = sum(p.numel() for p in encoder.parameters())
+    assert encoder.embed_dim == 512 and 11.0e6 < n_params < 11.3e6  # torchvision resnet18 minus its fc: 11.18M

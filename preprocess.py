@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> dict:
             pool = None
         else:
             pool = Pool(workers, initializer=_init_worker, initargs=(params,))
-            results = zip(todo, pool.imap(process_clip, job_args, chunksize=4))
+            results = zip(todo, pool.imap(process_clip, job_args, chunksize=16))
         for (clip, cid), (status, value) in results:
             if status == "ok":
                 rows[cid] = manifest_row(clip, cid, root, value["duration"], args.waveform)

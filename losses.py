@@ -121,6 +121,40 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5) -> torch.Tenso
     return F.cross_entropy(logits, positive)
 
 
+def _gather_in_rank_order(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate x [n, ...] of every process in rank order (the order of gather_with_grad), no gradient."""
+    if world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    torch.distributed.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def supcon(z1: torch.Tensor, z2: torch.Tensor, targets: torch.Tensor, tau: float = 0.5) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020, Eq. 2, L_out) over both views of the global batch.
+
+    For anchor i among the 2N views: -1/|P(i)| sum_{p in P(i)} log( exp(s_ip/tau) / sum_{a != i} exp(s_ia/tau) ),
+    with s the cosine similarity. P(i) = every other view whose clip has i's label; an unlabelled clip
+    (target -1) has only its own second view, so with no labels this is exactly nt_xent. Mean over anchors.
+    """
+    z1, z2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+    n, rank = z1.shape[0], (torch.distributed.get_rank() if world_size() > 1 else 0)
+    candidates = torch.cat([gather_with_grad(z1), gather_with_grad(z2)])  # [2 * N, D]
+    all_targets = _gather_in_rank_order(targets)
+    total = all_targets.shape[0]
+    candidate_labels, anchor_labels = torch.cat([all_targets, all_targets]), torch.cat([targets, targets])
+    rows = torch.arange(2 * n, device=z1.device)
+    own = torch.arange(n, device=z1.device) + rank * n
+    self_index, other_view = torch.cat([own, own + total]), torch.cat([own + total, own])
+    logits = torch.cat([z1, z2]) @ candidates.T / tau
+    logits[rows, self_index] = float("-inf")
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    positive = (anchor_labels[:, None] == candidate_labels[None]) & (anchor_labels[:, None] >= 0)
+    positive[rows, other_view] = True
+    positive[rows, self_index] = False
+    return (-log_prob.masked_fill(~positive, 0.0).sum(1) / positive.sum(1)).mean()
+
+
 def labelled_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross entropy over the rows with a label (targets >= 0; -1 = unlabelled), of the GLOBAL batch.
 
@@ -138,15 +172,19 @@ def labelled_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch
 
 def clar_loss(z1: torch.Tensor, z2: torch.Tensor, logits1: torch.Tensor | None, logits2: torch.Tensor | None,
               targets: torch.Tensor, mode: str = "clar", tau: float = 0.5,
-              ce_weight: float = 1.0) -> dict[str, torch.Tensor]:
+              ce_weight: float = 1.0, contrastive: str = "ntxent") -> dict[str, torch.Tensor]:
     """CLAR objective (Al-Tahan and Mohsenzadeh 2021, SPEC A3): {"loss", "ntxent", "ce"}.
 
     mode "clar": NT-Xent on all clips + ce_weight * CE on the labelled ones; "selfsupervised": NT-Xent only;
     "supervised": CE only. CE is the mean over both views' labelled rows (the reference code sums the two
-    views' CEs, i.e. ce_weight 2).
+    views' CEs, i.e. ce_weight 2). contrastive="supcon" replaces NT-Xent by SupCon (labelled clips attract
+    every clip of their class; the "ntxent" entry then holds the SupCon term).
     """
+    if contrastive not in ("ntxent", "supcon"):
+        raise ValueError(f"contrastive must be ntxent or supcon, got {contrastive!r}")
     zero = z1.float().sum() * 0.0
-    ntxent = nt_xent(z1, z2, tau) if mode in ("clar", "selfsupervised") else zero
+    pair_loss = nt_xent(z1, z2, tau) if contrastive == "ntxent" else supcon(z1, z2, targets, tau)
+    ntxent = pair_loss if mode in ("clar", "selfsupervised") else zero
     ce = zero
     if mode in ("clar", "supervised"):
         ce = 0.5 * (labelled_cross_entropy(logits1, targets) + labelled_cross_entropy(logits2, targets))

@@ -87,7 +87,7 @@ DEFAULTS = {
         "max_fade": 0.5, "max_mask": 0.125, "mask_noise_std": 0.01, "max_shift": 0.5, "stretch": [0.5, 1.5],
         "n_fft": 512, "hop": 128,
     },
-    "loss": {"tau": 0.5, "ce_weight": 1.0},
+    "loss": {"tau": 0.5, "ce_weight": 1.0, "contrastive": "ntxent"},
     "optim": {"lr": 1.2, "momentum": 0.9, "weight_decay": 1e-4, "eta": 0.001, "warmup_epochs": 10,
               "online_lr": 1e-3},
     "train": {
@@ -121,6 +121,8 @@ def resolve_config(cfg: dict) -> dict:
     if merged["encoder"] not in ENCODERS:
         raise ConfigError(f"encoder must be one of {list(ENCODERS)}, got {merged['encoder']!r}")
     merged["model"]["arch"] = ENCODERS[merged["encoder"]]
+    if merged["loss"]["contrastive"] not in ("ntxent", "supcon"):
+        raise ConfigError(f"loss.contrastive must be ntxent or supcon, got {merged['loss']['contrastive']!r}")
     if not 0 < merged["label_fraction"] <= 1:
         raise ConfigError(f"label_fraction must be in (0, 1], got {merged['label_fraction']}")
     if merged["train"]["out_dir"] is None:
@@ -357,7 +359,8 @@ def train_step(run: Training, wave: torch.Tensor, target: torch.Tensor, label: t
     amp = cfg["train"]["amp"] and device.type == "cuda"
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         z1, z2, logits1, logits2, online_logits = run.model(view1, view2)
-    losses = clar_loss(z1, z2, logits1, logits2, target, cfg["mode"], cfg["loss"]["tau"], cfg["loss"]["ce_weight"])
+    losses = clar_loss(z1, z2, logits1, logits2, target, cfg["mode"], cfg["loss"]["tau"], cfg["loss"]["ce_weight"],
+                       cfg["loss"]["contrastive"])
     online_loss = F.cross_entropy(online_logits.float(), label)
     check_finite(losses["loss"], step, last_ckpt)
     run.optimizer.zero_grad(set_to_none=True)

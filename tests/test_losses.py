@@ -140,3 +140,31 @@ def test_clar_loss_modes_combine_the_terms():
     assert losses.clar_loss(z1, z2, l1, l2, y, "supervised")["loss"].item() == pytest.approx(ce.item())
     with pytest.raises(ValueError, match="mode"):
         losses.clar_loss(z1, z2, l1, l2, y, "semi")
+
+
+def supcon_by_hand(z1, z2, labels, tau):
+    """Khosla et al. 2020 Eq. 2 written as loops over anchors i and positives p (views 0..2N-1)."""
+    z = torch.nn.functional.normalize(torch.cat([z1, z2]).double(), dim=1)
+    n, views = len(z1), torch.cat([labels, labels]).tolist()
+    total = 0.0
+    for i in range(2 * n):
+        others = [a for a in range(2 * n) if a != i]
+        denominator = sum(math.exp(float(z[i] @ z[a]) / tau) for a in others)
+        positives = [p for p in others if p == (i + n) % (2 * n) or (views[i] >= 0 and views[p] == views[i])]
+        total += -sum(math.log(math.exp(float(z[i] @ z[p]) / tau) / denominator) for p in positives) / len(positives)
+    return total / (2 * n)
+
+
+def test_clar_supcon_matches_a_hand_computation_and_reduces_to_ntxent_without_labels():
+    from losses import nt_xent, supcon
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    labels = torch.tensor([0, 1, 0, -1, 1])
+    assert supcon(z1, z2, labels, 0.5).item() == pytest.approx(supcon_by_hand(z1, z2, labels, 0.5), rel=1e-5)
+    assert supcon(z2, z1, labels, 0.5).item() == pytest.approx(supcon(z1, z2, labels, 0.5).item(), rel=1e-6)
+    unlabelled = torch.full((5,), -1)
+    assert supcon(z1, z2, unlabelled, 0.5).item() == pytest.approx(nt_xent(z1, z2, 0.5).item(), rel=1e-6)
+    # pulling same-class clips together: a batch whose classes are already clustered has a lower SupCon
+    clustered = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0]])
+    assert supcon(clustered, clustered, torch.tensor([0, 1, 0, 1]), 0.5) < \
+        supcon(clustered, clustered, torch.tensor([0, 0, 1, 1]), 0.5)

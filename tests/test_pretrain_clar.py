@@ -152,3 +152,12 @@ def test_paper_config_builds_the_full_model_and_runs_a_step_on_cpu(tiny_cache, t
     encoder.load_state_dict(ckpt["encoder"])
     n_params = sum(p.numel() for p in encoder.parameters())
     assert encoder.embed_dim == 512 and 11.0e6 < n_params < 11.3e6  # torchvision resnet18 minus its fc: 11.18M
+
+
+def test_supcon_option_trains_and_bad_choice_is_refused(tiny_cache, tmp_path):
+    results = pretrain_clar.main(tiny_args(tiny_cache, tmp_path / "run", "loss.contrastive=supcon",
+                                           "label_fraction=0.5", "train.max_steps=2", "train.probe_epochs=0"))
+    assert results["step"] == 2
+    assert float(read_log(tmp_path / "run" / "log.csv")[0]["ntxent"]) > 0
+    with pytest.raises(ConfigError, match="loss.contrastive"):
+        pretrain_clar.resolve_config(load_config(DEMO, ["loss.contrastive=triplet"]))

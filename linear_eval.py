@@ -56,7 +56,7 @@ from tqdm import tqdm
 from audio import LOG_SILENCE, SAMPLE_RATE, fix_length
 from config import ConfigError, apply_overrides, load_config
 from data import LabelMap, load_array, logmel_stats, read_manifest, select, stratified_subset
-from utils import atomic_write_text, git_commit
+from utils import atomic_write_text, git_commit, load_checkpoint
 
 DEFAULTS = {
     "data": {  # default cache folder of each data set (preprocess.py --out)
@@ -354,7 +354,7 @@ def load_encoder(ckpt: str, random_seed: int = 0) -> tuple[nn.Module, dict]:
         return encoder.eval(), {"model": f"{name}-random", "ckpt_sha256": sha, "config": name}
     if not Path(ckpt).is_file():
         raise FileNotFoundError(f"{ckpt}: checkpoint not found")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)  # holds configs and RNG states
+    state = load_checkpoint(ckpt)
     missing = [k for k in ("kind", "config", "encoder") if k not in state] if isinstance(state, dict) else ["all"]
     if missing:
         raise ValueError(f"{ckpt}: not a pretraining checkpoint (missing {missing})")
@@ -529,7 +529,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--results", default="results/results.csv", help="CSV the result row is appended to")
     parser.add_argument("--name", help="model name in the results (default: the config name)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of DEFAULTS (e.g. eval.long=pad)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may sit between key=value overrides
     if args.label_fraction is not None and not 0 < args.label_fraction <= 1:
         parser.error("--label-fraction must be in (0, 1]")
     if args.shots is not None and args.shots < 1:

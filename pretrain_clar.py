@@ -2,7 +2,8 @@
 
     python pretrain_clar.py --config config/demo_clar.yaml                       # -> runs/demo_clar
     python pretrain_clar.py --config config/demo_clar.yaml mode=selfsupervised encoder=1d label_fraction=0.1
-    python pretrain_clar.py --config config/demo_clar.yaml --resume              # continue from checkpoint.pt
+    python pretrain_clar.py --config config/demo_clar.yaml --resume              # continue from OUT/checkpoint.pt
+    python pretrain_clar.py --config config/demo_clar.yaml --resume-from runs/x/checkpoint.pt train.epochs=20
     torchrun --nproc_per_node 4 pretrain_clar.py --config config/clar.yaml      # global batch split over GPUs
 
 Each training clip gives two views, two independent passes of augment.BatchWaveAugment over the same crop, made
@@ -45,6 +46,7 @@ from utils import (
     CSVLog,
     KeyedBatches,
     KeyedItems,
+    NonFiniteLoss,
     all_reduce_mean,
     all_reduce_sum,
     atomic_torch_save,
@@ -56,6 +58,7 @@ from utils import (
     init_distributed,
     is_main,
     key_generator,
+    load_checkpoint,
     rng_state,
     seed_everything,
     set_lr,
@@ -378,10 +381,10 @@ def train_step(run: Training, wave: torch.Tensor, target: torch.Tensor, label: t
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
-    parser.add_argument("--resume", nargs="?", const="auto", default=None,
-                        help="continue from a checkpoint (default: <out_dir>/checkpoint.pt)")
+    parser.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoint.pt")
+    parser.add_argument("--resume-from", type=Path, default=None, help="continue from this checkpoint file")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may sit between key=value overrides
     cfg = resolve_config(load_config(args.config, args.overrides))
     tcfg = cfg["train"]
     out_dir = Path(tcfg["out_dir"])
@@ -420,11 +423,12 @@ def main(argv: list[str] | None = None) -> dict:
     # resume
     ckpt_path = out_dir / "checkpoint.pt"
     epoch = step = 0
-    if args.resume:
-        path = ckpt_path if args.resume == "auto" else Path(args.resume)
+    resuming = args.resume or args.resume_from is not None
+    if resuming:
+        path = args.resume_from or ckpt_path
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no checkpoint to resume from")
-        ckpt = torch.load(path, map_location=device, weights_only=False)
+        ckpt = load_checkpoint(path, map_location=device)
         if ckpt.get("kind") != "clar":
             raise ValueError(f"{path}: not a CLAR checkpoint (kind={ckpt.get('kind')!r})")
         net.encoder.load_state_dict(ckpt["encoder"])
@@ -444,7 +448,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"CLAR {cfg['mode']} {cfg['model']['arch']} | {len(train_set)} train / {len(test_set)} test clips, "
               f"{len(labels)} classes, {int((targets >= 0).sum())} labelled | {steps_per_epoch} steps/epoch "
               f"| {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M params | {device} x{world} | {out_dir}")
-    log = CSVLog(out_dir / "log.csv", LOG_FIELDS, resume_step=step + 1 if args.resume else None) \
+    log = CSVLog(out_dir / "log.csv", LOG_FIELDS, resume_step=step + 1 if resuming else None) \
         if main_process else None
 
     def save_checkpoint() -> None:
@@ -510,4 +514,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except (ConfigError, FileNotFoundError, NonFiniteLoss, ValueError) as err:
+        sys.exit(f"pretrain_clar.py: error: {err}")

@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--config", required=True)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/ckpt_last.pt")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may sit between key=value overrides
 
     # ---------------------------------------------------------------- config
     cfg = resolve_config(args.config, args.overrides)
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
         path = out_dir / "ckpt_last.pt"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no checkpoint to resume from")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = utils.load_checkpoint(path)
         if ckpt.get("kind") != "msn" or ckpt["config"]["model"] != cfg["model"]:
             raise ValueError(f"{path}: not an MSN checkpoint of this model config")
     if utils.is_main():
@@ -397,4 +397,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except (config_lib.ConfigError, FileNotFoundError, utils.NonFiniteLoss, ValueError) as err:
+        sys.exit(f"pretrain_msn.py: error: {err}")

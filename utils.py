@@ -74,6 +74,21 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """torch.load of one of this package's checkpoints (they hold configs and RNG states, so not weights_only),
+    with an error that names the file when it is missing or not a checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # truncated file, not a torch file, unpickling errors...
+        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(ckpt, dict) or "config" not in ckpt:
+        raise ValueError(f"{path}: not a checkpoint of this package (no 'config' entry)")
+    return ckpt
+
+
 class CSVLog:
     """Append rows to a CSV file; on resume, rows at or after `resume_step` are dropped first."""
 

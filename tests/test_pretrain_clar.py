@@ -161,3 +161,14 @@ def test_supcon_option_trains_and_bad_choice_is_refused(tiny_cache, tmp_path):
     assert float(read_log(tmp_path / "run" / "log.csv")[0]["ntxent"]) > 0
     with pytest.raises(ConfigError, match="loss.contrastive"):
         pretrain_clar.resolve_config(load_config(DEMO, ["loss.contrastive=triplet"]))
+
+
+def test_resume_flag_does_not_swallow_the_next_override(tiny_cache, tmp_path):
+    """Regression: `--resume key=value` used to read key=value as the checkpoint path."""
+    args = tiny_args(tiny_cache, tmp_path / "run", "train.probe_epochs=0", "train.epochs=1")
+    pretrain_clar.main(args)
+    results = pretrain_clar.main([*args, "--resume", "train.epochs=2"])
+    assert results["step"] == 4 and read_log(tmp_path / "run" / "log.csv")[-1]["epoch"] == "2"
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="broken.pt: not a readable checkpoint"):
+        pretrain_clar.main([*args, "--resume-from", str(tmp_path / "broken.pt")])

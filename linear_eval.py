@@ -55,7 +55,7 @@ from tqdm import tqdm
 
 from audio import LOG_SILENCE, SAMPLE_RATE, fix_length
 from config import ConfigError, apply_overrides, load_config
-from data import LabelMap, load_array, logmel_stats, read_manifest, select, stratified_subset
+from data import LabelMap, load_array, read_manifest, select, stratified_subset
 from utils import atomic_write_text, git_commit, load_checkpoint
 
 DEFAULTS = {
@@ -404,6 +404,17 @@ def compute_embeddings(encoder: nn.Module, dataset: Dataset, long: str, pool: st
     return torch.cat(out).numpy()
 
 
+def unit_logmel_stats(clips: Dataset, max_clips: int) -> tuple[float, float]:
+    """Scalar mean and std (ddof 0) over the first `max_clips` unit-length training inputs, padding and crops
+    included, as EVAR's ar.precompute sees them (SPEC B3; EVAR's RunningMean drops its first batch, we do not)."""
+    total = total_sq = count = 0.0
+    for i in range(min(len(clips), max_clips)):
+        x = clips[i].double()
+        total, total_sq, count = total + x.sum().item(), total_sq + (x * x).sum().item(), count + x.numel()
+    mean = total / count
+    return mean, math.sqrt(max(total_sq / count - mean * mean, 0.0))
+
+
 def task_embeddings(encoder: nn.Module, info: dict, task: Task, cfg: dict, device) -> np.ndarray:
     """Embeddings [len(task.df), D] of every clip of the task, from the disk cache when the key matches."""
     ecfg, kind = cfg["eval"], encoder.input_kind
@@ -414,13 +425,13 @@ def task_embeddings(encoder: nn.Module, info: dict, task: Task, cfg: dict, devic
                          + ("waveforms: re-run preprocess.py with --waveform" if kind == "wave" else "log-mels"))
     random_crop = (task.df["split"].isin(["train", "valid"]) if task.protocol == "splits"
                    else pd.Series(False, index=task.df.index)).to_numpy()
+    unit_samples = int(round(task.unit_seconds * SAMPLE_RATE))
     mean, std = 0.0, 1.0
     if kind == "logmel":
         first = holdout_folds(task, None)[0]
-        train = (task.df[task.df["split"] == "train"] if task.protocol == "splits"
-                 else task.df[task.df["fold"] != first])
-        mean, std = logmel_stats(task.cache, train, max_clips=ecfg["norm_clips"])
-    unit_samples = int(round(task.unit_seconds * SAMPLE_RATE))
+        is_train = (task.df["split"] == "train") if task.protocol == "splits" else (task.df["fold"] != first)
+        train = UnitClips(task.cache, task.df[is_train], kind, unit_samples, random_crop[is_train.to_numpy()])
+        mean, std = unit_logmel_stats(train, ecfg["norm_clips"])
     key_items = dict(ckpt=info["ckpt_sha256"], cache=str(task.cache.resolve()), task=task.name, kind=kind,
                      manifest=file_sha256(task.cache / "manifest.csv"), ids=task.df["id"].tolist(),
                      crop=random_crop.tolist(), unit=unit_samples, long=ecfg["long"], pool=ecfg["pool"],
@@ -455,7 +466,9 @@ def evaluate_embeddings(X: np.ndarray, task: Task, cfg: dict, seeds: list[int], 
     for seed in seeds:
         for holdout in holdouts:
             train, valid, test = fold_indices(task, holdout, seed, pcfg["valid_fraction"])
-            pool = np.concatenate([train, valid])  # the whole (unlabelled) training fold, for the scaler
+            # EVAR fits the scaler on X_train: the whole training fold when validation is carved out of it,
+            # the training split alone when the task has an official validation split
+            pool = np.concatenate([train, valid]) if task.protocol == "folds" else train
             train, valid = low_shot(train, valid, y_all, label_fraction, shots, seed)
             probe = fit_linear_probe(X[train], y_all[train], X[valid], y_all[valid], len(task.labels),
                                      lr=pcfg["lr"], weight_decay=pcfg["weight_decay"], epochs=pcfg["epochs"],

@@ -350,3 +350,34 @@ def test_named_tasks_end_to_end_on_real_layouts(tmp_path):
                                                  "nsynth": 4}[task]
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert [r["task"] for r in rows] == list(expected)
+
+
+def test_normalisation_stats_are_over_unit_length_inputs_padding_included(tiny_cache):
+    """EVAR computes the log-mel mean/std on the loader's unit-length clips (right-padded with silence)."""
+    from audio import LOG_SILENCE
+    df = pd.read_csv(tiny_cache / "manifest.csv", dtype=str, keep_default_na=False)
+    clips = le.UnitClips(tiny_cache, df, "logmel", 32000, np.zeros(len(df), bool))  # 2 s = 201 frames > 120
+    mean, std = le.unit_logmel_stats(clips, max_clips=10)
+    padded = np.stack([np.pad(np.load(tiny_cache / p), ((0, 0), (0, 81)), constant_values=LOG_SILENCE)
+                       for p in df.logmel[:10]])
+    assert mean == pytest.approx(padded.mean(), rel=1e-6) and std == pytest.approx(padded.std(), rel=1e-6)
+
+
+def test_scaler_fits_the_training_split_only_when_validation_is_official(monkeypatch):
+    seen = []
+    real = le.fit_linear_probe
+
+    def spy(*args, scaler_data=None, **kw):
+        seen.append(len(scaler_data))
+        return real(*args, scaler_data=scaler_data, **kw)
+
+    monkeypatch.setattr(le, "fit_linear_probe", spy)
+    y = np.repeat(np.arange(2), 10)
+    df = pd.DataFrame({"label": [f"c{i}" for i in y], "split": ["train"] * 12 + ["valid"] * 4 + ["test"] * 4,
+                       "fold": pd.array([None] * 20, dtype="Int64")})
+    df["split"] = (["train"] * 6 + ["valid"] * 2 + ["test"] * 2) * 2  # both classes in every split
+    task = le.Task("t", Path("."), df, "splits", 1.0, le.LabelMap.from_labels(df.label))
+    X, _ = blobs(10, n_classes=2, dim=4)
+    cfg = le.apply_overrides(le.DEFAULTS, ["probe.epochs=2"])
+    le.evaluate_embeddings(X, task, cfg, seeds=[0])
+    assert seen == [12]

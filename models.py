@@ -11,7 +11,6 @@ so a checkpoint, which carries its resolved config, rebuilds its encoder with no
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import torch
@@ -68,11 +67,16 @@ def drop_tokens(x: torch.Tensor, patch_drop: float) -> torch.Tensor:
 
 
 def split_chunks(x: torch.Tensor, frames: int) -> torch.Tensor:
-    """x [B, C, F, T] -> [B * n, C, F, frames], n = ceil(T / frames), last chunk right-zero-padded."""
-    n = max(1, math.ceil(x.shape[-1] / frames))
-    x = F.pad(x, (0, n * frames - x.shape[-1]))
-    b, c, f, _ = x.shape
-    return x.reshape(b, c, f, n, frames).permute(0, 3, 1, 2, 4).reshape(b * n, c, f, frames)
+    """x [B, C, F, T] -> [B * n, C, F, frames]: consecutive chunks, the last one aligned to the clip's end (so
+    no chunk is mostly padding); a clip shorter than `frames` is one right-zero-padded chunk."""
+    length = x.shape[-1]
+    if length <= frames:
+        return F.pad(x, (0, frames - length))
+    starts = list(range(0, length - frames + 1, frames))
+    if starts[-1] + frames < length:
+        starts.append(length - frames)
+    chunks = torch.stack([x[..., s:s + frames] for s in starts], dim=1)  # [B, n, C, F, frames]
+    return chunks.flatten(0, 1)
 
 
 class _ViT(nn.Module):
@@ -95,7 +99,7 @@ class _ViT(nn.Module):
     def embed(self, x: torch.Tensor, long: str = "chunk", pool: str = "cls") -> torch.Tensor:
         """Evaluation embedding of a normalised log-mel x [B, 1, 64, T] of any T -> [B, D].
 
-        long: "chunk" (crop_frames chunks, last right-zero-padded, embeddings averaged), "resize" or
+        long: "chunk" (crop_frames chunks, the last aligned to the end, embeddings averaged), "resize" or
         "pad" (see the subclass); pool: "cls" (CLS after the final LayerNorm) or "mean" (mean patch token).
         """
         if pool not in ("cls", "mean"):

@@ -1,7 +1,7 @@
 """The CLAR paper's three studies (Al-Tahan and Mohsenzadeh 2021, Sec. 6-8; SPEC A3), one command each.
 
     python clar_studies.py augpairs --config config/clar.yaml [--augs fade,time_mask,...] [--encoders 1d,2d]
-    python clar_studies.py representation --config config/clar.yaml [--caches cache/sc,cache/nsynth,cache/esc50]
+    python clar_studies.py representation --config config/clar.yaml [--caches cache/speechcommands,cache/esc50]
     python clar_studies.py labels --config config/clar.yaml [--modes ...] [--fractions 1.0,0.2,0.1,0.01]
     python clar_studies.py augpairs --config config/demo_clar.yaml --augs fade,time_mask train.epochs=1
 
@@ -29,6 +29,8 @@ import pandas as pd
 
 import pretrain_clar
 from augment import WAVE_AUGMENTATIONS
+from config import load_config
+from data import read_manifest
 from utils import atomic_write_text
 
 BEST_AUGS = {"1d": "fade,time_stretch,pitch_shift", "2d": "fade,time_mask"}  # paper Sec. 6
@@ -86,6 +88,22 @@ def augpairs_markdown(table: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+def data_overrides(cache: str, config_path: str) -> list[str]:
+    """data.* overrides that fit `cache`: its folds (1-4 train, 5 test, as the paper's ESC-50) when it has no
+    splits, else its train/test splits; the config's class subset (SC-10) only where the cache has all of it."""
+    df = read_manifest(cache)
+    keys = [f"data.cache={cache}"]
+    if (df["split"] == "").all():
+        keys += ["data.train_folds=[1, 2, 3, 4]", "data.test_folds=[5]", "data.train_split=null",
+                 "data.test_split=null"]
+    else:
+        keys += ["data.train_folds=null", "data.test_folds=null", "data.train_split=train", "data.test_split=test"]
+    classes = load_config(config_path)["data"].get("classes")
+    if classes and not set(classes) <= set(df["label"]):
+        keys.append("data.classes=null")
+    return keys
+
+
 def representation(args) -> pd.DataFrame:
     caches = args.caches.split(",") if args.caches else [None]
     rows = []
@@ -93,7 +111,7 @@ def representation(args) -> pd.DataFrame:
         for encoder in args.encoders.split(","):
             augs = (args.augs_1d if encoder == "1d" else args.augs_2d).split(",")
             dataset = Path(cache).name if cache else "config"
-            extra = [f"data.cache={cache}"] if cache else []
+            extra = data_overrides(cache, args.config) if cache else []
             result = run(args, f"{dataset}_{encoder}", [*extra, f"encoder={encoder}", f"mode={args.mode}",
                                                         f"augment.names={aug_list(augs)}"])
             rows.append({"dataset": dataset, "encoder": encoder, "augmentations": "+".join(augs),

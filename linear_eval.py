@@ -1,6 +1,6 @@
 """Linear evaluation of a frozen encoder, following EVAR (nttcslab/eval-audio-repr) exactly (SPEC A4, B3).
 
-    python linear_eval.py --ckpt runs/msn/checkpoint.pt --task esc50
+    python linear_eval.py --ckpt runs/msn/ckpt_last.pt --task esc50
     python linear_eval.py --ckpt random:config/msn.yaml --task gtzan          # the random-init baseline
     python linear_eval.py --ckpt CKPT --task nsynth --label-fraction 0.01 --seeds 0,1,2
     python linear_eval.py --ckpt CKPT --task cache/synth_small --folds 5 eval.long=chunk probe.lr=3e-5

@@ -36,3 +36,16 @@ def test_representation_and_labels_tables(tiny_cache, tmp_path):
     assert len(table) == 3 and set(table["mode"]) == {"supervised", "selfsupervised", "clar"}
     curves = pd.read_csv(written["curves"])
     assert len(curves) == 3 and (curves["epoch"] == 1).all()
+
+
+def test_representation_data_keys_follow_each_cache(tiny_cache, tmp_path):
+    """A split cache keeps the SC-10 subset only if it has the digits; a fold-only cache uses folds 1-4 / 5."""
+    from clar_studies import data_overrides
+    keys = data_overrides(str(tiny_cache), "config/clar.yaml")  # tiny cache: splits, labels class0..3
+    assert "data.train_split=train" in keys and "data.classes=null" in keys
+    df = pd.read_csv(tiny_cache / "manifest.csv")
+    df["split"] = ""
+    df.to_csv(tiny_cache / "manifest.csv", index=False)
+    keys = data_overrides(str(tiny_cache), "config/demo_clar.yaml")
+    assert "data.train_folds=[1, 2, 3, 4]" in keys and "data.test_folds=[5]" in keys
+    assert not any(k.startswith("data.classes") for k in keys)  # the demo config has no class subset

@@ -433,8 +433,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {"written": written, "already_done": resumed, "skipped": len(errors), "seconds": round(seconds, 2),
                "x_realtime": round(audio_seconds / seconds, 1) if seconds > 0 and audio_seconds else 0.0}
     print(f"{out}: {summary['written']} clips written, {summary['already_done']} already done, "
-          f"{summary['skipped']} skipped (see {out / f'errors{suffix}.csv'}), {summary['seconds']} s, "
-          f"{summary['x_realtime']}x real time")
+          f"{summary['skipped']} skipped (see {out / f'errors{suffix}.csv'}), {summary['seconds']} s"
+          + (f", {summary['x_realtime']}x real time" if written else ""))
     return summary
 
 

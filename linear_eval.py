@@ -541,6 +541,9 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--cache", help="cache folder of the task's data set (overrides data.<set>)")
     parser.add_argument("--results", default="results/results.csv", help="CSV the result row is appended to")
     parser.add_argument("--name", help="model name in the results (default: the config name)")
+    parser.add_argument("--long", choices=("pad", "resize", "chunk"),
+                        help="ViT inputs longer than the training crop (= eval.long; pad is the seed's)")
+    parser.add_argument("--pool", choices=("cls", "mean"), help="ViT embedding pooling (= eval.pool)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of DEFAULTS (e.g. eval.long=pad)")
     args = parser.parse_intermixed_args(argv)  # options may sit between key=value overrides
     if args.label_fraction is not None and not 0 < args.label_fraction <= 1:
@@ -553,7 +556,8 @@ def parse_args(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> dict:
     """Run one evaluation and append its row; returns the row (demo.py calls this or the command)."""
     args = parse_args(argv)
-    cfg = apply_overrides(DEFAULTS, args.overrides)
+    flags = [f"eval.{k}={getattr(args, k)}" for k in ("long", "pool") if getattr(args, k) is not None]
+    cfg = apply_overrides(DEFAULTS, args.overrides + flags)
     if cfg["eval"]["long"] not in ("pad", "resize", "chunk") or cfg["eval"]["pool"] not in ("cls", "mean"):
         raise ConfigError("eval.long must be pad, resize or chunk and eval.pool cls or mean")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

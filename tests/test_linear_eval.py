@@ -276,7 +276,8 @@ def test_bad_inputs_give_clear_errors(tmp_path, tiny_cache, fake_models):
 @pytest.mark.parametrize("config", ["config/demo_msn.yaml", "config/demo_clar.yaml"])
 def test_end_to_end_random_real_encoder_on_tiny_cache(tmp_path, tiny_cache, config):
     row = run_main(tmp_path, "--ckpt", f"random:{Path(__file__).parents[1] / config}", "--task", str(tiny_cache),
-                   "probe.epochs=5", "eval.long=chunk", "eval.pool=mean")
+                   "probe.epochs=5", "--long", "resize", "--pool", "mean")
+    assert (row["long"], row["pool"]) == ("resize", "mean")
     assert row["model"] == f"{Path(config).stem}-random" and 0.0 <= float(row["mean"]) <= 100.0
     embeddings = list((tmp_path / "emb").glob("*.npy"))
     assert len(embeddings) == 1 and np.load(embeddings[0]).shape[0] == 24

@@ -101,7 +101,11 @@ def stratified_subset(labels, fraction: float | None = None, per_class: int | No
 
 def load_array(cache: str | os.PathLike, relpath: str) -> np.ndarray:
     """Memory-map one cached array."""
-    return np.load(Path(cache) / relpath, mmap_mode="r")
+    path = Path(cache) / relpath
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: listed in {Path(cache) / 'manifest.csv'} but missing; "
+                                "re-run preprocess.py with the same arguments to rebuild it")
+    return np.load(path, mmap_mode="r")
 
 
 def crop_frames(logmel: np.ndarray, frames: int, random_crop: bool,

@@ -99,3 +99,10 @@ def test_packed_cache_gives_the_same_items(tiny_cache):
     extra = df.copy()
     extra.loc[0, "id"] = "not_packed"
     assert data.LogMelCrops(tiny_cache, extra, labels).packed is None  # falls back to per-clip files
+
+
+def test_missing_cached_array_names_the_file_and_the_fix(tiny_cache):
+    df = data.read_manifest(tiny_cache)
+    (tiny_cache / df.logmel[3]).unlink()
+    with pytest.raises(FileNotFoundError, match=r"c0_03.npy: listed in .*manifest.csv but missing; re-run preprocess"):
+        data.LogMelCrops(tiny_cache, df, use_packed=False)[3]

@@ -196,19 +196,18 @@ class LogMelCrops(_CacheDataset):
         self.frames = frames
         self.packed = open_packed(self.cache, self.df["id"].tolist()) if use_packed else None
 
-    def _clip(self, i: int, rng: np.random.Generator | None) -> np.ndarray:
+    def _clip(self, i: int) -> np.ndarray:
+        """Clip i's whole log-mel [F, T] as a view of the packed map or of its memory-mapped file."""
         if self.packed is None:
-            logmel = load_array(self.cache, self.paths[i])
-            return logmel if self.frames is None else crop_frames(logmel, self.frames, self.random_crop, rng)
+            return load_array(self.cache, self.paths[i])
         packed, offsets, lengths = self.packed
-        length, frames = int(lengths[i]), self.frames or int(lengths[i])
-        start = int(rng.integers(0, length - frames + 1)) if rng is not None and length > frames else 0
-        block = packed[offsets[i] + start:offsets[i] + start + min(frames, length)].T
-        return fix_length(block, frames, value=LOG_SILENCE) if frames > length else block
+        return packed[offsets[i]:offsets[i] + lengths[i]].T
 
     def __getitem__(self, i: int):
-        rng = self._rng() if self.random_crop and self.frames is not None else None
-        logmel = self._clip(i, rng)
+        logmel = self._clip(i)
+        if self.frames is not None:
+            rng = self._rng() if self.random_crop else None
+            logmel = crop_frames(logmel, self.frames, self.random_crop, rng)
         return torch.from_numpy(np.array(logmel, dtype=np.float32))[None], int(self.targets[i])
 
 

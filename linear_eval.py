@@ -352,10 +352,8 @@ def load_encoder(ckpt: str, random_seed: int = 0) -> tuple[nn.Module, dict]:
         text = json.dumps({k: v for k, v in cfg.items() if k != "_meta"}, sort_keys=True)
         sha = "random-" + hashlib.sha256(f"{text}|seed={random_seed}".encode()).hexdigest()
         return encoder.eval(), {"model": f"{name}-random", "ckpt_sha256": sha, "config": name}
-    if not Path(ckpt).is_file():
-        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
-    state = load_checkpoint(ckpt)
-    missing = [k for k in ("kind", "config", "encoder") if k not in state] if isinstance(state, dict) else ["all"]
+    state = load_checkpoint(ckpt)  # names the file when it is missing or not a checkpoint
+    missing = [k for k in ("kind", "config", "encoder") if k not in state]
     if missing:
         raise ValueError(f"{ckpt}: not a pretraining checkpoint (missing {missing})")
     encoder = models.build_encoder(state["config"])

@@ -32,31 +32,28 @@ Options other than the flags are `key=value` overrides of DEFAULTS (unknown keys
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import hashlib
-import io
 import json
 import math
 import os
 import sys
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from scipy import stats
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from audio import LOG_SILENCE, SAMPLE_RATE, fix_length
 from config import ConfigError, apply_overrides, load_config
 from data import LabelMap, load_array, read_manifest, select, stratified_subset
-from utils import atomic_write_text, git_commit, load_checkpoint
+from probe import append_result, carve_validation, fit_linear_probe, mean_ci95
+from utils import git_commit, load_checkpoint
 
 DEFAULTS = {
     "data": {  # default cache folder of each data set (preprocess.py --out)
@@ -97,120 +94,6 @@ TASKS = {
     "sc10": ("speechcommands", {"sc10": True}, 1.0),
 }
 HOP = 160
-
-RESULT_FIELDS = ["date", "task", "model", "ckpt_sha256", "config", "long", "pool", "label_fraction", "shots",
-                 "seeds", "folds", "fold_acc", "mean", "ci95", "n", "unit_seconds", "lr", "n_train", "commit"]
-
-# ============================================================================ the EVAR probe
-
-
-@dataclass
-class StandardScaler:
-    """Per-feature (x - mean) / std with the population std; constant features keep scale 1 (sklearn)."""
-
-    mean: np.ndarray
-    scale: np.ndarray
-
-    @classmethod
-    def fit(cls, X: np.ndarray) -> StandardScaler:
-        X = np.asarray(X, dtype=np.float64)
-        std = X.std(axis=0)
-        return cls(X.mean(axis=0), np.where(std < 10 * np.finfo(np.float64).eps, 1.0, std))
-
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        return ((np.asarray(X, dtype=np.float64) - self.mean) / self.scale).astype(np.float32)
-
-
-class EarlyStopping:
-    """general-learning EarlyStopping (SPEC B3): keep the weights of the best validation accuracy, ties to the
-    later epoch (`>=`); stop once `patience` epochs in a row have not reached the best (never if patience <= 0).
-    """
-
-    def __init__(self, patience: int):
-        self.patience, self.best_acc, self.best_epoch, self.best_state, self.wait = patience, 0.0, -1, None, 0
-
-    def update(self, epoch: int, acc: float, model: nn.Module) -> bool:
-        """Record epoch's validation accuracy; True when training should stop."""
-        if acc >= self.best_acc:
-            self.best_acc, self.best_epoch, self.wait = acc, epoch, 1
-            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            return False
-        stop = self.patience > 0 and self.wait >= self.patience
-        self.wait += 1
-        return stop
-
-
-@dataclass
-class LinearProbe:
-    """A fitted probe: scaler + linear layer (best epoch restored) and its per-epoch history."""
-
-    scaler: StandardScaler | None
-    linear: nn.Linear
-    best_epoch: int
-    history: list[dict] = field(default_factory=list)
-
-    @torch.no_grad()
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        X = self.scaler.transform(X) if self.scaler is not None else np.asarray(X, dtype=np.float32)
-        device = self.linear.weight.device
-        return self.linear(torch.from_numpy(X).to(device)).argmax(-1).cpu().numpy()
-
-    def accuracy(self, X: np.ndarray, y: np.ndarray) -> float:
-        return float((self.predict(X) == np.asarray(y)).mean())
-
-
-def fit_linear_probe(X_train: np.ndarray, y_train: np.ndarray, X_valid: np.ndarray, y_valid: np.ndarray,
-                     n_classes: int, *, lr: float = 3e-4, weight_decay: float = 1e-8, epochs: int = 200,
-                     patience: int = 20, batch_size: int = 200, seed: int = 0, standard_scaler: bool = True,
-                     scaler_data: np.ndarray | None = None, device: str | torch.device = "cpu") -> LinearProbe:
-    """Train EVAR's linear probe on embeddings X [N, D] with labels y [N] in 0..n_classes-1 (SPEC B3).
-
-    StandardScaler fitted on `scaler_data` (default X_train); nn.Linear(D, C) with torch's default init;
-    Adam(lr, betas (0.9, 0.999), eps 1e-8, weight_decay); loss -mean(onehot * log_softmax) = CE / C;
-    shuffled batches of min(batch_size, N), last one kept; validation accuracy every epoch; EarlyStopping.
-    """
-    scaler = StandardScaler.fit(X_train if scaler_data is None else scaler_data) if standard_scaler else None
-    prep = scaler.transform if scaler else (lambda X: np.asarray(X, dtype=np.float32))
-    x_tr = torch.from_numpy(prep(X_train)).to(device)
-    y_tr = torch.as_tensor(np.asarray(y_train), dtype=torch.long, device=device)
-    x_va = torch.from_numpy(prep(X_valid)).to(device)
-    y_va = torch.as_tensor(np.asarray(y_valid), dtype=torch.long, device=device)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        linear = nn.Linear(x_tr.shape[1], n_classes).to(device)
-    optimizer = torch.optim.Adam(linear.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
-                                 weight_decay=weight_decay)
-    n, bs = len(x_tr), min(batch_size, len(x_tr))
-    stopper, history = EarlyStopping(patience), []
-    for epoch in range(epochs):
-        linear.train()
-        order, total = torch.randperm(n, generator=generator).to(device), 0.0
-        for start in range(0, n, bs):
-            idx = order[start:start + bs]
-            loss = F.cross_entropy(linear(x_tr[idx]), y_tr[idx]) / n_classes
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
-        linear.eval()
-        with torch.no_grad():
-            valid_acc = (linear(x_va).argmax(-1) == y_va).float().mean().item()
-        history.append({"epoch": epoch, "loss": total / n, "valid_acc": valid_acc})
-        if stopper.update(epoch, valid_acc, linear):
-            break
-    linear.load_state_dict(stopper.best_state)
-    linear.eval()
-    return LinearProbe(scaler, linear, stopper.best_epoch, history)
-
-
-def mean_ci95(values) -> tuple[float, float]:
-    """Mean and the half-width of the t-distribution 95 % confidence interval (nan for one value)."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) < 2:
-        return float(values.mean()), float("nan")
-    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-    return float(values.mean()), float(half)
 
 # ============================================================================ tasks and folds
 
@@ -265,25 +148,6 @@ def resolve_task(task: str, cfg: dict, cache: str | None = None) -> Task:
     unit = cfg["eval"]["unit_seconds"] or unit or float(np.median(df["duration"].astype(float)))
     return Task(task if task in TASKS else folder.name, folder, df, protocol, float(unit),
                 LabelMap.from_labels(df["label"]))
-
-
-def carve_validation(y: np.ndarray, fraction: float, rng: np.random.Generator, attempts: int = 100) -> np.ndarray:
-    """Boolean mask of a random `fraction` (rounded up) of the items, redrawn until it holds every class
-    (general-learning train_test_sure_split); a stratified draw if 100 random ones fail."""
-    n, classes = len(y), np.unique(y)
-    n_valid = min(max(math.ceil(fraction * n), len(classes)), n - 1)
-    for _ in range(attempts):
-        chosen = rng.permutation(n)[:n_valid]
-        if len(np.unique(y[chosen])) == len(classes):
-            mask = np.zeros(n, dtype=bool)
-            mask[chosen] = True
-            return mask
-    mask = np.zeros(n, dtype=bool)
-    first = [rng.choice(np.flatnonzero(y == c)) for c in classes]
-    mask[first] = True
-    rest = rng.permutation(np.flatnonzero(~mask))[:max(n_valid - len(first), 0)]
-    mask[rest] = True
-    return mask
 
 
 def fold_indices(task: Task, holdout: int | None, seed: int, valid_fraction: float):
@@ -499,25 +363,6 @@ def result_row(task: Task, info: dict, cfg: dict, seeds: list[int], scores: dict
         "unit_seconds": f"{task.unit_seconds:g}", "lr": f"{cfg['probe']['lr']:g}",
         "n_train": f"{scores['n_train']:g}", "commit": git_commit(),
     }
-
-
-def append_result(path: str | os.PathLike, row: dict) -> None:
-    """Append `row` to the results CSV (created with a header); a file with another header is an error."""
-    path = Path(path)
-    text = io.StringIO()
-    writer = csv.DictWriter(text, RESULT_FIELDS)
-    if not path.is_file() or path.stat().st_size == 0:
-        writer.writeheader()
-        writer.writerow(row)
-        atomic_write_text(text.getvalue(), path)
-        return
-    with open(path, newline="") as f:
-        header = next(csv.reader(f), [])
-    if header != RESULT_FIELDS:
-        raise ValueError(f"{path}: header {header} differs from {RESULT_FIELDS}; move the old file aside")
-    writer.writerow(row)
-    with open(path, "a", newline="") as f:  # one small O_APPEND write
-        f.write(text.getvalue())
 
 
 def pick_device(name: str) -> torch.device:

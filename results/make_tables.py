@@ -4,7 +4,7 @@
     python results/make_tables.py --results results/demo.csv --out results/demo.md --runs runs/demo
 
 Inputs (each optional; whatever is missing shows as "-", never as a number from elsewhere):
-    --results    rows appended by linear_eval.py (linear_eval.RESULT_FIELDS)
+    --results    rows appended by linear_eval.py (probe.RESULT_FIELDS)
     --reference  published numbers with their source (table, task, model, metric, value, ci95, source, note)
     results/clar_labels.csv          CLAR study: columns mode, label_fraction, accuracy [, ci95, encoder, task]
     results/clar_representation.csv  CLAR study: any columns (shown as they are)

@@ -5,7 +5,7 @@ import csv
 
 import pandas as pd
 
-import linear_eval as le
+import probe
 from results import make_tables as mt
 
 REFERENCE = mt.HERE / "reference.csv"
@@ -13,10 +13,10 @@ REFERENCE = mt.HERE / "reference.csv"
 
 def write_results(path, rows):
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, le.RESULT_FIELDS)
+        writer = csv.DictWriter(f, probe.RESULT_FIELDS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: row.get(k, "") for k in le.RESULT_FIELDS})
+            writer.writerow({k: row.get(k, "") for k in probe.RESULT_FIELDS})
     return path
 
 

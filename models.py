@@ -11,6 +11,7 @@ so a checkpoint, which carries its resolved config, rebuilds its encoder with no
 """
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 
 import torch
@@ -283,9 +284,12 @@ class Prototypes(nn.Module):
 
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """target <- momentum * target + (1 - momentum) * online, parameters only (msn_train.py L374-377)."""
-    for p_target, p_online in zip(target.parameters(), online.parameters()):
-        p_target.mul_(momentum).add_(p_online.detach(), alpha=1 - momentum)
+    """target <- momentum * target + (1 - momentum) * online, parameters only, matched by name (msn_train.py
+    L374-377; byol-pytorch update_moving_average). Online parameters the target lacks (BYOL's predictor) are
+    left out."""
+    online_params = dict(online.named_parameters())
+    for name, p_target in target.named_parameters():
+        p_target.mul_(momentum).add_(online_params[name].detach(), alpha=1 - momentum)
 
 
 # ============================================================================ ResNet18 1D / 2D (CLAR)
@@ -506,14 +510,24 @@ class BYOLMLP(nn.Sequential):
 
 
 class BYOLNet(nn.Module):
-    """Encoder + projector: the online net (with a separate predictor) and, as an EMA copy, the target."""
+    """BYOL's online net: encoder -> projector -> predictor. Its EMA target is `target_copy()`: encoder ->
+    projector, the same parameter names without the predictor (models.ema_update matches them by name)."""
 
-    def __init__(self, encoder: nn.Module, hidden: int = 4096, out_dim: int = 256):
+    def __init__(self, encoder: nn.Module, hidden: int = 4096, out_dim: int = 256, predictor: bool = True):
         super().__init__()
         self.encoder, self.projector = encoder, BYOLMLP(encoder.embed_dim, hidden, out_dim)
+        self.predictor = BYOLMLP(out_dim, hidden, out_dim) if predictor else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.encoder(x))
+        """x [B, 1, F, T] -> the prediction (online) or the projection (target) [B, out_dim]."""
+        z = self.projector(self.encoder(x))
+        return self.predictor(z) if self.predictor is not None else z
+
+    def target_copy(self) -> BYOLNet:
+        """A frozen copy of encoder + projector with this net's current weights."""
+        target = copy.deepcopy(self)
+        target.predictor = None
+        return target.requires_grad_(False)
 
 
 def build_audiontt(model_cfg: dict) -> AudioNTT2022:

@@ -46,9 +46,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
+import models
 from audio import LOG_SILENCE, SAMPLE_RATE, fix_length
 from config import ConfigError, apply_overrides, load_config
 from data import LabelMap, load_array, read_manifest, select, stratified_subset
@@ -205,8 +205,6 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def load_encoder(ckpt: str, random_seed: int = 0) -> tuple[nn.Module, dict]:
     """A checkpoint path or `random:<config.yaml>` -> (encoder in eval mode, info: model, ckpt_sha256, config)."""
-    import models  # imported here so that the probe and tables work without the model code
-
     if ckpt.startswith("random:"):
         cfg = load_config(ckpt.split(":", 1)[1])
         with torch.random.fork_rng(devices=[]):
@@ -255,17 +253,6 @@ class UnitClips(Dataset):
         return torch.from_numpy(((x - self.mean) / self.std).astype(np.float32))[None]
 
 
-@torch.no_grad()
-def compute_embeddings(encoder: nn.Module, dataset: Dataset, long: str, pool: str, batch_size: int = 32,
-                       workers: int = 0, device: str | torch.device = "cpu", desc: str = "embed") -> np.ndarray:
-    """encoder.embed over the dataset in order, with a progress bar -> float32 [N, D]."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    encoder.eval().to(device)
-    out = [encoder.embed(x.to(device), long=long, pool=pool).float().cpu()
-           for x in tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True)]
-    return torch.cat(out).numpy()
-
-
 def unit_logmel_stats(clips: Dataset, max_clips: int) -> tuple[float, float]:
     """Scalar mean and std (ddof 0) over the first `max_clips` unit-length training inputs, padding and crops
     included, as EVAR's ar.precompute sees them (SPEC B3; EVAR's RunningMean drops its first batch, we do not)."""
@@ -304,7 +291,7 @@ def task_embeddings(encoder: nn.Module, info: dict, task: Task, cfg: dict, devic
         print(f"embeddings: {path} (cached)")
         return np.load(path)
     dataset = UnitClips(task.cache, task.df, kind, unit_samples, random_crop, mean, std)
-    X = compute_embeddings(encoder, dataset, ecfg["long"], ecfg["pool"], ecfg["batch_size"], ecfg["workers"],
+    X = models.embed_dataset(encoder, dataset, ecfg["long"], ecfg["pool"], ecfg["batch_size"], ecfg["workers"],
                            device, desc=f"embed {task.name}")
     if not np.isfinite(X).all():
         raise ValueError(f"{info['model']}: non-finite embeddings on {task.name}")

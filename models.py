@@ -535,7 +535,22 @@ def build_audiontt(model_cfg: dict) -> AudioNTT2022:
                         model_cfg.get("mlp_hidden", 2048), model_cfg.get("dropout", 0.3))
 
 
-# ============================================================================ factory
+# ============================================================================ factory and evaluation
+
+
+@torch.no_grad()
+def embed_dataset(encoder: nn.Module, dataset, long: str = "chunk", pool: str = "cls", batch_size: int = 32,
+                  workers: int = 0, device: str | torch.device = "cpu", desc: str = "embed"):
+    """encoder.embed over a dataset in order (items: the input, or a tuple whose first element is), with a
+    progress bar -> float32 numpy [N, D]. The encoder is left in eval mode on `device`."""
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    encoder.eval().to(device)
+    out = [encoder.embed((x[0] if isinstance(x, (list, tuple)) else x).to(device), long=long, pool=pool).float().cpu()
+           for x in tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True, leave=False)]
+    return torch.cat(out).numpy()
 
 
 def build_encoder(cfg: dict) -> nn.Module:

@@ -104,18 +104,6 @@ def training_targets(true_labels: np.ndarray, mode: str, fraction: float, seed: 
 
 
 @torch.no_grad()
-def embed_all(encoder: torch.nn.Module, clips, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Frozen-encoder embeddings [N, D] and labels [N] of a dataset of (wave, label)."""
-    encoder.eval()
-    feats, labels = [], []
-    for wave, label in DataLoader(clips, batch_size=64):
-        feats.append(encoder.embed(wave.to(device)).float().cpu())
-        labels.append(label)
-    encoder.train()
-    return torch.cat(feats).numpy(), torch.cat(labels).numpy()
-
-
-@torch.no_grad()
 def online_accuracy(net: models.ClarNet, loader: DataLoader, device: torch.device) -> float:
     """Test accuracy of the online head (each process scores its shard; counts summed over processes)."""
     net.eval()
@@ -174,9 +162,11 @@ def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
                    **online, "probe_test_acc": None}
         if not (cfg["train"]["final_probe"] and utils.is_main()):
             return results
-        train_x, train_y = embed_all(net.encoder, data.WaveClips(cache, load_splits(cfg)[0], labels, samples),
-                                     env.device)
-        test_x, test_y = embed_all(net.encoder, test_set, env.device)
+        probe_train = data.WaveClips(cache, load_splits(cfg)[0], labels, samples)  # every clip, its true label
+        train_x = models.embed_dataset(net.encoder, probe_train, batch_size=64, device=env.device)
+        test_x = models.embed_dataset(net.encoder, test_set, batch_size=64, device=env.device)
+        net.train()
+        train_y, test_y = probe_train.targets, test_set.targets
         acc = probe.split_accuracy(train_x, train_y, test_x, test_y, len(labels), seed=cfg["seed"])
         print(f"EVAR linear probe, test accuracy {acc:.3f}")
         return {**results, "probe_test_acc": acc}

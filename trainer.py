@@ -49,7 +49,8 @@ COMMON = {
     "data": {"cache": "cache/synth_small", "num_workers": 4},
     "optim": {"batch_size": 256, "lr": 1e-4},  # batch_size: the GLOBAL batch, split over torchrun processes
     "train": {"epochs": 100, "max_steps": None, "device": "auto", "out_dir": None, "amp": True, "compile": False,
-              "log_every": 10, "save_every": 0},
+              "log_every": 10, "save_every": 0,
+              "count_flops": False},  # count the model FLOPs of the run's first step (results.json; bench.py gpu)
 }
 # Keys that moved when the three methods were put on one core: old dotted key -> where it went.
 MOVED = {
@@ -274,6 +275,30 @@ class Logger:
             self.csv.write({**row, "seconds": time.time() - self.start})
 
 
+def count_flops(step_fn: Callable, batch: tuple, step: int) -> tuple[dict, float]:
+    """One step under torch's FlopCounterMode: (its values, the model FLOPs of forward + backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        values = step_fn(batch, step)
+    return values, float(counter.get_total_flops())
+
+
+def step_costs(step_times: list[float], batch_size: int, device: torch.device) -> dict:
+    """Median step time (the first two steps, warm-up and compilation, left out when there are more), training
+    clips/s at that speed (data loading excluded), and peak memory: CUDA allocated, or the process's peak RSS."""
+    times = sorted(step_times[2:] if len(step_times) > 2 else step_times)
+    median = times[len(times) // 2] if times else float("nan")
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+    else:
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"step_ms": 1000 * median, "train_clips_per_s": batch_size / median if times else None,
+            "peak_memory_gib": peak}
+
+
 def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Path | None = None) -> dict:
     """Run (or resume) one pretraining run of method `kind`; returns {history, out_dir, step, epoch, ...}."""
     rank, world, device = utils.init_distributed()
@@ -301,6 +326,7 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
                     ckpt["seconds"] if ckpt else 0.0)
     last_good = out_dir / LAST if ckpt else None
     max_steps, epochs, history = cfg["train"]["max_steps"], cfg["train"]["epochs"], []
+    step_times, flops = [], None
 
     def save(name: str) -> Path:
         states = per_process_states(parts, env)
@@ -319,7 +345,12 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
         tick, done_here = time.time(), 0
         for batch in bar:
             torch.manual_seed(utils.key_seed(cfg["seed"], step, rank))
-            values = parts.step(batch, step)
+            started = time.perf_counter()
+            if cfg["train"]["count_flops"] and not step_times:
+                values, flops = count_flops(parts.step, batch, step)
+            else:
+                values = parts.step(batch, step)  # returns Python floats: the device has finished the step
+            step_times.append(time.perf_counter() - started)
             if not torch.isfinite(torch.tensor(values["loss"])):
                 raise utils.NonFiniteLoss(f"loss is {values['loss']} at step {step}; stopping "
                                           f"(last good checkpoint: {last_good or 'none written yet'})")
@@ -341,7 +372,9 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
         every = cfg["train"]["save_every"]
         if every and step == epoch * env.steps_per_epoch and (epoch % every == 0 or epoch == epochs):
             save(f"ckpt_epoch{epoch:03d}.pt")
-    results = {"kind": kind, "epoch": epoch, "step": step, "out_dir": str(out_dir)}
+    results = {"kind": kind, "epoch": epoch, "step": step, "out_dir": str(out_dir),
+               "batch_size": cfg["optim"]["batch_size"],
+               **step_costs(step_times, cfg["optim"]["batch_size"], device), "flops_per_step": flops}
     if parts.finish is not None:
         results.update(parts.finish())
     if utils.is_main():

@@ -111,7 +111,8 @@ def test_command_line_errors_are_one_line(tmp_path):
     done = subprocess.run([sys.executable, "pretrain_byola.py", "--config", "config/demo_byola.yaml",
                            f"train.out_dir={tmp_path / 'file'}"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.strip() == f"pretrain_byola.py: error: train.out_dir {tmp_path / 'file'}: is a file, not a folder"
+    expected = f"pretrain_byola.py: error: train.out_dir {tmp_path / 'file'}: is a file, not a folder"
+    assert done.stderr.strip() == expected
     done = subprocess.run([sys.executable, "pretrain_msn.py", "--config", "config/demo_msn.yaml", "optim.epochs=3"],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 1 and "'optim.epochs' moved to 'train.epochs'" in done.stderr

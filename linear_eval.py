@@ -53,7 +53,7 @@ from audio import LOG_SILENCE, SAMPLE_RATE, fix_length
 from config import ConfigError, apply_overrides, load_config
 from data import LabelMap, load_array, read_manifest, select, stratified_subset
 from probe import append_result, carve_validation, fit_linear_probe, mean_ci95
-from utils import git_commit, load_checkpoint
+from utils import file_sha256, git_commit
 
 DEFAULTS = {
     "data": {  # default cache folder of each data set (preprocess.py --out)
@@ -195,14 +195,6 @@ def holdout_folds(task: Task, folds: list[int] | None) -> list[int | None]:
 # ============================================================================ encoder and embeddings
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_encoder(ckpt: str, random_seed: int = 0) -> tuple[nn.Module, dict]:
     """A checkpoint path or `random:<config.yaml>` -> (encoder in eval mode, info: model, ckpt_sha256, config)."""
     if ckpt.startswith("random:"):
@@ -214,12 +206,7 @@ def load_encoder(ckpt: str, random_seed: int = 0) -> tuple[nn.Module, dict]:
         text = json.dumps({k: v for k, v in cfg.items() if k != "_meta"}, sort_keys=True)
         sha = "random-" + hashlib.sha256(f"{text}|seed={random_seed}".encode()).hexdigest()
         return encoder.eval(), {"model": f"{name}-random", "ckpt_sha256": sha, "config": name}
-    state = load_checkpoint(ckpt)  # names the file when it is missing or not a checkpoint
-    missing = [k for k in ("kind", "config", "encoder") if k not in state]
-    if missing:
-        raise ValueError(f"{ckpt}: not a pretraining checkpoint (missing {missing})")
-    encoder = models.build_encoder(state["config"])
-    encoder.load_state_dict(state["encoder"])
+    encoder, state = models.load_encoder_file(ckpt)  # a training checkpoint or an export.py file
     name = state["config"].get("_meta", {}).get("config_name", Path(ckpt).stem)
     return encoder.eval(), {"model": name, "ckpt_sha256": file_sha256(ckpt), "config": name}
 

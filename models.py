@@ -553,6 +553,22 @@ def embed_dataset(encoder: nn.Module, dataset, long: str = "chunk", pool: str = 
     return torch.cat(out).numpy()
 
 
+def load_encoder_file(path) -> tuple[nn.Module, dict]:
+    """A training checkpoint (runs/X/ckpt_last.pt) or an export.py file (portable.py) -> (encoder rebuilt from the
+    file's "config" with its "encoder" weights, in eval mode; the file's dict). Errors name the file."""
+    from utils import load_checkpoint  # names the file when it is missing or unreadable
+
+    state = load_checkpoint(path)
+    if "encoder" not in state:
+        raise ValueError(f"{path}: no 'encoder' entry (not a checkpoint or encoder file of this package)")
+    encoder = build_encoder(state["config"])
+    try:
+        encoder.load_state_dict(state["encoder"])
+    except RuntimeError as err:
+        raise ValueError(f"{path}: encoder weights do not match its config ({str(err).splitlines()[0]})") from None
+    return encoder.eval(), state
+
+
 def build_encoder(cfg: dict) -> nn.Module:
     """The encoder named by cfg["model"]["arch"]: vit_b_32 | vit_audio | resnet18_2d | resnet18_1d | audiontt2022."""
     arch = cfg["model"]["arch"]

@@ -112,7 +112,8 @@ def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
         modules={"online": online_net, "target": target_net, "prototypes": prototypes},
         optimizers={"adamw": optimizer}, encoder=target_net.encoder,
         step=lambda batch, step: train_step(run, batch, step),
-        log_keys=[*LOSS_KEYS, "lr", "wd", "momentum"], mean_keys=LOSS_KEYS, state={"views": views})
+        log_keys=[*LOSS_KEYS, "lr", "wd", "momentum"], mean_keys=LOSS_KEYS, state={"views": views},
+        meta={"norm_stats": stats})
 
 
 def train_step(run: MSN, batch: tuple, step: int) -> dict:

@@ -7,6 +7,7 @@ single process and work unchanged under torchrun (they read only what torch.dist
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import random
 import shutil
@@ -99,6 +100,15 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (results provenance, embedding cache keys)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

@@ -1,0 +1,117 @@
+"""Portable encoder files: the encoder alone, with what it needs to embed 16 kHz audio (issue 11).
+
+    python export.py --ckpt runs/demo_msn/ckpt_last.pt --out encoder.pt   # writes one (export.py)
+    encoder, bundle = portable.load("encoder.pt")   # or a training checkpoint, converted in memory
+    frontend = portable.Frontend(encoder.input_kind, bundle["logmel"], bundle["norm"])
+    emb = encoder.embed(frontend(wave))             # wave [B, L] at 16 kHz -> [B, embed_dim]
+
+File layout (FORMAT; only tensors, str, numbers, lists, dicts and None, so torch.load(weights_only=True) reads it):
+
+    format    FORMAT
+    kind      the training method: msn | clar | byola
+    config    the resolved training config: models.build_encoder(config) rebuilds the encoder
+    encoder   the encoder's state_dict (MSN: the EMA target; BYOL-A: the online encoder; CLAR: the encoder)
+    logmel    audio.LogMelConfig as a dict, read from the training cache's preprocess.json (None: wave input)
+    norm      {"source": running | precomputed | none, "mean": float, "std": float}: the scalar normalisation
+              of the log-mel that training applied (MSN's RunningNorm state, BYOL-A v2's PrecomputedNorm stats)
+    source    {"ckpt", "sha256", "step", "git", "logmel_from"}: where it came from
+
+linear_eval.py ignores `norm` (EVAR normalises with the task's own statistics); the HEAR module uses it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+import models
+from audio import LOG_SILENCE, LogMel, LogMelConfig
+from augment import RunningNorm
+from utils import atomic_torch_save, file_sha256
+
+FORMAT = "audio-ssl-repro/encoder-v1"
+WAVE_ARCHS = ("resnet18_1d", "resnet18_2d")
+
+
+def input_norm(ckpt: dict, path: str | os.PathLike) -> dict:
+    """The scalar log-mel normalisation a training checkpoint used: aug.norm=running -> the RunningNorm state of
+    process 0 (mean mu, std as RunningNorm.std), precomputed -> meta["norm_stats"], none (or a wave encoder) ->
+    identity."""
+    cfg = ckpt["config"]
+    mode = "none" if cfg["model"]["arch"] in WAVE_ARCHS else cfg.get("aug", {}).get("norm", "none")
+    if mode == "running":
+        state = ckpt["per_process"][0]["state"]["views"]["norm"]
+        if not state or state["n"] == 0:
+            raise ValueError(f"{path}: aug.norm=running but the RunningNorm state has seen no clip")
+        norm = RunningNorm(1)
+        norm.load_state_dict(state)
+        return {"source": "running", "mean": float(norm.mu), "std": float(norm.std)}
+    if mode == "precomputed":
+        stats = (ckpt.get("meta") or {}).get("norm_stats")
+        if stats is None:
+            raise ValueError(f"{path}: aug.norm=precomputed but meta has no norm_stats (a checkpoint written before "
+                             "they were stored; train again)")
+        return {"source": "precomputed", "mean": float(stats[0]), "std": float(stats[1])}
+    if mode != "none":
+        raise ValueError(f"{path}: unknown aug.norm {mode!r}")
+    return {"source": "none", "mean": 0.0, "std": 1.0}
+
+
+def logmel_config(cfg: dict) -> tuple[dict | None, str]:
+    """(LogMelConfig dict, where it came from) of the cache the encoder was trained on; None for wave encoders.
+    A cache that is gone leaves audio.LogMelConfig's defaults (what preprocess.py writes unless --mel-scale htk)."""
+    if cfg["model"]["arch"] in WAVE_ARCHS:
+        return None, "wave input"
+    meta = Path(cfg.get("data", {}).get("cache", "")) / "preprocess.json"
+    if meta.is_file():
+        return {**LogMelConfig().to_dict(), **json.loads(meta.read_text())["params"]["logmel"]}, str(meta)
+    print(f"portable: {meta} not found; assuming the default log-mel front end (audio.LogMelConfig)", file=sys.stderr)
+    return LogMelConfig().to_dict(), "audio.LogMelConfig defaults"
+
+
+def from_checkpoint(ckpt: dict, path: str | os.PathLike) -> dict:
+    """A training checkpoint (trainer.CHECKPOINT_KEYS) -> the portable layout (module docstring)."""
+    missing = [k for k in ("kind", "config", "encoder") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: not a pretraining checkpoint (missing {missing})")
+    logmel, logmel_from = logmel_config(ckpt["config"])
+    return {"format": FORMAT, "kind": ckpt["kind"], "config": ckpt["config"],
+            "encoder": {k: v.detach().cpu().clone() for k, v in ckpt["encoder"].items()},
+            "logmel": logmel, "norm": input_norm(ckpt, path),
+            "source": {"ckpt": str(path), "sha256": file_sha256(path), "step": int(ckpt.get("step", 0)),
+                       "git": str(ckpt.get("git", "")), "logmel_from": logmel_from}}
+
+
+def load(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """An export.py file or a training checkpoint -> (encoder with its weights in eval mode, portable dict)."""
+    encoder, state = models.load_encoder_file(path)
+    bundle = state if state.get("format") == FORMAT else from_checkpoint(state, path)
+    return encoder, bundle
+
+
+def save(bundle: dict, out: str | os.PathLike) -> None:
+    atomic_torch_save(bundle, out)
+
+
+class Frontend(nn.Module):
+    """wave [B, L] at 16 kHz -> the encoder's input: (LogMel(wave) - mean) / std as [B, 1, n_mels, 1 + L // hop]
+    for log-mel encoders, the wave itself for wave encoders. `silence` is the input value of digital silence."""
+
+    def __init__(self, input_kind: str, logmel: dict | None, norm: dict):
+        super().__init__()
+        self.logmel = LogMel(LogMelConfig(**logmel)) if input_kind == "logmel" else None
+        self.mean, self.std = float(norm["mean"]), float(norm["std"])
+        if not (math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 0):
+            raise ValueError(f"input normalisation must have a finite mean and std > 0, got {norm}")
+        self.hop = self.logmel.cfg.hop_length if self.logmel is not None else 1  # samples per input step
+        self.silence = (LOG_SILENCE - self.mean) / self.std if self.logmel is not None else 0.0
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        if self.logmel is None:
+            return wave.float()
+        return ((self.logmel(wave) - self.mean) / self.std)[:, None]

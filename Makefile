@@ -6,10 +6,11 @@ STAMP := .venv/.installed
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-hear.txt
 	python3 -m venv .venv
 	.venv/bin/pip install --disable-pip-version-check -q -r requirements.txt 2>&1 | grep -v "is ignored: it is neither" || true
-	$(PY) -c "import torch, torchvision, torchaudio, soundfile; print('torch', torch.__version__)"
+	.venv/bin/pip install --disable-pip-version-check -q --no-deps -r requirements-hear.txt 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PY) -c "import torch, torchvision, torchaudio, soundfile, hearbaseline; print('torch', torch.__version__)"
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -2,12 +2,15 @@
 
     python linear_eval.py --ckpt runs/msn/ckpt_last.pt --task esc50
     python linear_eval.py --ckpt random:config/msn.yaml --task gtzan          # the random-init baseline
+    python linear_eval.py --ckpt encoder.pt --task esc50                      # an export.py encoder file
+    python linear_eval.py --ckpt hear:hearbaseline --task esc50               # any HEAR module (HEAR API)
     python linear_eval.py --ckpt CKPT --task nsynth --label-fraction 0.01 --seeds 0,1,2
     python linear_eval.py --ckpt CKPT --task cache/synth_small --folds 5 eval.long=chunk probe.lr=3e-5
 
 TASK is esc50, esc10, gtzan, nsynth, sc10, sc35 or a cache folder written by preprocess.py. The
-checkpoint carries its resolved config, so `models.build_encoder` rebuilds its encoder and front end
-(log-mel or waveform input) with no other flag. Steps:
+checkpoint (or export.py file) carries its resolved config, so `models.build_encoder` rebuilds its encoder and
+front end (log-mel or waveform input) with no other flag. `hear:MODULE[:WEIGHTS]` embeds the cached 16 kHz
+waveforms, resampled to the module's sample_rate, with the module's get_scene_embeddings (HEAR API). Steps:
 
 1. Clips at the task's unit length (ESC 5 s, GTZAN 30 s, NSynth 4 s, Speech Commands 1 s; a cache folder:
    the manifest's median duration): shorter clips are right-padded with silence, longer ones cropped at a
@@ -34,9 +37,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import importlib
+import importlib.metadata
+import inspect
 import json
 import math
 import os
+import re
 import sys
 import zlib
 from dataclasses import dataclass
@@ -49,7 +56,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 import models
-from audio import LOG_SILENCE, SAMPLE_RATE, fix_length
+from audio import LOG_SILENCE, SAMPLE_RATE, fix_length, resample
 from config import ConfigError, apply_overrides, load_config
 from data import LabelMap, load_array, read_manifest, select, stratified_subset
 from probe import append_result, carve_validation, fit_linear_probe, mean_ci95
@@ -195,8 +202,57 @@ def holdout_folds(task: Task, folds: list[int] | None) -> list[int | None]:
 # ============================================================================ encoder and embeddings
 
 
+class HearEncoder(nn.Module):
+    """A HEAR module's model as an encoder of this package (input_kind "wave", 16 kHz [B, L]): embed() resamples
+    to the model's sample_rate (audio.resample) and returns the module's get_scene_embeddings (HEAR API)."""
+
+    input_kind = "wave"
+
+    def __init__(self, module, model: nn.Module):
+        super().__init__()
+        self.module, self.model = module, model
+        self.embed_dim = int(model.scene_embedding_size)
+        self.sample_rate = int(model.sample_rate)
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor, long: str = "chunk", pool: str = "cls") -> torch.Tensor:
+        """wave [B, L] at 16 kHz -> [B, scene_embedding_size] float32; `long` and `pool` do not apply."""
+        wave = resample(x.cpu(), SAMPLE_RATE, self.sample_rate).to(x.device)
+        return torch.as_tensor(self.module.get_scene_embeddings(wave, self.model)).float()
+
+
+def load_hear(spec: str) -> tuple[nn.Module, dict]:
+    """`hear:MODULE[:WEIGHTS]` -> (HearEncoder, info). MODULE is imported and MODULE.load_model([WEIGHTS]) called
+    with torch's global RNG restored afterwards (hearbaseline's load_model seeds it). The row's model is
+    `hear:MODULE[:weights file name]`, its config `DISTRIBUTION VERSION`, its sha256 one over the module's source
+    file, version and weights file."""
+    name, _, weights = spec.split(":", 1)[1].partition(":")
+    try:
+        module = importlib.import_module(name)
+    except ImportError as err:
+        raise ValueError(f"{spec}: cannot import HEAR module {name!r} ({type(err).__name__}: {err})") from None
+    if not hasattr(module, "load_model") or not hasattr(module, "get_scene_embeddings"):
+        raise ValueError(f"{spec}: {name} is not a HEAR module (needs load_model and get_scene_embeddings)")
+    if weights and not Path(weights).is_file():
+        raise FileNotFoundError(f"{weights}: weights file of {spec} not found")
+    with torch.random.fork_rng(devices=[]):
+        model = module.load_model(weights) if weights else module.load_model()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{spec}: load_model returned {type(model).__name__}; only PyTorch HEAR modules are supported")
+    top = name.split(".")[0]
+    dists = importlib.metadata.packages_distributions().get(top, [])
+    version = f"{dists[0]} {importlib.metadata.version(dists[0])}" if dists else name
+    items = [name, version, file_sha256(inspect.getsourcefile(module)), file_sha256(weights) if weights else ""]
+    sha = "hear-" + hashlib.sha256("|".join(items).encode()).hexdigest()
+    label = f"hear:{name}" + (f":{Path(weights).name}" if weights else "")
+    return HearEncoder(module, model).eval(), {"model": label, "ckpt_sha256": sha, "config": version}
+
+
 def load_encoder(ckpt: str, random_seed: int = 0) -> tuple[nn.Module, dict]:
-    """A checkpoint path or `random:<config.yaml>` -> (encoder in eval mode, info: model, ckpt_sha256, config)."""
+    """A checkpoint or export.py file, `random:<config.yaml>` or `hear:MODULE[:WEIGHTS]` -> (encoder in eval mode,
+    info: model, ckpt_sha256, config)."""
+    if ckpt.startswith("hear:"):
+        return load_hear(ckpt)
     if ckpt.startswith("random:"):
         cfg = load_config(ckpt.split(":", 1)[1])
         with torch.random.fork_rng(devices=[]):
@@ -273,7 +329,8 @@ def task_embeddings(encoder: nn.Module, info: dict, task: Task, cfg: dict, devic
                      crop=random_crop.tolist(), unit=unit_samples, long=ecfg["long"], pool=ecfg["pool"],
                      mean=round(mean, 6), std=round(std, 6))
     key = hashlib.sha256(json.dumps(key_items).encode()).hexdigest()[:20]
-    path = Path(ecfg["embed_dir"]) / f"{task.name}-{info['model']}-{key}.npy"
+    safe_model = re.sub(r"[^\w.=+-]", "_", info["model"])  # hear:MODULE labels hold a colon
+    path = Path(ecfg["embed_dir"]) / f"{task.name}-{safe_model}-{key}.npy"
     if path.is_file():
         print(f"embeddings: {path} (cached)")
         return np.load(path)
@@ -324,10 +381,11 @@ def result_row(task: Task, info: dict, cfg: dict, seeds: list[int], scores: dict
                label_fraction: float | None, shots: int | None) -> dict:
     """One results.csv row (RESULT_FIELDS)."""
     mean, ci = mean_ci95(scores["acc"])
+    hear = info["ckpt_sha256"].startswith("hear-")  # long / pool are this package's ViT settings
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "task": task.name, "model": info["model"], "ckpt_sha256": info["ckpt_sha256"], "config": info["config"],
-        "long": cfg["eval"]["long"], "pool": cfg["eval"]["pool"],
+        "long": "" if hear else cfg["eval"]["long"], "pool": "" if hear else cfg["eval"]["pool"],
         "label_fraction": "" if label_fraction is None else f"{label_fraction:g}",
         "shots": "" if shots is None else str(shots),
         "seeds": " ".join(str(s) for s in seeds),
@@ -348,7 +406,8 @@ def pick_device(name: str) -> torch.device:
 def parse_args(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--ckpt", required=True, help="checkpoint path, or random:<config.yaml>")
+    parser.add_argument("--ckpt", required=True,
+                        help="checkpoint or export.py file, random:<config.yaml>, or hear:MODULE[:WEIGHTS]")
     parser.add_argument("--task", required=True, help=f"{', '.join(TASKS)} or a cache folder")
     shots = parser.add_mutually_exclusive_group()
     shots.add_argument("--label-fraction", type=float, help="stratified fraction of the training labels")

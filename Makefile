@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: setup demo test lint bench tables
+.PHONY: setup demo test lint bench tables hear-check
 
 setup: $(STAMP)
 
@@ -27,3 +27,20 @@ bench: $(STAMP)
 
 tables: $(STAMP)
 	$(PY) results/make_tables.py
+
+# The HEAR validator in its own venv: hearvalidator 2021.0.6 declares Python < 3.9 (hence --ignore-requires-python,
+# for it alone, with --no-deps) and imports TensorFlow (tensorflow-cpu); torch and numpy are .venv's, reached by
+# a .pth file, so TensorFlow is the only large download (about 1.5 GB). Not part of `make test`.
+HEAR_STAMP := .venv-hear/.installed
+
+$(HEAR_STAMP): $(STAMP)
+	python3 -m venv .venv-hear
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+		"$$(.venv-hear/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/_base_venv.pth"
+	.venv-hear/bin/pip install --disable-pip-version-check -q tensorflow-cpu==2.21.0 2>&1 | grep -v "is ignored: it is neither" || true
+	.venv-hear/bin/pip install --disable-pip-version-check -q --no-deps --ignore-requires-python hearvalidator==2021.0.6 2>&1 | grep -v "is ignored: it is neither" || true
+	.venv-hear/bin/python -c "import tensorflow, torch, hearvalidator; print('tensorflow', tensorflow.__version__, 'torch', torch.__version__)"
+	touch $(HEAR_STAMP)
+
+hear-check: $(HEAR_STAMP)
+	$(PY) hear_check.py

@@ -39,7 +39,7 @@ $(HEAR_STAMP): $(STAMP)
 		"$$(.venv-hear/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/_base_venv.pth"
 	.venv-hear/bin/pip install --disable-pip-version-check -q tensorflow-cpu==2.21.0 2>&1 | grep -v "is ignored: it is neither" || true
 	.venv-hear/bin/pip install --disable-pip-version-check -q --no-deps --ignore-requires-python hearvalidator==2021.0.6 2>&1 | grep -v "is ignored: it is neither" || true
-	.venv-hear/bin/python -c "import tensorflow, torch, hearvalidator; print('tensorflow', tensorflow.__version__, 'torch', torch.__version__)"
+	TF_CPP_MIN_LOG_LEVEL=3 .venv-hear/bin/python -c "import tensorflow, torch, hearvalidator; print('tensorflow', tensorflow.__version__, 'torch', torch.__version__)"
 	touch $(HEAR_STAMP)
 
 hear-check: $(HEAR_STAMP)

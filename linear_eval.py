@@ -235,8 +235,12 @@ def load_hear(spec: str) -> tuple[nn.Module, dict]:
         raise ValueError(f"{spec}: {name} is not a HEAR module (needs load_model and get_scene_embeddings)")
     if weights and not Path(weights).is_file():
         raise FileNotFoundError(f"{weights}: weights file of {spec} not found")
-    with torch.random.fork_rng(devices=[]):
-        model = module.load_model(weights) if weights else module.load_model()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            model = module.load_model(weights) if weights else module.load_model()
+    except Exception as err:  # e.g. a module that downloads its weights, offline
+        reason = str(err).splitlines()[0] if str(err) else ""
+        raise ValueError(f"{spec}: {name}.load_model failed ({type(err).__name__}: {reason})") from None
     if not isinstance(model, nn.Module):
         raise ValueError(f"{spec}: load_model returned {type(model).__name__}; only PyTorch HEAR modules are supported")
     top = name.split(".")[0]

@@ -17,6 +17,8 @@ File layout (FORMAT; only tensors, str, numbers, lists, dicts and None, so torch
     source    {"ckpt", "sha256", "step", "git", "logmel_from"}: where it came from
 
 linear_eval.py ignores `norm` (EVAR normalises with the task's own statistics); the HEAR module uses it.
+Per-batch normalisation of the training views (MSN aug.normalize_batch, BYOL-A v2's NormalizeBatch) belongs to
+the augmentations and is not part of the encoder's input.
 """
 from __future__ import annotations
 

@@ -247,6 +247,9 @@ def test_hear_spec_errors_are_one_line(tmp_path):
         linear_eval.load_encoder("hear:json")
     with pytest.raises(FileNotFoundError, match="missing.pt: weights file of hear:hear_ssl"):
         linear_eval.load_encoder(f"hear:hear_ssl:{tmp_path / 'missing.pt'}")
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"hear_ssl.load_model failed \(ValueError: .*junk.pt: not a readable"):
+        linear_eval.load_encoder(f"hear:hear_ssl:{tmp_path / 'junk.pt'}")
 
 
 def test_our_hear_module_through_the_hear_path_equals_its_scene_embeddings(runs, tmp_path):

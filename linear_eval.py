@@ -5,7 +5,8 @@
     python linear_eval.py --ckpt CKPT --task nsynth --label-fraction 0.01 --seeds 0,1,2
     python linear_eval.py --ckpt CKPT --task cache/synth_small --folds 5 eval.long=chunk probe.lr=3e-5
 
-TASK is esc50, esc10, gtzan, nsynth, sc10, sc35 or a cache folder written by preprocess.py. The
+TASK is a task of datasets.REGISTRY (esc50, esc10, gtzan, nsynth, nsynth_pitch, sc35, sc10) or a cache folder
+written by preprocess.py; a named task refuses a cache that preprocess.json says holds another data set. The
 checkpoint carries its resolved config, so `models.build_encoder` rebuilds its encoder and front end
 (log-mel or waveform input) with no other flag. Steps:
 
@@ -53,22 +54,20 @@ from scipy import stats
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from audio import LOG_SILENCE, SAMPLE_RATE, fix_length
+from audio import LOG_SILENCE, fix_length
 from config import ConfigError, apply_overrides, load_config
 from data import LabelMap, load_array, read_manifest, select, stratified_subset
+from datasets import REGISTRY, all_tasks, find_task
 from utils import atomic_write_text, git_commit, load_checkpoint
 
 DEFAULTS = {
-    "data": {  # default cache folder of each data set (preprocess.py --out)
-        "esc50": "cache/esc50", "gtzan": "cache/gtzan", "nsynth": "cache/nsynth",
-        "speechcommands": "cache/speechcommands",
-    },
+    "data": {name: entry.cache for name, entry in REGISTRY.items()},  # default cache folders (datasets.py)
     "eval": {
         "long": "chunk",         # ViT inputs longer than the training crop: pad (the seed) | resize | chunk
         "pool": "cls",           # ViT embedding: cls token | mean of patch tokens
         "unit_seconds": None,    # clip length fed to the encoder; null = the task's (SPEC B3)
         "protocol": "auto",      # auto | folds (cross-validation) | splits (train/valid/test)
-        "label_column": "label",  # e.g. 'pitch' for NSynth pitch
+        "label_column": None,    # null = the task's (datasets.py; e.g. nsynth_pitch: pitch)
         "batch_size": 32,        # embedding batch
         "workers": 0,            # data loader workers for embedding
         "norm_clips": 5000,      # clips for the log-mel mean/std (EVAR: up to 5000)
@@ -87,16 +86,8 @@ DEFAULTS = {
     },
 }
 
-# task -> (data set key in DEFAULTS["data"], row filter, unit seconds) (SPEC B3)
-TASKS = {
-    "esc50": ("esc50", None, 5.0),
-    "esc10": ("esc50", {"esc10": True}, 5.0),
-    "gtzan": ("gtzan", None, 30.0),
-    "nsynth": ("nsynth", None, 4.0),
-    "sc35": ("speechcommands", None, 1.0),
-    "sc10": ("speechcommands", {"sc10": True}, 1.0),
-}
-HOP = 160
+# the tasks (row filter, unit seconds, label column; SPEC B3) are datasets.REGISTRY's
+TASKS = tuple(all_tasks())
 
 RESULT_FIELDS = ["date", "task", "model", "ckpt_sha256", "config", "long", "pool", "label_fraction", "shots",
                  "seeds", "folds", "fold_acc", "mean", "ci95", "n", "unit_seconds", "lr", "n_train", "commit"]
@@ -225,25 +216,49 @@ class Task:
     protocol: str          # "folds" (hold each fold out in turn) or "splits" (official train/valid/test)
     unit_seconds: float
     labels: LabelMap
+    sample_rate: int       # of the cache's features, from its preprocess.json
+    hop: int               # log-mel hop in samples, from its preprocess.json
+
+
+def cache_params(folder: Path) -> dict:
+    """The cache's preprocess.json params; without the file (a cache written by hand), 16 kHz and hop 160
+    (SPEC A1) with a printed warning, and data set None (not checked)."""
+    path = folder / "preprocess.json"
+    if not path.is_file():
+        print(f"warning: {path}: not found; assuming 16000 Hz and log-mel hop 160 (SPEC A1), data set not checked",
+              file=sys.stderr)
+        return {"dataset": None, "sample_rate": 16000, "logmel": {"hop_length": 160}}
+    try:
+        params = json.loads(path.read_text())["params"]
+        int(params["sample_rate"]), int(params["logmel"]["hop_length"])
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path}: unreadable (no params.sample_rate / params.logmel.hop_length); "
+                         "rebuild the cache with preprocess.py") from None
+    return params
 
 
 def resolve_task(task: str, cfg: dict, cache: str | None = None) -> Task:
-    """TASK name or cache folder -> Task (SPEC B3 task table)."""
-    where, unit = None, None
-    if task in TASKS:
-        key, where, unit = TASKS[task]
-        folder = Path(cache or cfg["data"][key])
+    """TASK name (datasets.REGISTRY) or cache folder -> Task (SPEC B3 task table)."""
+    where, unit, label, dataset = None, None, "label", None
+    if find_task(task):
+        dataset, spec = find_task(task)
+        where, unit, label = spec.where, spec.unit_seconds, spec.label
+        folder = Path(cache or cfg["data"][dataset])
     elif Path(task).is_dir() or cache:
         folder = Path(cache or task)
     else:
-        raise ValueError(f"unknown task {task!r}: expected one of {sorted(TASKS)} or a cache folder")
+        raise ValueError(f"unknown task {task!r}: expected one of {list(TASKS)} or a cache folder")
     df = read_manifest(folder)
+    params = cache_params(folder)
+    if dataset and params["dataset"] and params["dataset"] != dataset:
+        raise ValueError(f"{folder / 'preprocess.json'}: this cache holds --dataset {params['dataset']}, but task "
+                         f"{task} needs {dataset}; pass its cache with --cache, or the folder itself as --task")
     if where:
         missing = [c for c in where if c not in df.columns]
         if missing:
             raise ValueError(f"{folder / 'manifest.csv'}: task {task} needs column(s) {missing}")
         df = select(df, where=where)
-    column = cfg["eval"]["label_column"]
+    column = cfg["eval"]["label_column"] or label
     if column not in df.columns:
         raise ValueError(f"{folder / 'manifest.csv'}: no label column {column!r}")
     df = df.assign(label=df[column].astype(str))
@@ -263,8 +278,8 @@ def resolve_task(task: str, cfg: dict, cache: str | None = None) -> Task:
     elif not has_folds or df["fold"].isna().any():
         raise ValueError(f"{folder / 'manifest.csv'}: cross-validation needs a fold for every clip")
     unit = cfg["eval"]["unit_seconds"] or unit or float(np.median(df["duration"].astype(float)))
-    return Task(task if task in TASKS else folder.name, folder, df, protocol, float(unit),
-                LabelMap.from_labels(df["label"]))
+    return Task(task if dataset else folder.name, folder, df, protocol, float(unit), LabelMap.from_labels(df["label"]),
+                int(params["sample_rate"]), int(params["logmel"]["hop_length"]))
 
 
 def carve_validation(y: np.ndarray, fraction: float, rng: np.random.Generator, attempts: int = 100) -> np.ndarray:
@@ -370,10 +385,10 @@ class UnitClips(Dataset):
     """
 
     def __init__(self, cache: Path, df: pd.DataFrame, input_kind: str, unit_samples: int,
-                 random_crop: np.ndarray, mean: float = 0.0, std: float = 1.0):
+                 random_crop: np.ndarray, mean: float = 0.0, std: float = 1.0, *, hop: int):
         self.cache, self.input_kind, self.random_crop = cache, input_kind, random_crop
         self.paths, self.ids = df[input_kind].tolist(), df["id"].tolist()
-        self.length = unit_samples if input_kind == "wave" else 1 + unit_samples // HOP
+        self.length = unit_samples if input_kind == "wave" else 1 + unit_samples // hop
         self.mean, self.std = mean, std
 
     def __len__(self) -> int:
@@ -423,23 +438,24 @@ def task_embeddings(encoder: nn.Module, info: dict, task: Task, cfg: dict, devic
                          + ("waveforms: re-run preprocess.py with --waveform" if kind == "wave" else "log-mels"))
     random_crop = (task.df["split"].isin(["train", "valid"]) if task.protocol == "splits"
                    else pd.Series(False, index=task.df.index)).to_numpy()
-    unit_samples = int(round(task.unit_seconds * SAMPLE_RATE))
+    unit_samples = int(round(task.unit_seconds * task.sample_rate))
     mean, std = 0.0, 1.0
     if kind == "logmel":
         first = holdout_folds(task, None)[0]
         is_train = (task.df["split"] == "train") if task.protocol == "splits" else (task.df["fold"] != first)
-        train = UnitClips(task.cache, task.df[is_train], kind, unit_samples, random_crop[is_train.to_numpy()])
+        train = UnitClips(task.cache, task.df[is_train], kind, unit_samples, random_crop[is_train.to_numpy()],
+                          hop=task.hop)
         mean, std = unit_logmel_stats(train, ecfg["norm_clips"])
     key_items = dict(ckpt=info["ckpt_sha256"], cache=str(task.cache.resolve()), task=task.name, kind=kind,
                      manifest=file_sha256(task.cache / "manifest.csv"), ids=task.df["id"].tolist(),
-                     crop=random_crop.tolist(), unit=unit_samples, long=ecfg["long"], pool=ecfg["pool"],
+                     crop=random_crop.tolist(), unit=unit_samples, hop=task.hop, long=ecfg["long"], pool=ecfg["pool"],
                      mean=round(mean, 6), std=round(std, 6))
     key = hashlib.sha256(json.dumps(key_items).encode()).hexdigest()[:20]
     path = Path(ecfg["embed_dir"]) / f"{task.name}-{info['model']}-{key}.npy"
     if path.is_file():
         print(f"embeddings: {path} (cached)")
         return np.load(path)
-    dataset = UnitClips(task.cache, task.df, kind, unit_samples, random_crop, mean, std)
+    dataset = UnitClips(task.cache, task.df, kind, unit_samples, random_crop, mean, std, hop=task.hop)
     X = compute_embeddings(encoder, dataset, ecfg["long"], ecfg["pool"], ecfg["batch_size"], ecfg["workers"],
                            device, desc=f"embed {task.name}")
     if not np.isfinite(X).all():

@@ -28,10 +28,13 @@ import pandas as pd  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+from datasets import all_tasks  # noqa: E402
 from utils import atomic_write_text  # noqa: E402
 
-SEED_TASKS = {"gtzan": "GTZAN", "nsynth": "NSynth", "esc50": "ESC-50"}
-OTHER_TASKS = {"sc35": "SPCV2 (sc35)", "sc10": "SC-10", "esc10": "ESC-10"}
+SEED_COLUMNS = ("gtzan", "nsynth", "esc50")  # the seed's table, in its column order
+TITLES = {task: spec.title or task for task, (_, spec) in all_tasks().items()}  # datasets.REGISTRY's tasks
+SEED_TASKS = {task: TITLES[task] for task in SEED_COLUMNS}
+OTHER_TASKS = {task: title for task, title in TITLES.items() if task not in SEED_TASKS}
 CLAR_MODES = ["supervised", "self-supervised", "clar"]
 CLAR_FRACTIONS = ["1", "0.2", "0.1", "0.01"]
 DASH = "-"

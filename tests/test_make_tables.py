@@ -50,8 +50,10 @@ def test_seed_table_from_fixture_results(tmp_path):
     ])
     assert expected in page
     other = page.split("## Linear evaluation: other tasks")[1].split("##")[0]
-    assert "| clar_2d | chunk | cls | - | 80.00 ± 1.00 | - | measured |" in other
-    assert "| CLAR 2D (paper best) | - | - | - | 89.3 | - |" in other
+    # the other tasks are datasets.REGISTRY's, in its order
+    assert "| Model | long | pool | ESC-10 | NSynth pitch | SPCV2 (sc35) | SC-10 | Source |" in other
+    assert "| clar_2d | chunk | cls | - | - | - | 80.00 ± 1.00 | measured |" in other
+    assert "| CLAR 2D (paper best) | - | - | - | - | - | 89.3 |" in other
     low = page.split("## Low-shot linear evaluation")[1].split("##")[0]
     assert "| Model | Task | 100 % | 10 % |" in low
     assert "| msn_vitb32 | esc50 | 41.25 ± 1.10 | 30.00 |" in low
@@ -102,3 +104,19 @@ def test_augpair_matrix_is_symmetric_when_one_order_given():
     matrix = mt.augpair_matrix(pd.DataFrame({"aug1": ["a", "a"], "aug2": ["b", "a"], "accuracy": ["60", "50"]}))
     assert matrix.loc["a", "b"] == matrix.loc["b", "a"] == 60.0 and matrix.loc["a", "a"] == 50.0
     assert pd.isna(matrix.loc["b", "b"])
+
+
+def test_columns_come_from_the_dataset_registry(monkeypatch):
+    """A task added to datasets.REGISTRY gets its column in 'other tasks' with its title, nothing else to edit."""
+    import importlib
+
+    import datasets
+    entry = datasets.DatasetSpec(datasets.adapt_folder, {"birds": datasets.TaskSpec(None, 3.0, title="Bird calls")},
+                                 "cache/birds")
+    monkeypatch.setitem(datasets.REGISTRY, "birds", entry)
+    fresh = importlib.reload(mt)
+    try:
+        assert fresh.OTHER_TASKS["birds"] == "Bird calls" and list(fresh.SEED_TASKS) == ["gtzan", "nsynth", "esc50"]
+    finally:
+        monkeypatch.delitem(datasets.REGISTRY, "birds")
+        importlib.reload(mt)

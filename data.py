@@ -132,8 +132,9 @@ class PackWriter:
     CACHE/packed/logmel-<tag>-<pid>-<k>.bin of at most `shard_bytes` each. One writer per process, so that
     preprocessing workers pack as they go; `append` returns the clip's (file name, frame offset, frames)."""
 
-    def __init__(self, folder: str | os.PathLike, tag: str, dtype: str = "float32", shard_bytes: int = SHARD_BYTES):
-        self.folder, self.tag, self.dtype, self.shard_bytes = Path(folder), tag, np.dtype(dtype), shard_bytes
+    def __init__(self, folder: str | os.PathLike, tag: str, dtype: str = "float32", shard_bytes: int | None = None):
+        self.folder, self.tag, self.dtype = Path(folder), tag, np.dtype(dtype)
+        self.shard_bytes = shard_bytes or SHARD_BYTES
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path: Path | None = None
         self.k = 0

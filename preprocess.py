@@ -41,6 +41,7 @@ from tqdm import tqdm
 from audio import SAMPLE_RATE, AudioError, LogMel, LogMelConfig, load_audio, truncation_warning
 from data import MANIFEST_COLUMNS, PACKED_DIR, PackWriter, load_array, read_pack_index, write_pack_index
 from datasets import REGISTRY, Clip, DatasetLayoutError
+from utils import remove_stale_temps
 
 DATASETS = tuple(REGISTRY)
 KINDS = ("error", "warning", "not_audio", "hidden", "excluded")  # errors.csv 'kind'; only 'error' skips a clip
@@ -198,12 +199,11 @@ def read_errors(paths: list[Path]) -> dict[str, tuple[str, str]]:
     return errors
 
 
-def remove_stale_temps(out: Path, pack_tag: str) -> None:
+def remove_stale_files(out: Path, pack_tag: str) -> None:
     """Temp files of interrupted writes (.<name>.tmp<pid>) in every folder the package writes, and pack shard
     files of this run's tag (all / sK-of-N) that no pack index lists (a killed --pack run)."""
     for folder in (out, out / "logmel", out / "wave", out / PACKED_DIR):
-        for tmp in folder.glob(".*.tmp*"):
-            tmp.unlink(missing_ok=True)
+        remove_stale_temps(folder)
     listed = {e[0] for index in (out / PACKED_DIR).glob("index*.npz") for e in read_pack_index(index).values()}
     for part in (out / PACKED_DIR).glob(f"logmel-{pack_tag}-*.bin"):
         if part.name not in listed:
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> dict:
         done_rows = {}
     if args.pack:
         (out / PACKED_DIR).mkdir(exist_ok=True)
-    remove_stale_temps(out, pack_tag)
+    remove_stale_files(out, pack_tag)
     meta = {"params": params, "versions": versions(), "root": str(root.resolve()), "command": sys.argv}
     (out / ".preprocess.json.tmp").write_text(json.dumps(meta, indent=2))
     os.replace(out / ".preprocess.json.tmp", out / "preprocess.json")

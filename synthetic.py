@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from utils import atomic_write_text
+from utils import atomic_write_text, remove_stale_temps
 
 SAMPLE_RATE = 16000
 VERSION = 2  # bump when the generator changes: a cached set with another version is regenerated
@@ -260,8 +260,9 @@ def generate_synthetic(root: str | os.PathLike, size: str = "small", seed: int =
     if csv_path.exists() and not marker_path.exists() and not partial_path.exists():
         raise FileExistsError(f"{csv_path}: exists and is not a synthetic set; choose another root")
     old_files = sorted(set(_listed_files(marker_path)) | set(_listed_files(partial_path)))
-    (root / "audio").mkdir(parents=True, exist_ok=True)
-    (root / "meta").mkdir(parents=True, exist_ok=True)
+    for folder in (root / "audio", root / "meta"):
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(folder)
     # written before the complete marker goes: an interrupted regeneration stays recognisable and restartable
     atomic_write_text(json.dumps({"generator": "synthetic", "files": old_files}) + "\n", partial_path)
     marker_path.unlink(missing_ok=True)  # from here on the set is incomplete until the new marker is written

@@ -10,6 +10,7 @@ import csv
 import math
 import os
 import random
+import re
 import subprocess
 from pathlib import Path
 
@@ -72,6 +73,30 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> int:
+    """Delete the temp files (.<name>.tmp<pid>*) that killed writers left in `folder` (a kill -9 during a large
+    write can leave a file as big as the result); the temps of a process still running on this machine are
+    kept. Returns how many were removed."""
+    removed = 0
+    for tmp in Path(folder).glob(".*.tmp*"):
+        m = re.search(r"\.tmp(\d+)", tmp.name)
+        if m and int(m[1]) != os.getpid() and _alive(int(m[1])):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid < 2**22  # another user's process (or an impossible pid: not alive)
+    return True
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

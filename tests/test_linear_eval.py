@@ -198,8 +198,11 @@ def test_hop_and_sample_rate_come_from_preprocess_json(tmp_path, capsys, monkeyp
     monkeypatch.setattr(le, "compute_embeddings", lambda enc, ds, *a, **k: seen.append(ds[0].shape) or
                         np.zeros((len(ds), 4), np.float32))
     cfg = le.apply_overrides(le.DEFAULTS, [f"eval.embed_dir={tmp_path / 'emb'}"])
+    (tmp_path / "emb").mkdir()
+    (tmp_path / "emb" / ".esc50-m-0123.npy.tmp99999999.npy").write_bytes(b"half")  # a killed run's temp
     le.task_embeddings(FakeEncoder(), {"ckpt_sha256": "x", "model": "m"}, task, cfg, "cpu")
     assert seen == [(1, 64, 1 + 5 * 32000 // 320)]  # 5 s at 32 kHz, hop 320: 501 frames
+    assert [p.name[:6] for p in (tmp_path / "emb").iterdir()] == ["esc50-"]
     (cache / "preprocess.json").write_text("{")
     with pytest.raises(ValueError, match="preprocess.json: unreadable"):
         le.resolve_task(str(cache), le.DEFAULTS)

@@ -193,7 +193,7 @@ def test_interrupted_run_resumes_to_same_manifest(tmp_path, monkeypatch):
         calls["n"] += 1
         if calls["n"] == 4:
             # leave a half-written temp file behind, as a killed process would
-            (out / "logmel" / f".{job[2]}.npy.tmp999").write_bytes(b"\x93NUMPY half")
+            (out / "logmel" / f".{job[2]}.npy.tmp99999999").write_bytes(b"\x93NUMPY half")
             raise KeyboardInterrupt
         return real(job)
 
@@ -400,7 +400,7 @@ def test_sharded_pack_written_by_workers_and_merged(tmp_path, monkeypatch):
         run("--dataset", "esc50", "--root", root, "--out", tmp_path / "c", "--pack", "--shard", f"{k}/2")
     assert sorted(p.name for p in (tmp_path / "c" / "packed").glob("index*")) == [
         "index.shard-1-of-2.npz", "index.shard-2-of-2.npz"]
-    (tmp_path / "c" / "packed" / ".logmel.npy.tmp4242").write_bytes(b"x" * 100)  # a killed old --pack
+    (tmp_path / "c" / "packed" / ".logmel.npy.tmp99999999").write_bytes(b"x" * 100)  # a killed old --pack
     (tmp_path / "c" / "packed" / "logmel-all-4242-001.bin").write_bytes(b"x" * 100)  # a killed run's shard
     summary = run("--dataset", "esc50", "--root", root, "--out", tmp_path / "c", "--pack")
     packed = tmp_path / "c" / "packed"

@@ -95,3 +95,21 @@ def test_single_process_distributed_helpers_are_identities():
     assert utils.world_size() == 1 and utils.is_main()
     assert torch.equal(utils.all_reduce_sum(x.clone()), x) and torch.equal(utils.gather_with_grad(x), x)
     assert torch.equal(utils.gather_batch(x), x)
+
+
+def test_remove_stale_temps_keeps_a_live_writers_temp(tmp_path):
+    import subprocess
+    import sys
+
+    from utils import remove_stale_temps
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / f".a.npy.tmp{live.pid}").write_bytes(b"in flight")
+        (tmp_path / ".b.npy.tmp99999999").write_bytes(b"killed")
+        (tmp_path / ".index.npz.tmp99999999.npz").write_bytes(b"killed")
+        (tmp_path / "c.npy").write_bytes(b"done")
+        assert remove_stale_temps(tmp_path) == 2
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f".a.npy.tmp{live.pid}", "c.npy"]
+    finally:
+        live.kill()
+        live.wait()

@@ -24,6 +24,7 @@ cropped at random for training and from the start for evaluation.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,6 +191,7 @@ def pack_logmels(cache: str | os.PathLike, df: pd.DataFrame | None = None, dtype
     df = read_manifest(cache) if df is None else df
     first = load_array(cache, df["logmel"].iloc[0])
     folder = cache / PACKED_DIR
+    shutil.rmtree(folder, ignore_errors=True)  # a full repack
     writer = PackWriter(folder, "all", dtype or str(first.dtype))
     entries = {cid: writer.append(load_array(cache, path)) for cid, path in zip(df["id"], df["logmel"])}
     write_pack_index(folder, "index.npz", entries, df["id"].tolist(), first.shape[0], str(writer.dtype))
@@ -247,7 +249,7 @@ class _CacheDataset(Dataset):
         if self.column not in self.df or (self.df[self.column] == "").any():
             raise ValueError(f"{self.cache}: manifest has no '{self.column}' features for every row"
                              + (" (rebuild with preprocess.py --waveform)" if self.column == "wave" else ""))
-        self.paths = self.df[self.column].tolist()
+        self.paths = self.df[self.column].array  # no per-process copy of N path strings
         self.targets = labels.encode(self.df["label"]) if labels else np.full(len(self.df), -1)
         self.random_crop = random_crop
 

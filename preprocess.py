@@ -2,19 +2,23 @@
 
     python preprocess.py --dataset esc50 --root ~/data/ESC-50-master --out cache/esc50 --waveform
     python preprocess.py --dataset synthetic --size small --waveform --out cache/synth_small
-    python preprocess.py --dataset audioset --root /data/audioset --out cache/audioset --shard 3/8
+    python preprocess.py --dataset audioset --root /data/audioset --out cache/audioset --shard 3/8 --pack
 
-Writes (see data.py for how it is read):
+Writes (see data.py for how it is read; the data sets and their adapters are datasets.REGISTRY's):
     OUT/manifest.csv        id, logmel, wave, label, split, fold, duration, source, <data set extras>
-    OUT/logmel/<id>.npy     float32 [64, T] log-mel, SPEC A1 (16 kHz, n_fft 1024, hop 160, 60-7800 Hz, Slaney)
+    OUT/logmel/<id>.npy     float32 (or --dtype float16) [64, T] log-mel, SPEC A1 (16 kHz, n_fft 1024, hop 160,
+                            60-7800 Hz, Slaney)
     OUT/wave/<id>.npy       float32 [L] 16 kHz mono (with --waveform)
+    OUT/packed/             with --pack: shard files each worker appends its log-mels to, and index.npz
     OUT/preprocess.json     every parameter and the package versions
-    OUT/errors.csv          file, reason: every clip that was skipped
+    OUT/errors.csv          file, reason, kind: every file that is not a clip of the cache (kind error: skipped;
+                            warning: kept, e.g. truncated; hidden, not_audio, excluded: not clips)
 
 Clips are processed in parallel; every file is written atomically (temp + rename), so an interrupted run
 leaves no half-written array and a second run resumes where it stopped. A broken clip is skipped and
-reported in errors.csv; it never aborts the run. `--shard K/N` processes every N-th clip (K = 1..N) so
-that several machines can share a large set; a later run without --shard merges the shards' results.
+reported in errors.csv; it never aborts the run, nor does an id clash (assign_ids). `--shard K/N` (or the
+SLURM array / torchrun environment) processes every N-th clip (K = 1..N) so that several machines can share a
+large set; a later run without --shard merges the shards' results.
 """
 from __future__ import annotations
 

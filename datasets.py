@@ -246,8 +246,7 @@ def adapt_nsynth(root: Path, **_) -> Found:
         folder = root / f"nsynth-{split}"
         if not folder.is_dir():
             continue
-        with open(_require(folder / "examples.json", "NSynth metadata")) as f:
-            examples = json.load(f)
+        examples = _read_examples(_require(folder / "examples.json", "NSynth metadata"))
         notes = sorted(examples)
         files, extra = _listed_files(folder / "audio", [f"{n}.wav" for n in notes], f"{folder.name}/examples.json")
         skipped += extra
@@ -258,6 +257,17 @@ def adapt_nsynth(root: Path, **_) -> Found:
     if not clips:
         raise DatasetLayoutError(f"{root}: no nsynth-{{train,valid,test}}/ folder found (NSynth layout)")
     return Found(clips, skipped)
+
+
+def _read_examples(path: Path) -> dict[str, dict]:
+    """NSynth's examples.json: note -> {instrument_family_str, instrument_source_str, pitch, ...}, checked."""
+    try:
+        examples = json.loads(path.read_text(encoding="utf-8"))
+        for ex in examples.values():
+            ex["instrument_family_str"], ex["instrument_source_str"], int(ex["pitch"])
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise DatasetLayoutError(f"{path}: not NSynth's examples.json ({type(err).__name__}: {err})") from None
+    return examples
 
 
 def adapt_speechcommands(root: Path, **_) -> Found:

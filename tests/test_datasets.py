@@ -180,3 +180,14 @@ def test_registry_entries_and_tasks():
     assert all(callable(e.adapter) for e in datasets.REGISTRY.values())
     assert [(t, s.unit_seconds) for t, (_, s) in tasks.items() if t in ("gtzan", "sc10")] == [("gtzan", 30.0),
                                                                                              ("sc10", 1.0)]
+
+
+def test_malformed_nsynth_examples_json_is_one_clear_error(tmp_path):
+    folder = tmp_path / "nsynth" / "nsynth-valid"
+    folder.mkdir(parents=True)
+    (folder / "examples.json").write_text('{"bass_synthetic_033-022-050": {"pitch": 22}}')
+    with pytest.raises(datasets.DatasetLayoutError, match="examples.json: not NSynth's examples.json .KeyError"):
+        datasets.adapt_nsynth(tmp_path / "nsynth")
+    (folder / "examples.json").write_text("{truncated")
+    with pytest.raises(datasets.DatasetLayoutError, match="JSONDecodeError"):
+        datasets.adapt_nsynth(tmp_path / "nsynth")

@@ -523,6 +523,8 @@ def append_result(path: str | os.PathLike, row: dict) -> None:
     path = Path(path)
     text = io.StringIO()
     writer = csv.DictWriter(text, RESULT_FIELDS)
+    if path.parent.is_dir():
+        remove_stale_temps(path.parent)  # of a killed earlier run
     if not path.is_file() or path.stat().st_size == 0:
         writer.writeheader()
         writer.writerow(row)

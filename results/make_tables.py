@@ -29,7 +29,7 @@ import pandas as pd  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from datasets import all_tasks  # noqa: E402
-from utils import atomic_write_text  # noqa: E402
+from utils import atomic_write_text, remove_stale_temps  # noqa: E402
 
 SEED_COLUMNS = ("gtzan", "nsynth", "esc50")  # the seed's table, in its column order
 TITLES = {task: spec.title or task for task, (_, spec) in all_tasks().items()}  # datasets.REGISTRY's tasks
@@ -293,6 +293,8 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.out)
     page = build_page(read_csv(Path(args.results)), read_csv(Path(args.reference)), Path(args.clar),
                       Path(args.runs), out)
+    if out.parent.is_dir():
+        remove_stale_temps(out.parent)  # of a killed earlier run
     atomic_write_text(page, out)
     print(f"wrote {out}")
     return out

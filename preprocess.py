@@ -49,6 +49,7 @@ from utils import remove_stale_temps
 
 DATASETS = tuple(REGISTRY)
 KINDS = ("error", "warning", "not_audio", "hidden", "excluded")  # errors.csv 'kind'; only 'error' skips a clip
+PACK_INDEX_SECONDS = 120.0  # --pack: save the pack index this often during a run (a kill loses at most this)
 
 
 def clip_id(key: str) -> str:
@@ -320,9 +321,10 @@ def plan(jobs, out: Path, root: Path, args, done_rows: dict, known: dict) -> tup
 
 
 def process_all(todo, out: Path, root: Path, args, params: dict, pack_tag: str | None, rows, errors,
-                packed: dict) -> tuple[int, float]:
-    """Run process_clip over `todo` (in a pool of workers), filling rows, errors and pack entries."""
-    audio_seconds, written = 0.0, 0
+                packed: dict, save_pack=None) -> tuple[int, float]:
+    """Run process_clip over `todo` (in a pool of workers), filling rows, errors and pack entries; calls
+    `save_pack()` every PACK_INDEX_SECONDS, so that a killed --pack run keeps what its workers packed."""
+    audio_seconds, written, saved = 0.0, 0, time.time()
     workers = max(1, min(args.workers, len(todo)))
     job_args = [(clip, str(out), cid) for clip, cid in todo]
     init = (params, str(out), pack_tag)
@@ -345,6 +347,9 @@ def process_all(todo, out: Path, root: Path, args, params: dict, pack_tag: str |
                 audio_seconds, written = audio_seconds + value["duration"], written + 1
                 if value["pack"]:
                     packed[cid] = value["pack"]
+                    if save_pack and time.time() - saved >= PACK_INDEX_SECONDS:
+                        save_pack()
+                        saved = time.time()
                 if value["warning"]:
                     errors[str(clip.source)] = (value["warning"], "warning")
         finally:
@@ -354,21 +359,40 @@ def process_all(todo, out: Path, root: Path, args, params: dict, pack_tag: str |
     return written, audio_seconds
 
 
+def pack_index_name(shard: tuple[int, int] | None) -> str:
+    return f"index.shard-{shard[0]}-of-{shard[1]}.npz" if shard else "index.npz"
+
+
+def earlier_pack_entries(out: Path) -> dict[str, tuple[str, int, int]]:
+    """id -> (file, offset, frames) of every pack index in the cache (full, shards, or a killed run's)."""
+    earlier = {}
+    for index in sorted((out / PACKED_DIR).glob("index*.npz")):
+        earlier.update(read_pack_index(index))
+    return earlier
+
+
+def pack_saver(out: Path, shard, ids: list[str], params: dict, packed: dict):
+    """A function that saves the pack index as it stands: earlier entries + `packed` (filled as the run goes)."""
+    earlier = earlier_pack_entries(out)
+
+    def save() -> None:
+        write_pack_index(out / PACKED_DIR, pack_index_name(shard), {**earlier, **packed}, ids,
+                         params["logmel"]["n_mels"], params["dtype"])
+    return save
+
+
 def finish_pack(out: Path, ids: list[str], rows: dict, packed: dict, params: dict, shard, pack_tag: str) -> None:
     """Write this run's pack index: entries of earlier indexes and of this run's workers; a clip with none
-    (done before without --pack, or by a killed run) is appended from its per-clip file."""
+    (done before without --pack, or by a killed run before its index was saved) is appended from its file."""
     folder = out / PACKED_DIR
-    earlier = {}
-    for index in sorted(folder.glob("index*.npz")):
-        earlier.update(read_pack_index(index))
+    earlier = earlier_pack_entries(out)
     entries = {cid: packed.get(cid) or earlier.get(cid) for cid in ids if cid in rows}
     missing = [cid for cid, e in entries.items() if e is None]
     if missing:
         writer = PackWriter(folder, pack_tag, params["dtype"])
         for cid in tqdm(missing, desc="pack clips done earlier", unit="clip"):
             entries[cid] = writer.append(load_array(out, rows[cid]["logmel"]))
-    name = f"index.shard-{shard[0]}-of-{shard[1]}.npz" if shard else "index.npz"
-    write_pack_index(folder, name, entries, ids, params["logmel"]["n_mels"], params["dtype"])
+    write_pack_index(folder, pack_index_name(shard), entries, ids, params["logmel"]["n_mels"], params["dtype"])
     if not shard:
         for stale in folder.glob("index.shard-*.npz"):
             stale.unlink()
@@ -422,10 +446,10 @@ def main(argv: list[str] | None = None) -> dict:
         jobs = jobs[shard[0] - 1::shard[1]]
     known = {} if args.force else read_errors(sorted(out.glob("errors*.csv")))
     rows, errors, todo, resumed = plan(jobs, out, root, args, done_rows, known)
-    start, packed = time.time(), {}
+    start, packed, order = time.time(), {}, [cid for _, cid in jobs]
+    save_pack = pack_saver(out, shard, order, params, packed) if args.pack else None
     written, audio_seconds = process_all(todo, out, root, args, params, pack_tag if args.pack else None, rows,
-                                         errors, packed)
-    order = [cid for _, cid in jobs]
+                                         errors, packed, save_pack)
     if args.pack and rows:
         finish_pack(out, order, rows, packed, params, shard, pack_tag)
     seconds = time.time() - start

@@ -430,3 +430,45 @@ def test_float16_cache_halves_the_disk_and_stays_close(tmp_path):
     assert item.dtype == torch.float32 and data.LogMelCrops(tmp_path / "f16", df).packed is not None
     with pytest.raises(SystemExit, match="dtype: cache has 'float16', this run asks for 'float32'"):
         run("--dataset", "esc50", "--root", root, "--out", tmp_path / "f16")
+
+
+def test_killed_pack_run_keeps_what_its_workers_packed(tmp_path, monkeypatch):
+    import data
+    root = make_esc50(tmp_path / "esc", n=6)
+    out = tmp_path / "c"
+    monkeypatch.setattr(preprocess, "PACK_INDEX_SECONDS", 0.0)  # save the pack index after every clip
+    real, calls = preprocess.process_clip, []
+
+    def killed_at_five(job):
+        calls.append(job[2])
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(preprocess, "process_clip", killed_at_five)
+    with pytest.raises(KeyboardInterrupt):
+        run("--dataset", "esc50", "--root", root, "--out", out, "--pack")
+    saved = data.read_pack_index(out / "packed" / "index.npz")
+    assert sorted(saved) == sorted(calls[:4])
+    monkeypatch.setattr(preprocess, "process_clip", real)
+    copied = []
+    monkeypatch.setattr(preprocess, "load_array", lambda cache, rel: copied.append(rel) or data.load_array(cache, rel))
+    assert run("--dataset", "esc50", "--root", root, "--out", out, "--pack")["written"] == 2
+    assert copied == []  # no second pass: the first four clips are still in the killed run's shard file
+    index = data.read_pack_index(out / "packed" / "index.npz")
+    assert {cid: index[cid] for cid in calls[:4]} == saved
+    df = read_manifest(out)
+    ds = data.LogMelCrops(out, df, frames=None)
+    for i in range(6):
+        np.testing.assert_array_equal(ds[i][0][0].numpy(), np.load(out / df.logmel[i]))
+
+
+def test_pack_added_to_an_existing_cache_copies_its_clips_once(tmp_path):
+    import data
+    root = make_esc50(tmp_path / "esc", n=3)
+    run("--dataset", "esc50", "--root", root, "--out", tmp_path / "c")
+    assert run("--dataset", "esc50", "--root", root, "--out", tmp_path / "c", "--pack")["written"] == 0
+    df = read_manifest(tmp_path / "c")
+    ds = data.LogMelCrops(tmp_path / "c", df, frames=None)
+    assert ds.packed is not None and len(ds.packed.maps) == 1
+    np.testing.assert_array_equal(ds[2][0][0].numpy(), np.load(tmp_path / "c" / df.logmel[2]))

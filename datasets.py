@@ -117,22 +117,20 @@ def classify(path: Path) -> Skipped | None:
 
 
 def scan(folder: Path, depth: int | None = None) -> tuple[list[Path], list[Skipped]]:
-    """Audio files under `folder` (sorted), exactly `depth` levels down (None: any depth), and the skipped rest.
-
-    Hidden folders are not searched (each is reported once).
-    """
+    """Audio files under `folder` (sorted), exactly `depth` levels down (None: any depth), and the skipped rest:
+    every other file of the tree, with its reason. Hidden folders are not searched (each is reported once)."""
     audio, skipped = [], []
     for here, dirs, files in os.walk(folder):
         level = len(Path(here).relative_to(folder).parts)
         for d in sorted(dirs):
             if d.startswith("."):
                 skipped.append(Skipped(Path(here) / d, "hidden folder, not searched", "hidden"))
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (depth is None or level + 1 < depth))
-        if depth is not None and level + 1 != depth:
-            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             path = Path(here) / name
             why = classify(path)
+            if why is None and depth is not None and level + 1 != depth:
+                why = Skipped(path, f"outside the layout (audio is {depth} level(s) below {folder})", "excluded")
             (audio.append(path) if why is None else skipped.append(why))
     return sorted(audio), skipped
 

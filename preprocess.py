@@ -405,7 +405,7 @@ def finish_pack(out: Path, ids: list[str], rows: dict, packed: dict, params: dic
 def summary_line(out: Path, summary: dict, suffix: str) -> str:
     extra = ", ".join(f"{summary[k]} {label}" for k, label in [
         ("warnings", "loaded with a warning"), ("not_audio", "not audio"), ("hidden", "hidden"),
-        ("excluded", "outside the data set's lists")] if summary[k])
+        ("excluded", "outside the data set's layout or lists")] if summary[k])
     return (f"{out}: {summary['written']} clips written, {summary['already_done']} already done, "
             f"{summary['skipped']} skipped" + (f", {extra}" if extra else "")
             + f" (see {out / f'errors{suffix}.csv'}), {summary['seconds']} s"

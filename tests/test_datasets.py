@@ -191,3 +191,20 @@ def test_malformed_nsynth_examples_json_is_one_clear_error(tmp_path):
     (folder / "examples.json").write_text("{truncated")
     with pytest.raises(datasets.DatasetLayoutError, match="JSONDecodeError"):
         datasets.adapt_nsynth(tmp_path / "nsynth")
+
+
+def test_files_outside_the_layout_are_reported_not_dropped(tmp_path):
+    root = tmp_path / "speech_commands_v0.02"
+    write(root / "yes" / "a_nohash_0.wav")
+    write(root / "yes" / "deeper" / "b_nohash_0.wav")   # one level too deep
+    write(root / "stray.wav")                           # at the top
+    write(root / "_background_noise_" / "white_noise.wav", seconds=1.0)
+    (root / "validation_list.txt").write_text("yes/a_nohash_0.wav\n")
+    (root / "testing_list.txt").write_text("")
+    (root / "LICENSE").write_text("CC-BY-4.0")
+    found = datasets.adapt_speechcommands(root)
+    assert [(c.key, c.split) for c in found.clips] == [("yes/a_nohash_0", "valid")]
+    kinds = {s.path.relative_to(root).as_posix(): s.kind for s in found.skipped}
+    assert kinds == {"yes/deeper/b_nohash_0.wav": "excluded", "stray.wav": "excluded", "LICENSE": "not_audio",
+                     "_background_noise_/white_noise.wav": "excluded", "validation_list.txt": "not_audio",
+                     "testing_list.txt": "not_audio"}

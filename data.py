@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from audio import LOG_SILENCE, fix_length
+from utils import temp_path
 
 MANIFEST_COLUMNS = ["id", "logmel", "wave", "label", "split", "fold", "duration", "source"]
 
@@ -165,7 +166,7 @@ def write_pack_index(folder: Path, name: str, entries: dict[str, tuple[str, int,
     ids = [cid for cid in ids if cid in entries]
     files = sorted({entries[cid][0] for cid in ids})
     number = {f: i for i, f in enumerate(files)}
-    tmp = folder / f".{name}.tmp{os.getpid()}"
+    tmp = temp_path(folder / name)
     with open(tmp, "wb") as f:
         np.savez(f, ids=np.array(ids, dtype=str), files=np.array(files, dtype=str),
                  shard=np.array([number[entries[c][0]] for c in ids], dtype=np.int32),

@@ -58,7 +58,7 @@ from audio import LOG_SILENCE, fix_length
 from config import ConfigError, apply_overrides, load_config
 from data import LabelMap, load_array, read_manifest, select, stratified_subset
 from datasets import REGISTRY, all_tasks, find_task
-from utils import atomic_write_text, git_commit, load_checkpoint, remove_stale_temps
+from utils import atomic_write_text, git_commit, load_checkpoint, remove_stale_temps, temp_path
 
 DEFAULTS = {
     "data": {name: entry.cache for name, entry in REGISTRY.items()},  # default cache folders (datasets.py)
@@ -462,7 +462,7 @@ def task_embeddings(encoder: nn.Module, info: dict, task: Task, cfg: dict, devic
         raise ValueError(f"{info['model']}: non-finite embeddings on {task.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
+    tmp = temp_path(path, ".npy")  # np.save adds .npy to any other name
     np.save(tmp, X)
     os.replace(tmp, path)
     print(f"embeddings: {path} {X.shape}")

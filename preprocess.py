@@ -45,7 +45,7 @@ from tqdm import tqdm
 from audio import SAMPLE_RATE, AudioError, LogMel, LogMelConfig, load_audio, truncation_warning
 from data import MANIFEST_COLUMNS, PACKED_DIR, PackWriter, load_array, read_pack_index, write_pack_index
 from datasets import REGISTRY, Clip, DatasetLayoutError
-from utils import remove_stale_temps
+from utils import remove_stale_temps, temp_path
 
 DATASETS = tuple(REGISTRY)
 KINDS = ("error", "warning", "not_audio", "hidden", "excluded")  # errors.csv 'kind'; only 'error' skips a clip
@@ -105,7 +105,7 @@ def _init_worker(params: dict, out: str, pack_tag: str | None) -> None:
 
 
 def _save_npy(array: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             np.save(f, array)
@@ -175,7 +175,7 @@ def check_params(out: Path, params: dict, force: bool) -> None:
 
 
 def write_csv_atomic(rows: list[dict], path: Path, columns: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_path(path)
     try:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, columns, extrasaction="ignore")
@@ -222,7 +222,7 @@ def prepare_out(out: Path) -> None:
             folder.mkdir(parents=True, exist_ok=True)
             if not folder.is_dir():
                 raise FileExistsError(17, "exists and is not a folder", str(folder))
-        probe = out / f".write-test.tmp{os.getpid()}"
+        probe = temp_path(out / "write-test")
         probe.write_bytes(b"")
         probe.unlink()
     except FileExistsError as err:
@@ -437,8 +437,9 @@ def main(argv: list[str] | None = None) -> dict:
         (out / PACKED_DIR).mkdir(exist_ok=True)
     remove_stale_files(out, pack_tag)
     meta = {"params": params, "versions": versions(), "root": str(root.resolve()), "command": sys.argv}
-    (out / ".preprocess.json.tmp").write_text(json.dumps(meta, indent=2))
-    os.replace(out / ".preprocess.json.tmp", out / "preprocess.json")
+    tmp = temp_path(out / "preprocess.json")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, out / "preprocess.json")
 
     suffix = f".shard-{shard[0]}-of-{shard[1]}" if shard else ""
     jobs = list(zip(clips, ids))

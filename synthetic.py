@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from utils import atomic_write_text, remove_stale_temps
+from utils import atomic_write_text, remove_stale_temps, temp_path
 
 SAMPLE_RATE = 16000
 VERSION = 2  # bump when the generator changes: a cached set with another version is regenerated
@@ -205,7 +205,7 @@ def clip_table(size: str) -> list[dict]:
 def write_wav(path: Path, clip: np.ndarray) -> None:
     """16-bit PCM mono WAV via a temp file + rename (stdlib `wave`: no timestamps, byte-reproducible)."""
     pcm = np.clip(np.round(clip * 32767), -32768, 32767).astype("<i2")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_path(path)
     with wavfile.open(str(tmp), "wb") as f:
         f.setnchannels(1)
         f.setsampwidth(2)

@@ -11,7 +11,9 @@ import math
 import os
 import random
 import re
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,14 +77,29 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "host"
+OTHER_HOST_TEMP_SECONDS = 3600  # another machine's temp (a shared file system) is stale after an hour
+
+
+def temp_path(path: str | os.PathLike, suffix: str = "") -> Path:
+    """The temp file an atomic write of `path` goes through: .<name>.tmp<pid>@<host><suffix>, in the same folder
+    (so that the rename is atomic) and named by its writer, so that remove_stale_temps can tell a killed
+    writer's temp from a live one's, also across the machines of a shared file system (SLURM array shards)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}@{HOST}{suffix}")
+
+
 def remove_stale_temps(folder: str | os.PathLike) -> int:
-    """Delete the temp files (.<name>.tmp<pid>*) that killed writers left in `folder` (a kill -9 during a large
-    write can leave a file as big as the result); the temps of a process still running on this machine are
-    kept. Returns how many were removed."""
+    """Delete the temp files (.<name>.tmp<pid>[@<host>]*) that killed writers left in `folder` (a kill -9 during
+    a large write can leave a file as big as the result). Kept: the temps of a process still running on this
+    machine, and those of another machine younger than an hour. Returns how many were removed."""
     removed = 0
     for tmp in Path(folder).glob(".*.tmp*"):
-        m = re.search(r"\.tmp(\d+)", tmp.name)
-        if m and int(m[1]) != os.getpid() and _alive(int(m[1])):
+        m = re.search(r"\.tmp(\d+)(?:@([A-Za-z0-9-]+))?", tmp.name)
+        if m and m[2] not in (None, HOST):
+            if time.time() - tmp.stat().st_mtime < OTHER_HOST_TEMP_SECONDS:
+                continue
+        elif m and int(m[1]) != os.getpid() and _alive(int(m[1])):
             continue
         tmp.unlink(missing_ok=True)
         removed += 1

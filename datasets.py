@@ -357,7 +357,7 @@ def adapt_audioset(root: Path, labels: Path | None = None, **_) -> Found:
     if labels is not None and Path(labels).is_dir():
         folders = [Path(labels), root]
     elif labels is not None:
-        head = Path(labels).read_text(encoding="utf-8").lstrip()[:5]
+        head = _require(Path(labels), "--labels").read_text(encoding="utf-8").lstrip()[:5]
         if head.startswith("file"):
             by_file = _file_labels(Path(labels))
     index, names = _audioset_tables(folders)
@@ -368,7 +368,7 @@ def adapt_audioset(root: Path, labels: Path | None = None, **_) -> Found:
     clips = []
     for path in files:
         rel = path.relative_to(root).as_posix()
-        key = rel.rsplit(".", 1)[0]
+        key = path.relative_to(root).with_suffix("").as_posix()
         if by_file:
             label = by_file.get(rel, "")
             clips.append(Clip(path, key, label, "train" if label else "unlabelled"))

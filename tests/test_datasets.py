@@ -143,6 +143,10 @@ def test_audioset_as_distributed(tmp_path):
 
 
 def test_audioset_start_time_must_match_and_bad_csv_line_is_named(tmp_path):
+    write(tmp_path / "as" / "v1.2" / "clip", format="WAV")  # a dotted folder, a file without extension
+    assert [c.key for c in datasets.adapt_audioset(tmp_path / "as").clips] == ["v1.2/clip"]
+    with pytest.raises(datasets.DatasetLayoutError, match="missing.csv: not found"):
+        datasets.adapt_audioset(tmp_path / "as", labels=tmp_path / "missing.csv")
     index = {"--PJHxphWEs": [(30.0, "eval", ["/m/x"])]}
     assert datasets.match_segment("Y--PJHxphWEs_30", index)[0] == "--PJHxphWEs"
     assert datasets.match_segment("--PJHxphWEs_31.000_41.000", index) is None

@@ -340,7 +340,7 @@ def make_scale_cache(root: Path, clips: int, frames: int, dtype: str) -> float:
     return seconds
 
 
-def scale_costs(root: Path, clips: int, frames: int, dtype: str, dim: int) -> dict:
+def scale_costs(root: Path, clips: int, frames: int, dtype: str, dim: int, workers: int = 0) -> dict:
     """Seconds (and bytes) of each cost the issue lists, for one cache of `clips` clips."""
     import tracemalloc
 
@@ -355,7 +355,7 @@ def scale_costs(root: Path, clips: int, frames: int, dtype: str, dim: int) -> di
     start = time.perf_counter()
     dataset = data.LogMelCrops(root, df, frames=96, random_crop=True)
     sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
-    loader = DataLoader(dataset, batch_size=64, sampler=sampler, num_workers=0)
+    loader = DataLoader(dataset, batch_size=64, sampler=sampler, num_workers=workers)
     batches = iter(loader)
     next(batches)
     costs["loader start-up (s)"] = time.perf_counter() - start
@@ -397,7 +397,7 @@ def print_scale_table(results: dict[int, dict]) -> None:
         values = np.array([results[n][name] for n in sizes])
         rate = name == "crops/s"
         per_clip = values if rate else values / np.array(sizes)
-        slope = np.polyfit(np.log(sizes), np.log(np.maximum(values, 1e-9)), 1)[0] if len(sizes) > 1 else 1.0
+        slope = np.polyfit(np.log(sizes), np.log(np.maximum(values, 1e-9)), 1)[0] if len(sizes) > 1 else np.nan
         at_target = values[-1] if rate else per_clip[-1] * SCALE_TARGET_CLIPS
         cells = "".join(f"{v if rate else v * 1e6:16.2f}" for v in per_clip)  # s -> us, MB -> bytes per clip
         print(f"{name:30s}{cells}{slope:8.2f}{at_target:14,.1f}")
@@ -414,7 +414,7 @@ def bench_scale(args: argparse.Namespace) -> None:
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
         try:
-            results[clips] = scale_costs(root, clips, args.frames, args.dtype, args.dim)
+            results[clips] = scale_costs(root, clips, args.frames, args.dtype, args.dim, args.workers)
         finally:
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)
@@ -452,6 +452,7 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=1001, help="log-mel frames per clip (1001 = 10 s)")
     p.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="pack storage type")
     p.add_argument("--dim", type=int, default=768, help="embedding size for the embedding-cache write")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for the loader and the crops")
     p.add_argument("--keep", action="store_true", help="keep the caches")
     args = parser.parse_args()
     {"preprocess": bench_preprocess, "loader": bench_loader, "augment": bench_augment, "train": bench_train,

@@ -186,3 +186,16 @@ def append_result(path: str | os.PathLike, row: dict) -> None:
     writer.writerow(row)
     with open(path, "a", newline="") as f:  # one small O_APPEND write
         f.write(text.getvalue())
+
+
+def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                 n_classes: int, k: int = 20, temperature: float = 0.07) -> float:
+    """DINO's weighted k-NN classifier (Caron et al. 2021, eval_knn.py): cosine similarity of L2-normalised
+    embeddings, the k most similar training items vote for their class with weight exp(similarity / T); the
+    accuracy (0-1) of the arg-max class on the test items. Cheap enough to run during pretraining."""
+    train_x = F.normalize(train_x.float(), dim=1)
+    test_x = F.normalize(test_x.float(), dim=1)
+    similarity, neighbours = (test_x @ train_x.T).topk(min(k, len(train_x)), dim=1)
+    votes = torch.zeros(len(test_x), n_classes, dtype=torch.float32)
+    votes.scatter_add_(1, train_y[neighbours].long(), (similarity / temperature).exp())
+    return (votes.argmax(1) == test_y.long()).float().mean().item()

@@ -308,10 +308,11 @@ def task_embeddings(encoder: nn.Module, info: dict, task: Task, cfg: dict, devic
 def evaluate_embeddings(X: np.ndarray, task: Task, cfg: dict, seeds: list[int], folds: list[int] | None = None,
                         label_fraction: float | None = None, shots: int | None = None,
                         device="cpu") -> dict:
-    """Probe accuracy (%) per (seed, held-out fold), seed-major; also the mean training-set size."""
+    """Probe accuracy (%) per (seed, held-out fold), seed-major; the mean training-set size; the best epoch of
+    each probe, and how many of them fell in the last 10 % of probe.epochs (not converged: a warning)."""
     pcfg, y_all = cfg["probe"], task.labels.encode(task.df["label"])
     holdouts = holdout_folds(task, folds)
-    accs, n_train = [], []
+    accs, n_train, best_epochs = [], [], []
     for seed in seeds:
         for holdout in holdouts:
             train, valid, test = fold_indices(task, holdout, seed, pcfg["valid_fraction"])
@@ -330,7 +331,19 @@ def evaluate_embeddings(X: np.ndarray, task: Task, cfg: dict, seeds: list[int], 
                   f"best epoch {probe.best_epoch + 1})")
             accs.append(acc)
             n_train.append(len(train))
-    return {"acc": accs, "folds": holdouts, "n_train": float(np.mean(n_train))}
+            best_epochs.append(probe.best_epoch + 1)
+    late = sum(not_converged(e, pcfg["epochs"]) for e in best_epochs)
+    if late:
+        print(f"warning: {late} of {len(best_epochs)} probes had their best validation epoch in the last 10 % of "
+              f"probe.epochs={pcfg['epochs']} (best epochs {best_epochs}): the probe may not have converged; "
+              "raise probe.epochs or probe.lr", file=sys.stderr)
+    return {"acc": accs, "folds": holdouts, "n_train": float(np.mean(n_train)), "best_epochs": best_epochs,
+            "not_converged": late}
+
+
+def not_converged(best_epoch: int, epochs: int) -> bool:
+    """True when the best epoch (1-based) lies in the last 10 % of the allowed epochs."""
+    return best_epoch > 0.9 * epochs
 
 
 def result_row(task: Task, info: dict, cfg: dict, seeds: list[int], scores: dict,
@@ -349,6 +362,8 @@ def result_row(task: Task, info: dict, cfg: dict, seeds: list[int], scores: dict
         "mean": f"{mean:.2f}", "ci95": "" if math.isnan(ci) else f"{ci:.2f}", "n": str(len(scores["acc"])),
         "unit_seconds": f"{task.unit_seconds:g}", "lr": f"{cfg['probe']['lr']:g}",
         "n_train": f"{scores['n_train']:g}", "commit": git_commit(),
+        "best_epochs": " ".join(str(e) for e in scores["best_epochs"]),
+        "not_converged": str(scores["not_converged"]),
     }
 
 

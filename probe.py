@@ -26,7 +26,8 @@ from utils import atomic_write_text
 
 # The results CSV: one row per evaluation (linear_eval.py, synthetic.py --check), read by results/make_tables.py.
 RESULT_FIELDS = ["date", "task", "model", "ckpt_sha256", "config", "long", "pool", "label_fraction", "shots",
-                 "seeds", "folds", "fold_acc", "mean", "ci95", "n", "unit_seconds", "lr", "n_train", "commit"]
+                 "seeds", "folds", "fold_acc", "mean", "ci95", "n", "unit_seconds", "lr", "n_train", "commit",
+                 "best_epochs", "not_converged"]
 
 
 @dataclass
@@ -170,7 +171,8 @@ def split_accuracy(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray,
 
 
 def append_result(path: str | os.PathLike, row: dict) -> None:
-    """Append `row` to the results CSV (created with a header); a file with another header is an error."""
+    """Append `row` to the results CSV (created with a header). A file written before newer columns existed (its
+    header a prefix of RESULT_FIELDS) gets them, empty, first; any other header is an error."""
     path = Path(path)
     text = io.StringIO()
     writer = csv.DictWriter(text, RESULT_FIELDS)
@@ -182,7 +184,14 @@ def append_result(path: str | os.PathLike, row: dict) -> None:
     with open(path, newline="") as f:
         header = next(csv.reader(f), [])
     if header != RESULT_FIELDS:
-        raise ValueError(f"{path}: header {header} differs from {RESULT_FIELDS}; move the old file aside")
+        if header != RESULT_FIELDS[:len(header)]:
+            raise ValueError(f"{path}: header {header} differs from {RESULT_FIELDS}; move the old file aside")
+        with open(path, newline="") as f:
+            old_rows = list(csv.DictReader(f))
+        upgraded = io.StringIO()
+        csv.DictWriter(upgraded, RESULT_FIELDS, restval="").writeheader()
+        csv.DictWriter(upgraded, RESULT_FIELDS, restval="").writerows(old_rows)
+        atomic_write_text(upgraded.getvalue(), path)
     writer.writerow(row)
     with open(path, "a", newline="") as f:  # one small O_APPEND write
         f.write(text.getvalue())

@@ -316,3 +316,14 @@ def test_scaler_fits_the_training_split_only_when_validation_is_official(monkeyp
     cfg = le.apply_overrides(le.DEFAULTS, ["probe.epochs=2"])
     le.evaluate_embeddings(X, task, cfg, seeds=[0])
     assert seen == [12]
+
+
+def test_probe_that_peaks_in_its_last_epochs_is_flagged_not_converged(tmp_path, tiny_cache, capsys):
+    """probe.epochs=3 with lr 1e-9: the validation accuracy never changes and later ties win, so every probe's
+    best epoch is its last (3 of 3), in the last 10 %."""
+    assert le.not_converged(181, 200) and not le.not_converged(180, 200) and le.not_converged(3, 3)
+    row = run_main(tmp_path, "--ckpt", f"random:{Path(__file__).parents[1] / 'config/demo_byola.yaml'}",
+                   "--task", str(tiny_cache), "probe.epochs=3", "probe.lr=1e-9", "probe.patience=0")
+    best = [int(e) for e in row["best_epochs"].split()]
+    assert best == [3] * int(row["n"]) and row["not_converged"] == row["n"]
+    assert "may not have converged" in capsys.readouterr().err

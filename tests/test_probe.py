@@ -105,3 +105,15 @@ def test_knn_accuracy_matches_a_hand_computation():
     # makes the nearest neighbour decide, a huge one makes it a plain majority vote (class 1 for both)
     assert probe.knn_accuracy(train_x, train_y, test_x, torch.tensor([0, 1]), 2, k=3, temperature=0.5) == 1.0
     assert probe.knn_accuracy(train_x, train_y, test_x, torch.tensor([1, 1]), 2, k=3, temperature=1e6) == 1.0
+
+
+def test_append_result_upgrades_a_file_written_before_the_newer_columns(tmp_path):
+    import csv
+    old = probe.RESULT_FIELDS[:-2]  # results.csv as linear_eval.py wrote it before best_epochs / not_converged
+    path = tmp_path / "results.csv"
+    path.write_text(",".join(old) + "\n" + ",".join(f"v{i}" for i in range(len(old))) + "\n")
+    probe.append_result(path, {k: "new" for k in probe.RESULT_FIELDS})
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == probe.RESULT_FIELDS and rows[0]["task"] == "v1" and rows[0]["not_converged"] == ""
+    assert rows[1]["not_converged"] == "new" and len(rows) == 2

@@ -172,3 +172,12 @@ def test_knn_monitor_equals_a_hand_computation_on_the_encoders_embeddings(tiny_c
     expected = probe.knn_accuracy(*embed("train"), *embed("test"), 4, k=3, temperature=0.07)
     assert monitor(encoder) == pytest.approx(expected)
     assert encoder.training  # left in train mode
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "config").glob("*.yaml")))
+def test_every_config_file_resolves_with_its_method(path):
+    import pretrain_clar
+    import pretrain_msn
+    method = pretrain_clar if "clar" in path else pretrain_byola if "byola" in path else pretrain_msn
+    cfg = method.resolve_config(path, [])
+    assert cfg["_meta"]["config_name"] == path.split("/")[-1][:-5] and cfg["train"]["epochs"] >= 1

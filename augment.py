@@ -1,4 +1,5 @@
-"""Augmentations: spectrogram views for MSN (BYOL-A, SPEC B2) and waveform views for CLAR (SPEC A3).
+"""Augmentations: spectrogram views for MSN and BYOL-A (SPEC B2), waveform views for CLAR (SPEC A3), and the
+batched view makers the training scripts call (MSNViews, BYOLAViews, BatchWaveAugment).
 
 Every augmentation exposes its deterministic core (a function of explicit parameters) separately
 from its random draws, so the core can be tested exactly and the batched version can be checked
@@ -13,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import RandomResizedCrop as TorchvisionRandomResizedCrop
+
+import utils
 
 # ============================================================================ spectrogram (MSN / BYOL-A)
 # All spectrogram augmentations take a batch logmel [B, 1, F, T] on any device and apply the reference's
@@ -259,6 +262,131 @@ def normalize_batch(x: torch.Tensor, dims=(0, 2, 3)) -> torch.Tensor:
     mean = x.mean(dim=dims, keepdim=True)
     std = x.std(dim=dims, keepdim=True).clamp(float(torch.finfo(torch.float32).eps), float(torch.finfo().max))
     return (x - mean) / std
+
+
+def normalize_global(x: torch.Tensor) -> torch.Tensor:
+    """normalize_batch (mean and unbiased std over all but the channel axis) over every process's x."""
+    if utils.world_size() == 1:
+        return normalize_batch(x)
+    count = utils.all_reduce_sum(torch.tensor(float(x.numel() // x.shape[1]), device=x.device))
+    mean = utils.all_reduce_sum(x.sum(dim=(0, 2, 3), keepdim=True)) / count
+    var = utils.all_reduce_sum((x - mean).pow(2).sum(dim=(0, 2, 3), keepdim=True)) / (count - 1)
+    return (x - mean) / var.sqrt().clamp(float(torch.finfo(torch.float32).eps), float(torch.finfo().max))
+
+# ============================================================================ batched view makers
+# The views of a training batch, made on the training device from keyed draws: view v of step s draws its
+# parameters for the whole GLOBAL batch from utils.key_generator(seed, s, v), so N processes make the views
+# one process would make for the same global batch, and a resumed run needs only the step.
+
+
+class LogMelViews:
+    """Per-clip normalisation, then per view MixupBYOLA -> random resized crop -> RandomLinearFader (BYOL-A v2
+    order, SPEC B2), batched; the parameters come from the ranges of the per-sample classes above.
+
+        views = LogMelViews(aug, sizes=[(64, 96)] * 2, scales=[None] * 2, stats=(mean, std), seed=0)
+        view_list = views(logmel, step, rank, world)   # logmel [N, 1, F, T]: the GLOBAL batch
+
+    aug keys: norm (running | precomputed | none), running_norm_epoch_samples, crop (torchvision: RandomResizedCrop
+    boxes at each view's scale, bilinear | byola: RandomResizeCrop on the 1.5x time canvas, bicubic),
+    mixup_ratio, mixup_memory, fader_gain. RunningNorm and the mixup memory see every clip of the global batch,
+    so every process holds the same state. Views are made one after the other and the mixup memory receives
+    the batch once per view (BYOL-A: the views are independent passes of one augmentation module). A process
+    returns its own rows (rank::world) of each view.
+    """
+
+    def __init__(self, aug: dict, sizes: list, scales: list, stats: tuple[float, float] | None = None,
+                 seed: int = 0):
+        if aug["norm"] == "running":
+            self.norm = RunningNorm(aug["running_norm_epoch_samples"])
+        elif aug["norm"] == "precomputed":
+            self.norm = PrecomputedNorm(*stats)
+        else:
+            self.norm = None
+        self.mixup = MixupBYOLA(aug["mixup_ratio"], aug["mixup_memory"]) if aug["mixup_ratio"] > 0 else None
+        self.canvas = RandomResizeCropBYOLA().canvas if aug["crop"] == "byola" else None
+        self.sizes, self.scales, self.fader_gain, self.seed = sizes, scales, aug["fader_gain"], seed
+
+    def draw(self, n: int, shape: tuple[int, int], step: int, view: int) -> dict:
+        """Parameters of view `view` for n clips of log-mel shape (F, T): mixup alphas/picks (against the memory
+        as it is now), crop boxes [n, 4], fader gains [n, 2]."""
+        g = utils.key_generator(self.seed, step, view)
+        params = {}
+        if self.mixup:
+            params["alphas"], params["picks"] = draw_mixup(g, n, self.mixup.ratio, self.mixup.count,
+                                                           self.mixup.n_memory)
+        if self.canvas is None:
+            params["boxes"] = draw_rrc_boxes(g, n, *shape, scale=self.scales[view])
+        else:
+            params["boxes"] = draw_byola_boxes(g, n, *shape)
+        if self.fader_gain > 0:
+            params["gains"] = draw_fader(g, n, self.fader_gain)
+        return params
+
+    def apply(self, logmel: torch.Tensor, params: dict, view: int, rows=slice(None)) -> torch.Tensor:
+        """One view of rows `rows` of the normalised global batch logmel [N, 1, F, T] (the memory gets all N)."""
+        x = self.mixup.mix(logmel, params["alphas"], params["picks"], rows) if self.mixup else logmel[rows]
+        mode = "bilinear" if self.canvas is None else "bicubic"
+        x = resized_crop_batch(x if self.canvas is None else self.canvas(x), params["boxes"][rows],
+                               self.sizes[view], mode)
+        if self.fader_gain > 0:
+            gains = params["gains"][rows]
+            x = linear_fade(x, gains[:, 0], gains[:, 1])
+        return x
+
+    def __call__(self, logmel: torch.Tensor, step: int = 0, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
+        logmel = self.norm(logmel) if self.norm else logmel
+        rows = slice(rank, None, world)
+        return [self.apply(logmel, self.draw(len(logmel), logmel.shape[-2:], step, view), view, rows)
+                for view in range(len(self.sizes))]
+
+    def state_dict(self) -> dict:
+        return {"norm": self.norm.state_dict() if isinstance(self.norm, RunningNorm) else None,
+                "mixup": self.mixup.state_dict() if self.mixup else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["norm"] is not None:
+            self.norm.load_state_dict(state["norm"])
+        if state["mixup"] is not None:
+            self.mixup.load_state_dict(state["mixup"])
+
+
+class MSNViews(LogMelViews):
+    """The seed's MSN views (SPEC A2, B2): 1 target and 1 anchor view (rand_size, rand_scale) and focal_views
+    focal views (focal_size, focal_scale).
+
+        target, anchor, focal = MSNViews(aug, focal_views=10, seed=0)(logmel, step, rank, world)
+    target [b, 1, S...], anchor [b, 1, S...], focal [M*b, 1, s...] (view-major). aug.normalize_batch adds BYOL-A's
+    NormalizeBatch per view size over the global batch.
+    """
+
+    def __init__(self, aug: dict, focal_views: int, stats: tuple[float, float] | None = None, seed: int = 0):
+        super().__init__(aug, [aug["rand_size"]] * 2 + [aug["focal_size"]] * focal_views,
+                         [aug["rand_scale"]] * 2 + [aug["focal_scale"]] * focal_views, stats, seed)
+        self.normalize_batch = aug["normalize_batch"]
+
+    def __call__(self, logmel: torch.Tensor, step: int = 0, rank: int = 0, world: int = 1):
+        views = super().__call__(logmel, step, rank, world)
+        target, anchor, focal = views[0], views[1], torch.cat(views[2:])
+        if self.normalize_batch:
+            big = normalize_global(torch.cat([target, anchor]))
+            target, anchor, focal = *big.chunk(2), normalize_global(focal)
+        return target, anchor, focal
+
+
+class BYOLAViews(LogMelViews):
+    """BYOL-A v2's two views (train_v2.py; SPEC B2): PrecomputedNorm, then per view MixupBYOLA (log-mixup-exp)
+    -> RandomResizeCrop (virtual crop 1.0-1.5, frequency and time scale 0.6-1.5) -> RandomLinearFader, the
+    output the size of the input crop; then NormalizeBatch over both views together.
+
+        view1, view2 = BYOLAViews(aug, stats=(mean, std), seed=0)(logmel [N, 1, F, T], step, rank, world)
+    """
+
+    def __init__(self, aug: dict, shape: tuple[int, int], stats: tuple[float, float] | None = None, seed: int = 0):
+        super().__init__({**aug, "crop": "byola"}, [tuple(shape)] * 2, [None] * 2, stats, seed)
+
+    def __call__(self, logmel: torch.Tensor, step: int = 0, rank: int = 0, world: int = 1):
+        view1, view2 = super().__call__(logmel, step, rank, world)
+        return normalize_global(torch.cat([view1, view2])).chunk(2)
 
 
 # ============================================================================ waveform (CLAR)

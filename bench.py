@@ -13,18 +13,21 @@ DataLoader (batch 64) from the page cache, per-clip files vs the packed memory m
 96-frame random crops. Target (issue 6): >= 5,000 ten-second clips/s on 2 cores.
 
     python bench.py augment [--config config/msn.yaml] [--batch 64]
-    python bench.py train [--batch B] [--steps 5] [--peak-tflops T]
+    python bench.py train [--batch B] [--steps 5]
+    python bench.py gpu [--steps 10] [--peak-tflops T]
     python bench.py eval [--clips 128] [--seconds 5]
     python bench.py scale [--clips 10000,50000,200000] [--dir /tmp/bench_scale] [--dtype float16]
 
 augment: the MSN views of the seed config (1 + 1 x 224 and 10 x 96 crops per clip, mixup, fader, RunningNorm)
 made clip by clip with augment's per-sample classes, as a loader worker would, and batched by
-pretrain_msn.MSNViews (CPU, and CUDA when present) in the same run; prints clips/s and the ratio. Target: >= 5x.
-train: pretrain_msn.train_step / pretrain_clar.train_step (augmentation inside the step) on random inputs: the
-demo configs on CPU, config/msn.yaml (ViT-B/32, 1 + 1 + 10 views) and config/clar.yaml (2-D ResNet18, 1 s) on
-CUDA; step time, clips/s, peak memory, model FLOPs per step (torch FlopCounterMode) and, on CUDA, MFU against the
-GPU's dense bf16 peak. eval: linear_eval.compute_embeddings over in-memory clips (demo encoders on CPU, the full
-ones on CUDA).
+augment.MSNViews (CPU, and CUDA when present) in the same run; prints clips/s and the ratio. Target: >= 5x.
+train: each method's small (demo) config run as `python pretrain_X.py ... train.max_steps=N` on CPU over random
+clips; median step time, training clips/s (loading excluded), peak memory and model FLOPs per step, from the
+run's results.json (trainer.py, train.count_flops).
+gpu: the same for each method's FULL config on one GPU (MSN ViT-B/32 1 + 1 + 10 views, CLAR 2-D ResNet18 batch
+1024, BYOL-A AudioNTT2022 batch 256) with bf16 autocast, train.compile off and on, MFU against the GPU's dense
+bf16 peak; then a CUDA-vs-CPU parity check of one fp32 step of each small config. Under 8 minutes on one H200.
+eval: models.embed_dataset over in-memory clips (small encoders on CPU, the full ones on CUDA).
 scale: for each N, a packed cache of N ten-second log-mels (float16 by default: 128 KB a clip), then times
 the pack, manifest read, sampler epoch, loader start-up, one epoch of 96-frame crops, the loader's index
 memory and an embedding-cache write; prints each per clip, its growth exponent and its extrapolation to
@@ -159,14 +162,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def peak_memory(device: torch.device) -> str:
-    """CUDA: peak allocated since the last reset; CPU: the process's peak resident set (all it ever held)."""
-    if device.type == "cuda":
-        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
-    import resource
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS"
-
-
 def per_sample_msn_views(aug: dict, focal_views: int, logmel: torch.Tensor, state: dict) -> None:
     """The per-sample pipeline a data-loader worker runs: clip by clip, RunningNorm, then per view MixupBYOLA ->
     torchvision RandomResizedCrop -> RandomLinearFader on that one clip [1, 1, F, T] (augment's per-sample classes)."""
@@ -184,8 +179,9 @@ def per_sample_msn_views(aug: dict, focal_views: int, logmel: torch.Tensor, stat
 
 
 def bench_augment(args: argparse.Namespace) -> None:
-    import pretrain_msn
-    cfg = pretrain_msn.resolve_config(args.config, [])
+    import augment
+    from config import load_config
+    cfg = load_config(args.config)
     aug, focal = cfg["aug"], cfg["msn"]["focal_views"]
     logmel = torch.randn(args.batch, 1, cfg["model"]["n_mels"], cfg["model"]["crop_frames"]) * 2 - 5
     print(f"MSN views of {args.config}: 1 + 1 x {aug['rand_size']} and {focal} x {aug['focal_size']} per clip, "
@@ -199,7 +195,7 @@ def bench_augment(args: argparse.Namespace) -> None:
     per_sample = 2 * args.batch / (time.perf_counter() - start)
     rows = [("per-sample (loader worker)", "cpu", per_sample)]
     for device in bench_devices():
-        views = pretrain_msn.MSNViews(aug, focal, seed=0)
+        views = augment.MSNViews(aug, focal, seed=0)
         x = logmel.to(device)
         for step in range(2):  # warm up as the per-sample pipeline
             views(x, step)
@@ -214,91 +210,135 @@ def bench_augment(args: argparse.Namespace) -> None:
         print(f"{name:28s}{device:>8s}{rate:10.0f}{rate / per_sample:14.1f}")
     print("target: batched >= 5x per-sample on CPU (issue 6)")
 
+# ----------------------------------------------------------------------------- training steps (train, gpu)
+# Each method runs as the user runs it, `python pretrain_X.py --config ... train.max_steps=N`, on a cache of
+# random clips; the training core writes the median step time, clips/s, peak memory and (train.count_flops)
+# the model FLOPs of a step into the run's results.json.
 
-def train_setups(device: torch.device, batch: int | None) -> list[tuple[str, str, list[str]]]:
-    """(name, config, overrides): the tiny demo configs on CPU, the full configs on CUDA."""
-    if device.type == "cuda":
-        msn = ("MSN ViT-B/32 1+1+10 views", "config/msn.yaml", [f"optim.batch_size={batch or 64}"])
-        clar = ("CLAR 2-D ResNet18 1 s", "config/clar.yaml", [f"train.batch_size={batch or 1024}"])
-    else:
-        msn = ("MSN demo (tiny audio ViT)", "config/demo_msn.yaml", [f"optim.batch_size={batch or 32}"])
-        clar = ("CLAR demo (ResNet18 w16)", "config/demo_clar.yaml", [f"train.batch_size={batch or 32}"])
-    return [msn, clar]
-
-
-def make_train_step(name: str, config: str, overrides: list[str], device: torch.device):
-    """(step(i) -> None, clips per step): one training step of pretrain_msn / pretrain_clar on random inputs
-    (augmentation inside the step, no data loading)."""
-    if name.startswith("MSN"):
-        import pretrain_msn
-        cfg = pretrain_msn.resolve_config(config, [*overrides, "model.pretrained=null"])
-        run = pretrain_msn.build_training(cfg, device, 0, 1, ipe=1000)
-        logmel = torch.randn(cfg["optim"]["batch_size"], 1, cfg["model"]["n_mels"], cfg["model"]["crop_frames"]) - 5
-        return (lambda i: pretrain_msn.train_step(run, logmel, i)), len(logmel)
-    import pretrain_clar
-    from audio import SAMPLE_RATE
-    from config import load_config
-    cfg = pretrain_clar.resolve_config(load_config(config, overrides))
-    run = pretrain_clar.build_training(cfg, 10, device, 0, 1, steps_per_epoch=1000)
-    batch = cfg["train"]["batch_size"]
-    wave = 0.1 * torch.randn(batch, int(round(cfg["model"]["clip_seconds"] * SAMPLE_RATE)))
-    label = torch.arange(batch) % 10
-    return (lambda i: pretrain_clar.train_step(run, wave, label, label, i)), batch
+METHODS = {  # name: (script, full config, small config)
+    "MSN": ("pretrain_msn.py", "config/msn.yaml", "config/demo_msn.yaml"),
+    "CLAR": ("pretrain_clar.py", "config/clar.yaml", "config/demo_clar.yaml"),
+    "BYOL-A": ("pretrain_byola.py", "config/byola.yaml", "config/demo_byola.yaml"),
+}
+NO_EXTRAS = {"CLAR": ["train.final_probe=false", "train.eval_every=100000"]}
 
 
-def step_flops(step, index: int, device: torch.device) -> float:
-    """Model FLOPs of one training step (forward + backward matmuls and convolutions, torch's FlopCounterMode)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step(index)
-    sync(device)
-    return float(counter.get_total_flops())
+def make_train_cache(root: Path, clips: int) -> Path:
+    """Random ten-second log-mels [64, 1001] and two-second waves, 10 labels, folds 1-5; reused when complete."""
+    import data
+    if (root / "manifest.csv").exists() and len(data.read_manifest(root)) == clips:
+        return root
+    for sub in ("logmel", "wave"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(clips):
+        np.save(root / "logmel" / f"{i}.npy", rng.normal(-5, 2, size=(64, 1001)).astype(np.float32))
+        np.save(root / "wave" / f"{i}.npy", (0.1 * rng.normal(size=32000)).astype(np.float32))
+        rows.append(dict(id=str(i), logmel=f"logmel/{i}.npy", wave=f"wave/{i}.npy", label=f"c{i % 10}", split="",
+                         fold=i % 5 + 1, duration=2.0, source=""))
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    return root
+
+
+def run_method(name: str, config: str, overrides: list[str], out: Path) -> dict:
+    """One short pretraining run as a subprocess; its results.json, or {'error': last lines of its output}."""
+    import json
+    import subprocess
+    import sys
+    script = METHODS[name][0]
+    shutil.rmtree(out, ignore_errors=True)
+    command = [sys.executable, script, "--config", config, f"train.out_dir={out}", "train.log_every=1",
+               "train.save_every=0", "model.pretrained=null" if name == "MSN" else "", *NO_EXTRAS.get(name, []),
+               *overrides]
+    done = subprocess.run([c for c in command if c], capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": (done.stdout + done.stderr).strip().splitlines()[-1:]}
+    results = json.loads((out / "results.json").read_text())
+    log = pd.read_csv(out / "log.csv")
+    results["first_loss"] = float(log["loss"].dropna().iloc[0])
+    return results
+
+
+def peak_tflops(args: argparse.Namespace) -> float | None:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+    return args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
+
+
+def train_row(label: str, device: str, batch: int, r: dict, flops: float | None, peak: float | None) -> str:
+    if "error" in r:
+        return f"{label:34s}{device:>7s}{batch:7d}   failed: {' '.join(r['error'])[:80]}"
+    seconds = r["step_ms"] / 1000
+    mfu = f"{100 * flops / seconds / (peak * 1e12):.1f}%" if flops and peak and device == "cuda" else "-"
+    gflop = f"{flops / 1e9:.1f}" if flops else "-"
+    return (f"{label:34s}{device:>7s}{batch:7d}{r['step_ms']:9.1f}{r['train_clips_per_s']:9.0f}"
+            f"{r['peak_memory_gib']:11.2f}{gflop:>12s}{mfu:>7s}")
+
+
+TRAIN_HEADER = f"{'run':34s}{'device':>7s}{'batch':>7s}{'step ms':>9s}{'clips/s':>9s}{'peak GiB':>11s}" \
+               f"{'GFLOP/step':>12s}{'MFU':>7s}"
 
 
 def bench_train(args: argparse.Namespace) -> None:
-    print(f"{'model':28s}{'device':>7s}{'batch':>7s}{'step ms':>9s}{'clips/s':>9s}{'peak memory':>16s}"
-          f"{'GFLOP/step':>12s}{'MFU':>7s}")
-    for device in bench_devices():
-        for name, config, overrides in train_setups(device, args.batch):
-            overrides = [*overrides, f"train.compile={str(args.compile).lower()}"]
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            step, clips = make_train_step(name, config, overrides, device)
-            for i in range(args.warmup):
-                step(i)
-            sync(device)
-            start = time.perf_counter()
-            for i in range(args.warmup, args.warmup + args.steps):
-                step(i)
-            sync(device)
-            seconds = (time.perf_counter() - start) / args.steps
-            flops = step_flops(step, args.warmup + args.steps, device)
-            mfu = "-"
-            if device.type == "cuda":
-                gpu = torch.cuda.get_device_name(device)
-                peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
-                mfu = f"{100 * flops / seconds / (peak * 1e12):.1f}%" if peak else "n/a"
-            print(f"{name:28s}{device.type:>7s}{clips:7d}{1000 * seconds:9.1f}{clips / seconds:9.0f}"
-                  f"{peak_memory(device):>16s}{flops / 1e9:12.1f}{mfu:>7s}")
+    """The small (demo) configs on CPU, a few steps each."""
+    cache = make_train_cache(BENCH_DIR / "train_cache", 300)
+    print(f"short runs of each method's small config on random clips ({cache}); peak GiB on CPU = peak RSS")
+    print(TRAIN_HEADER)
+    for name, (_, _, small) in METHODS.items():
+        batch = args.batch or 32
+        r = run_method(name, small, [f"data.cache={cache}", f"optim.batch_size={batch}", "train.device=cpu",
+                                     f"train.max_steps={args.steps + 2}", "train.count_flops=true",
+                                     "data.num_workers=0"], BENCH_DIR / "runs" / name)
+        print(train_row(f"{name} ({small})", "cpu", batch, r, r.get("flops_per_step"), None))
+
+
+def bench_gpu(args: argparse.Namespace) -> None:
+    """On one GPU: each method's full config (bf16 autocast, train.compile off and on), clips/s, step time, peak
+    memory and MFU; then a CUDA-vs-CPU parity check of one fp32 step of each small config. One table."""
+    if not torch.cuda.is_available():
+        raise SystemExit("bench.py gpu: no CUDA device")
+    cache = make_train_cache(BENCH_DIR / "train_cache", 1400)  # CLAR's batch 1024 of folds 1-4
+    peak = peak_tflops(args)
+    print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, dense bf16 peak {peak} TFLOPS; "
+          f"{args.steps} measured steps per run after 2 warm-up steps")
+    print(TRAIN_HEADER)
+    common = [f"data.cache={cache}", "train.device=cuda", "train.amp=true", f"data.num_workers={args.workers}",
+              f"train.max_steps={args.steps + 2}"]
+    for name, (_, full, _) in METHODS.items():
+        flops = None
+        for compile_ in (False, True):
+            r = run_method(name, full, [*common, f"train.compile={str(compile_).lower()}",
+                                        f"train.count_flops={str(not compile_).lower()}"], BENCH_DIR / "runs" / name)
+            flops = r.get("flops_per_step") or flops
+            batch = r.get("batch_size", 0)
+            print(train_row(f"{name} full, bf16, compile {'on' if compile_ else 'off'}", "cuda", batch, r, flops,
+                            peak), flush=True)
+    print("\nparity: one fp32 step of each small config, loss on CUDA vs CPU")
+    for name, (_, _, small) in METHODS.items():
+        losses = {}
+        for device in ("cpu", "cuda"):
+            r = run_method(name, small, [f"data.cache={cache}", f"train.device={device}", "train.amp=false",
+                                         "train.max_steps=1", "data.num_workers=0"], BENCH_DIR / "runs" / name)
+            losses[device] = r.get("first_loss", float("nan"))
+        diff = abs(losses["cuda"] - losses["cpu"]) / max(abs(losses["cpu"]), 1e-12)
+        verdict = "ok" if diff < 1e-3 else "MISMATCH"
+        print(f"{name:8s} cpu {losses['cpu']:.6f}  cuda {losses['cuda']:.6f}  rel diff {diff:.1e}  {verdict}")
     print("targets on one H200 (issue 6): MSN ViT-B/32 >= 3000 clips/s, CLAR 2-D ResNet18 1 s >= 5000 clips/s")
 
 
 def bench_eval(args: argparse.Namespace) -> None:
-    import linear_eval
     import models
     from config import load_config
-    print(f"linear_eval.compute_embeddings on {args.seconds:g} s clips (long='chunk', pool='cls'), "
+    print(f"models.embed_dataset on {args.seconds:g} s clips (long='chunk', pool='cls'), "
           f"{torch.get_num_threads()} CPU threads")
     print(f"{'encoder':34s}{'device':>7s}{'batch':>7s}{'clips/s':>9s}{'x real time':>13s}")
     for device in bench_devices():
-        configs = (["config/msn.yaml", "config/clar.yaml"] if device.type == "cuda"
-                   else ["config/demo_msn.yaml", "config/demo_clar.yaml"])
+        configs = [m[1] if device.type == "cuda" else m[2] for m in METHODS.values()]
         for path in configs:
             cfg = load_config(path)
             if "encoder" in cfg:  # CLAR configs name the encoder by an alias
-                import pretrain_clar
-                cfg = pretrain_clar.resolve_config(cfg)
+                cfg["model"]["arch"] = {"1d": "resnet18_1d", "2d": "resnet18_2d"}[cfg["encoder"]]
+            cfg["model"]["pretrained"] = None
             encoder = models.build_encoder(cfg)
             n = args.clips if device.type == "cpu" else 8 * args.clips
             if encoder.input_kind == "wave":
@@ -306,10 +346,10 @@ def bench_eval(args: argparse.Namespace) -> None:
             else:
                 clips = torch.randn(n, 1, 64, 1 + int(args.seconds * 100))
             batch = args.batch if device.type == "cpu" else 8 * args.batch
-            linear_eval.compute_embeddings(encoder, clips[:batch], "chunk", "cls", batch, 0, device, desc="warm up")
+            models.embed_dataset(encoder, clips[:batch], "chunk", "cls", batch, 0, device, desc="warm up")
             sync(device)
             start = time.perf_counter()
-            linear_eval.compute_embeddings(encoder, clips, "chunk", "cls", batch, 0, device, desc=path)
+            models.embed_dataset(encoder, clips, "chunk", "cls", batch, 0, device, desc=path)
             sync(device)
             rate = n / (time.perf_counter() - start)
             name = f"{cfg['model']['arch']} ({path.split('/')[-1]})"
@@ -436,13 +476,14 @@ def main() -> None:
     p.add_argument("--config", default="config/msn.yaml")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=10)
-    p = sub.add_parser("train", help="training step time, clips/s, peak memory (and MFU on CUDA)")
-    p.add_argument("--batch", type=int, default=None, help="per-process batch (default: 32 CPU, config's on CUDA)")
+    p = sub.add_parser("train", help="each method's small config on CPU: step time, clips/s, peak memory")
+    p.add_argument("--batch", type=int, default=None, help="global batch (default 32)")
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
+    p = sub.add_parser("gpu", help="each method's full config on one GPU (bf16, compile off/on, MFU) + parity")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--workers", type=int, default=8)
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, for MFU")
-    p.add_argument("--compile", action="store_true", help="train.compile=true (torch.compile)")
-    p = sub.add_parser("eval", help="linear_eval.compute_embeddings throughput")
+    p = sub.add_parser("eval", help="models.embed_dataset throughput")
     p.add_argument("--clips", type=int, default=128)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seconds", type=float, default=5.0)
@@ -456,7 +497,7 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the caches")
     args = parser.parse_args()
     {"preprocess": bench_preprocess, "loader": bench_loader, "augment": bench_augment, "train": bench_train,
-     "eval": bench_eval, "scale": bench_scale}[args.mode](args)
+     "gpu": bench_gpu, "eval": bench_eval, "scale": bench_scale}[args.mode](args)
 
 
 if __name__ == "__main__":

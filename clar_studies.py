@@ -13,26 +13,27 @@ representation  1-D (raw waveform) vs 2-D (time-frequency) encoders, each with i
 labels          supervised vs self-supervised vs CLAR at each label fraction; also collects the online-head test
                 accuracy per evaluation epoch (the paper's learning-speed curves).
 
-Every run is pretrain_clar.main with the given config and `key=value` overrides, in --runs/<study>/<name>; a run
-whose results.json exists is reused (--force reruns it). The score is the run's frozen-encoder linear probe
+Every run is `python pretrain_clar.py` with the given config and `key=value` overrides, in --runs/<study>/<name>;
+a run whose results.json exists is reused (--force reruns it). The score is the run's frozen-encoder linear probe
 (full labels) on the test split. Tables: results/clar_<study>.csv (one row per run, with its folder) and .md.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-import pretrain_clar
 from augment import WAVE_AUGMENTATIONS
 from config import load_config
 from data import read_manifest
 from utils import atomic_write_text
 
+PRETRAIN = Path(__file__).resolve().parent / "pretrain_clar.py"
 BEST_AUGS = {"1d": "fade,time_stretch,pitch_shift", "2d": "fade,time_mask"}  # paper Sec. 6
 
 
@@ -43,8 +44,12 @@ def run(args, name: str, overrides: list[str]) -> dict:
     if done.is_file() and not args.force:
         print(f"[{args.study}] {name}: reusing {done}")
         return json.loads(done.read_text())
-    print(f"[{args.study}] {name}")
-    return pretrain_clar.main(["--config", args.config, *args.overrides, *overrides, f"train.out_dir={out_dir}"])
+    print(f"[{args.study}] {name}", flush=True)
+    command = [sys.executable, str(PRETRAIN), "--config", args.config, *args.overrides, *overrides,
+               f"train.out_dir={out_dir}"]
+    if subprocess.run(command).returncode != 0:
+        raise SystemExit(f"clar_studies.py: run {name} failed: {' '.join(command)}")
+    return json.loads(done.read_text())
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 1) -> str:

@@ -138,3 +138,46 @@ def save_config(cfg: dict, path: str | os.PathLike) -> None:
     with open(tmp, "w") as f:
         yaml.safe_dump(cfg, f, sort_keys=False)
     os.replace(tmp, path)
+
+
+def merge(defaults: dict, cfg: dict) -> dict:
+    """`cfg` on top of a copy of `defaults`, section by section at every depth: a dict merges into a dict,
+    anything else replaces the default. The one merge rule of every pretraining config."""
+    merged = copy.deepcopy(defaults)
+    for key, value in cfg.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def check_moved(cfg: dict, moved: dict[str, str], where: str) -> None:
+    """Raise ConfigError naming the new place of a key that moved (`moved`: old dotted key -> message)."""
+    flat = set(_flat_keys(cfg))
+    for old, new in moved.items():
+        if old in flat:
+            raise ConfigError(f"{where}: config key '{old}' {new}")
+
+
+def resolve(path: str | os.PathLike, overrides: list[str], defaults: dict,
+            moved: dict[str, str] | None = None) -> dict:
+    """A pretraining config: the YAML file merged onto `defaults` (unknown keys and moved keys refused), then
+    the `key=value` overrides, which may name any key of the merged config (also one the file omits)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    with open(path) as f:
+        cfg = yaml_load(f) or {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    cfg.pop("_meta", None)
+    names = [item.split("=", 1)[0].strip().lstrip("-") for item in overrides]
+    check_moved({**cfg, **{name: None for name in names}}, moved or {}, str(path))
+    try:
+        check_keys(cfg, defaults)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    merged = apply_overrides(merge(defaults, cfg), overrides)
+    merged["_meta"] = {"config_file": str(path), "config_name": path.stem}
+    return merged

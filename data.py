@@ -320,3 +320,72 @@ def logmel_stats(cache: str | os.PathLike, df: pd.DataFrame, max_clips: int = 10
         total, total_sq, count = total + x.sum(), total_sq + (x * x).sum(), count + x.size
     mean = total / count
     return float(mean), float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+
+# ----------------------------------------------------------------------------- training batches
+# Every pretraining script draws its epochs as GLOBAL batches of dataset indices; trainer.py gives process r
+# positions r::world of each batch, so the batches do not depend on the number of processes.
+
+
+class EpochBatches:
+    """len(self) = n // batch_size global batches per epoch (drop last) of a permutation seeded by (seed, epoch)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return [order[b * self.batch_size:(b + 1) * self.batch_size].tolist() for b in range(len(self))]
+
+
+class RatioBatches:
+    """Global batches with a fixed labelled/unlabelled ratio (CLAR's stratified sampling, SPEC A3).
+
+    Each epoch both pools are shuffled with (seed, epoch). A batch of `batch_size` holds
+    round(batch_size * n_labelled / n) labelled clips (at least one if any) and the rest unlabelled; a pool
+    that runs out is reshuffled and reused. There are n // batch_size batches (drop last).
+    """
+
+    def __init__(self, labelled: np.ndarray, batch_size: int, seed: int = 0):
+        if batch_size > len(labelled):
+            raise ValueError(f"batch_size {batch_size} is larger than the {len(labelled)} training clips")
+        self.labelled_idx, self.unlabelled_idx = np.flatnonzero(labelled), np.flatnonzero(~labelled)
+        self.n_labelled = int(round(batch_size * len(self.labelled_idx) / len(labelled)))
+        if len(self.labelled_idx):
+            self.n_labelled = min(max(self.n_labelled, 1), batch_size - (1 if len(self.unlabelled_idx) else 0))
+        self.batch_size, self.seed = batch_size, seed
+
+    def __len__(self) -> int:
+        return (len(self.labelled_idx) + len(self.unlabelled_idx)) // self.batch_size
+
+    @staticmethod
+    def _stream(pool: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+        if count == 0:
+            return np.zeros(0, dtype=np.int64)
+        rounds = -(-count // len(pool))
+        return np.concatenate([pool[rng.permutation(len(pool))] for _ in range(rounds)])[:count]
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        n_labelled, n_unlabelled = self.n_labelled, self.batch_size - self.n_labelled
+        labelled = self._stream(self.labelled_idx, len(self) * n_labelled, rng)
+        unlabelled = self._stream(self.unlabelled_idx, len(self) * n_unlabelled, rng)
+        return [np.concatenate([labelled[b * n_labelled:(b + 1) * n_labelled],
+                                unlabelled[b * n_unlabelled:(b + 1) * n_unlabelled]]).tolist()
+                for b in range(len(self))]
+
+
+class TrainClips(Dataset):
+    """(wave [L], training target (-1 = unlabelled), true label) of each training clip (CLAR)."""
+
+    def __init__(self, clips: WaveClips, targets: np.ndarray):
+        self.clips, self.targets = clips, targets
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int):
+        wave, label = self.clips[i]
+        return wave, int(self.targets[i]), label

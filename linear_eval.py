@@ -33,32 +33,29 @@ Options other than the flags are `key=value` overrides of DEFAULTS (unknown keys
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import hashlib
-import io
 import json
 import math
 import os
 import sys
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from scipy import stats
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
+import models
 from audio import LOG_SILENCE, fix_length
 from config import ConfigError, apply_overrides, load_config
 from data import LabelMap, load_array, read_manifest, select, stratified_subset
 from datasets import REGISTRY, all_tasks, find_task
-from utils import atomic_write_text, git_commit, load_checkpoint, remove_stale_temps, temp_path
+from probe import append_result, carve_validation, fit_linear_probe, mean_ci95
+from utils import git_commit, load_checkpoint, remove_stale_temps, temp_path
 
 DEFAULTS = {
     "data": {name: entry.cache for name, entry in REGISTRY.items()},  # default cache folders (datasets.py)
@@ -88,120 +85,6 @@ DEFAULTS = {
 
 # the tasks (row filter, unit seconds, label column; SPEC B3) are datasets.REGISTRY's
 TASKS = tuple(all_tasks())
-
-RESULT_FIELDS = ["date", "task", "model", "ckpt_sha256", "config", "long", "pool", "label_fraction", "shots",
-                 "seeds", "folds", "fold_acc", "mean", "ci95", "n", "unit_seconds", "lr", "n_train", "commit"]
-
-# ============================================================================ the EVAR probe
-
-
-@dataclass
-class StandardScaler:
-    """Per-feature (x - mean) / std with the population std; constant features keep scale 1 (sklearn)."""
-
-    mean: np.ndarray
-    scale: np.ndarray
-
-    @classmethod
-    def fit(cls, X: np.ndarray) -> StandardScaler:
-        X = np.asarray(X, dtype=np.float64)
-        std = X.std(axis=0)
-        return cls(X.mean(axis=0), np.where(std < 10 * np.finfo(np.float64).eps, 1.0, std))
-
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        return ((np.asarray(X, dtype=np.float64) - self.mean) / self.scale).astype(np.float32)
-
-
-class EarlyStopping:
-    """general-learning EarlyStopping (SPEC B3): keep the weights of the best validation accuracy, ties to the
-    later epoch (`>=`); stop once `patience` epochs in a row have not reached the best (never if patience <= 0).
-    """
-
-    def __init__(self, patience: int):
-        self.patience, self.best_acc, self.best_epoch, self.best_state, self.wait = patience, 0.0, -1, None, 0
-
-    def update(self, epoch: int, acc: float, model: nn.Module) -> bool:
-        """Record epoch's validation accuracy; True when training should stop."""
-        if acc >= self.best_acc:
-            self.best_acc, self.best_epoch, self.wait = acc, epoch, 1
-            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            return False
-        stop = self.patience > 0 and self.wait >= self.patience
-        self.wait += 1
-        return stop
-
-
-@dataclass
-class LinearProbe:
-    """A fitted probe: scaler + linear layer (best epoch restored) and its per-epoch history."""
-
-    scaler: StandardScaler | None
-    linear: nn.Linear
-    best_epoch: int
-    history: list[dict] = field(default_factory=list)
-
-    @torch.no_grad()
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        X = self.scaler.transform(X) if self.scaler is not None else np.asarray(X, dtype=np.float32)
-        device = self.linear.weight.device
-        return self.linear(torch.from_numpy(X).to(device)).argmax(-1).cpu().numpy()
-
-    def accuracy(self, X: np.ndarray, y: np.ndarray) -> float:
-        return float((self.predict(X) == np.asarray(y)).mean())
-
-
-def fit_linear_probe(X_train: np.ndarray, y_train: np.ndarray, X_valid: np.ndarray, y_valid: np.ndarray,
-                     n_classes: int, *, lr: float = 3e-4, weight_decay: float = 1e-8, epochs: int = 200,
-                     patience: int = 20, batch_size: int = 200, seed: int = 0, standard_scaler: bool = True,
-                     scaler_data: np.ndarray | None = None, device: str | torch.device = "cpu") -> LinearProbe:
-    """Train EVAR's linear probe on embeddings X [N, D] with labels y [N] in 0..n_classes-1 (SPEC B3).
-
-    StandardScaler fitted on `scaler_data` (default X_train); nn.Linear(D, C) with torch's default init;
-    Adam(lr, betas (0.9, 0.999), eps 1e-8, weight_decay); loss -mean(onehot * log_softmax) = CE / C;
-    shuffled batches of min(batch_size, N), last one kept; validation accuracy every epoch; EarlyStopping.
-    """
-    scaler = StandardScaler.fit(X_train if scaler_data is None else scaler_data) if standard_scaler else None
-    prep = scaler.transform if scaler else (lambda X: np.asarray(X, dtype=np.float32))
-    x_tr = torch.from_numpy(prep(X_train)).to(device)
-    y_tr = torch.as_tensor(np.asarray(y_train), dtype=torch.long, device=device)
-    x_va = torch.from_numpy(prep(X_valid)).to(device)
-    y_va = torch.as_tensor(np.asarray(y_valid), dtype=torch.long, device=device)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        linear = nn.Linear(x_tr.shape[1], n_classes).to(device)
-    optimizer = torch.optim.Adam(linear.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
-                                 weight_decay=weight_decay)
-    n, bs = len(x_tr), min(batch_size, len(x_tr))
-    stopper, history = EarlyStopping(patience), []
-    for epoch in range(epochs):
-        linear.train()
-        order, total = torch.randperm(n, generator=generator).to(device), 0.0
-        for start in range(0, n, bs):
-            idx = order[start:start + bs]
-            loss = F.cross_entropy(linear(x_tr[idx]), y_tr[idx]) / n_classes
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
-        linear.eval()
-        with torch.no_grad():
-            valid_acc = (linear(x_va).argmax(-1) == y_va).float().mean().item()
-        history.append({"epoch": epoch, "loss": total / n, "valid_acc": valid_acc})
-        if stopper.update(epoch, valid_acc, linear):
-            break
-    linear.load_state_dict(stopper.best_state)
-    linear.eval()
-    return LinearProbe(scaler, linear, stopper.best_epoch, history)
-
-
-def mean_ci95(values) -> tuple[float, float]:
-    """Mean and the half-width of the t-distribution 95 % confidence interval (nan for one value)."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) < 2:
-        return float(values.mean()), float("nan")
-    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-    return float(values.mean()), float(half)
 
 # ============================================================================ tasks and folds
 
@@ -282,25 +165,6 @@ def resolve_task(task: str, cfg: dict, cache: str | None = None) -> Task:
                 int(params["sample_rate"]), int(params["logmel"]["hop_length"]))
 
 
-def carve_validation(y: np.ndarray, fraction: float, rng: np.random.Generator, attempts: int = 100) -> np.ndarray:
-    """Boolean mask of a random `fraction` (rounded up) of the items, redrawn until it holds every class
-    (general-learning train_test_sure_split); a stratified draw if 100 random ones fail."""
-    n, classes = len(y), np.unique(y)
-    n_valid = min(max(math.ceil(fraction * n), len(classes)), n - 1)
-    for _ in range(attempts):
-        chosen = rng.permutation(n)[:n_valid]
-        if len(np.unique(y[chosen])) == len(classes):
-            mask = np.zeros(n, dtype=bool)
-            mask[chosen] = True
-            return mask
-    mask = np.zeros(n, dtype=bool)
-    first = [rng.choice(np.flatnonzero(y == c)) for c in classes]
-    mask[first] = True
-    rest = rng.permutation(np.flatnonzero(~mask))[:max(n_valid - len(first), 0)]
-    mask[rest] = True
-    return mask
-
-
 def fold_indices(task: Task, holdout: int | None, seed: int, valid_fraction: float):
     """Row indices (into task.df) of train, valid and test for one held-out fold (or the official split).
 
@@ -356,8 +220,6 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def load_encoder(ckpt: str, random_seed: int = 0) -> tuple[nn.Module, dict]:
     """A checkpoint path or `random:<config.yaml>` -> (encoder in eval mode, info: model, ckpt_sha256, config)."""
-    import models  # imported here so that the probe and tables work without the model code
-
     if ckpt.startswith("random:"):
         cfg = load_config(ckpt.split(":", 1)[1])
         with torch.random.fork_rng(devices=[]):
@@ -406,17 +268,6 @@ class UnitClips(Dataset):
         return torch.from_numpy(((x - self.mean) / self.std).astype(np.float32))[None]
 
 
-@torch.no_grad()
-def compute_embeddings(encoder: nn.Module, dataset: Dataset, long: str, pool: str, batch_size: int = 32,
-                       workers: int = 0, device: str | torch.device = "cpu", desc: str = "embed") -> np.ndarray:
-    """encoder.embed over the dataset in order, with a progress bar -> float32 [N, D]."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    encoder.eval().to(device)
-    out = [encoder.embed(x.to(device), long=long, pool=pool).float().cpu()
-           for x in tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True)]
-    return torch.cat(out).numpy()
-
-
 def unit_logmel_stats(clips: Dataset, max_clips: int) -> tuple[float, float]:
     """Scalar mean and std (ddof 0) over the first `max_clips` unit-length training inputs, padding and crops
     included, as EVAR's ar.precompute sees them (SPEC B3; EVAR's RunningMean drops its first batch, we do not)."""
@@ -456,7 +307,7 @@ def task_embeddings(encoder: nn.Module, info: dict, task: Task, cfg: dict, devic
         print(f"embeddings: {path} (cached)")
         return np.load(path)
     dataset = UnitClips(task.cache, task.df, kind, unit_samples, random_crop, mean, std, hop=task.hop)
-    X = compute_embeddings(encoder, dataset, ecfg["long"], ecfg["pool"], ecfg["batch_size"], ecfg["workers"],
+    X = models.embed_dataset(encoder, dataset, ecfg["long"], ecfg["pool"], ecfg["batch_size"], ecfg["workers"],
                            device, desc=f"embed {task.name}")
     if not np.isfinite(X).all():
         raise ValueError(f"{info['model']}: non-finite embeddings on {task.name}")
@@ -474,10 +325,11 @@ def task_embeddings(encoder: nn.Module, info: dict, task: Task, cfg: dict, devic
 def evaluate_embeddings(X: np.ndarray, task: Task, cfg: dict, seeds: list[int], folds: list[int] | None = None,
                         label_fraction: float | None = None, shots: int | None = None,
                         device="cpu") -> dict:
-    """Probe accuracy (%) per (seed, held-out fold), seed-major; also the mean training-set size."""
+    """Probe accuracy (%) per (seed, held-out fold), seed-major; the mean training-set size; the best epoch of
+    each probe, and how many of them fell in the last 10 % of probe.epochs (not converged: a warning)."""
     pcfg, y_all = cfg["probe"], task.labels.encode(task.df["label"])
     holdouts = holdout_folds(task, folds)
-    accs, n_train = [], []
+    accs, n_train, best_epochs = [], [], []
     for seed in seeds:
         for holdout in holdouts:
             train, valid, test = fold_indices(task, holdout, seed, pcfg["valid_fraction"])
@@ -496,7 +348,19 @@ def evaluate_embeddings(X: np.ndarray, task: Task, cfg: dict, seeds: list[int], 
                   f"best epoch {probe.best_epoch + 1})")
             accs.append(acc)
             n_train.append(len(train))
-    return {"acc": accs, "folds": holdouts, "n_train": float(np.mean(n_train))}
+            best_epochs.append(probe.best_epoch + 1)
+    late = sum(not_converged(e, pcfg["epochs"]) for e in best_epochs)
+    if late:
+        print(f"warning: {late} of {len(best_epochs)} probes had their best validation epoch in the last 10 % of "
+              f"probe.epochs={pcfg['epochs']} (best epochs {best_epochs}): the probe may not have converged; "
+              "raise probe.epochs or probe.lr", file=sys.stderr)
+    return {"acc": accs, "folds": holdouts, "n_train": float(np.mean(n_train)), "best_epochs": best_epochs,
+            "not_converged": late}
+
+
+def not_converged(best_epoch: int, epochs: int) -> bool:
+    """True when the best epoch (1-based) lies in the last 10 % of the allowed epochs."""
+    return best_epoch > 0.9 * epochs
 
 
 def result_row(task: Task, info: dict, cfg: dict, seeds: list[int], scores: dict,
@@ -515,28 +379,9 @@ def result_row(task: Task, info: dict, cfg: dict, seeds: list[int], scores: dict
         "mean": f"{mean:.2f}", "ci95": "" if math.isnan(ci) else f"{ci:.2f}", "n": str(len(scores["acc"])),
         "unit_seconds": f"{task.unit_seconds:g}", "lr": f"{cfg['probe']['lr']:g}",
         "n_train": f"{scores['n_train']:g}", "commit": git_commit(),
+        "best_epochs": " ".join(str(e) for e in scores["best_epochs"]),
+        "not_converged": str(scores["not_converged"]),
     }
-
-
-def append_result(path: str | os.PathLike, row: dict) -> None:
-    """Append `row` to the results CSV (created with a header); a file with another header is an error."""
-    path = Path(path)
-    text = io.StringIO()
-    writer = csv.DictWriter(text, RESULT_FIELDS)
-    if path.parent.is_dir():
-        remove_stale_temps(path.parent)  # of a killed earlier run
-    if not path.is_file() or path.stat().st_size == 0:
-        writer.writeheader()
-        writer.writerow(row)
-        atomic_write_text(text.getvalue(), path)
-        return
-    with open(path, newline="") as f:
-        header = next(csv.reader(f), [])
-    if header != RESULT_FIELDS:
-        raise ValueError(f"{path}: header {header} differs from {RESULT_FIELDS}; move the old file aside")
-    writer.writerow(row)
-    with open(path, "a", newline="") as f:  # one small O_APPEND write
-        f.write(text.getvalue())
 
 
 def pick_device(name: str) -> torch.device:

@@ -191,3 +191,17 @@ def clar_loss(z1: torch.Tensor, z2: torch.Tensor, logits1: torch.Tensor | None, 
     if mode not in ("clar", "selfsupervised", "supervised"):
         raise ValueError(f"mode must be clar, selfsupervised or supervised, got {mode!r}")
     return {"loss": ntxent + ce_weight * ce, "ntxent": ntxent.detach(), "ce": ce.detach()}
+
+
+def byol_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """BYOL's symmetric loss (Grill et al. 2020, eq. 2; byol-pytorch loss_fn), in fp32.
+
+    p1, p2 [B, D]: the online predictions of views 1 and 2; z1, z2 [B, D]: the target projections (no gradient).
+    Each prediction is regressed onto the OTHER view's target: per clip
+        (2 - 2 cos(p1, z2)) + (2 - 2 cos(p2, z1)),
+    averaged over the batch, so the loss lies in [0, 8].
+    """
+    def regression(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return 2 - 2 * (F.normalize(p.float(), dim=-1) * F.normalize(z.detach().float(), dim=-1)).sum(-1)
+
+    return (regression(p1, z2) + regression(p2, z1)).mean()

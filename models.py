@@ -1,5 +1,5 @@
 """Networks: ViT encoders for MSN (torchvision vit_b_32 and an audio-native ViT), 1D/2D ResNet18 for
-CLAR, and their heads.
+CLAR, AudioNTT2022 for BYOL-A, and their heads (MSNNet, ClarNet, BYOLNet).
 
 Every encoder built by `build_encoder(cfg)` has the same evaluation interface, used by linear_eval.py:
 
@@ -11,6 +11,7 @@ so a checkpoint, which carries its resolved config, rebuilds its encoder with no
 """
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 
 import torch
@@ -257,6 +258,8 @@ class MSNNet(nn.Module):
 
         z = net(anchor [B,1,S,S], focal [M*B,1,s,s] view-major, patch_drop=0.15)  # [(1+M)*B, out]
     Only the first group (the anchor) is masked (msn deit.py L228); the target net is called as net(target).
+    The head runs once per crop-size group, as MSN's deit.py forward does over its crop groups, so the anchor
+    and the focal views get separate batch-norm statistics.
     """
 
     def __init__(self, encoder: nn.Module, head: nn.Module):
@@ -264,17 +267,29 @@ class MSNNet(nn.Module):
         self.encoder, self.head = encoder, head
 
     def forward(self, anchor: torch.Tensor, focal: torch.Tensor | None = None, patch_drop: float = 0.0):
-        h = [self.encoder(anchor, patch_drop)]
+        z = [self.head(self.encoder(anchor, patch_drop))]
         if focal is not None and len(focal):
-            h.append(self.encoder(focal))
-        return self.head(torch.cat(h))
+            z.append(self.head(self.encoder(focal)))
+        return torch.cat(z)
+
+
+class Prototypes(nn.Module):
+    """MSN's learnable prototypes [K, D], uniform in +-1/sqrt(D) (msn_train.py L196-199)."""
+
+    def __init__(self, num_prototypes: int, dim: int, trainable: bool = True):
+        super().__init__()
+        bound = 1.0 / dim ** 0.5
+        self.weight = nn.Parameter(torch.empty(num_prototypes, dim).uniform_(-bound, bound), requires_grad=trainable)
 
 
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """target <- momentum * target + (1 - momentum) * online, parameters only (msn_train.py L374-377)."""
-    for p_target, p_online in zip(target.parameters(), online.parameters()):
-        p_target.mul_(momentum).add_(p_online.detach(), alpha=1 - momentum)
+    """target <- momentum * target + (1 - momentum) * online, parameters only, matched by name (msn_train.py
+    L374-377; byol-pytorch update_moving_average). Online parameters the target lacks (BYOL's predictor) are
+    left out."""
+    online_params = dict(online.named_parameters())
+    for name, p_target in target.named_parameters():
+        p_target.mul_(momentum).add_(online_params[name].detach(), alpha=1 - momentum)
 
 
 # ============================================================================ ResNet18 1D / 2D (CLAR)
@@ -415,15 +430,137 @@ class ProjectionHead(nn.Module):
         return self.net(h)
 
 
+class ClarNet(nn.Module):
+    """CLAR's training net: encoder + projection head + classifier on z (modes with CE) + an online linear head
+    on the detached h (the paper's learning-speed curves).
 
-# ============================================================================ factory
+    per_view_projection=True runs the projection head on each view separately, as CLAR's shared_step does,
+    so a projection batch norm sees one view at a time; the default (False) projects both views in one pass.
+    """
+
+    def __init__(self, encoder: nn.Module, model_cfg: dict, n_classes: int, with_classifier: bool):
+        super().__init__()
+        self.encoder = encoder
+        self.projection = ProjectionHead(encoder.embed_dim, model_cfg["proj_hidden"], model_cfg["proj_dim"],
+                                         model_cfg["proj_batch_norm"])
+        self.per_view = model_cfg.get("proj_per_view", False)
+        self.classifier = nn.Linear(model_cfg["proj_dim"], n_classes) if with_classifier else None
+        self.online = nn.Linear(encoder.embed_dim, n_classes)
+
+    def forward(self, wave1: torch.Tensor, wave2: torch.Tensor):
+        """Both views [B, L] -> z1, z2 [B, proj_dim], classifier logits of each view (or None), online logits."""
+        n = wave1.shape[0]
+        h = self.encoder(torch.cat([wave1, wave2]))
+        z = torch.cat([self.projection(h[:n]), self.projection(h[n:])]) if self.per_view else self.projection(h)
+        logits = self.classifier(z) if self.classifier is not None else None
+        online = self.online(h[:n].detach())
+        return z[:n], z[n:], (logits[:n] if logits is not None else None), \
+            (logits[n:] if logits is not None else None), online
+
+# ============================================================================ AudioNTT2022 and BYOL (BYOL-A v2)
+# BYOL-A v2 (Niizumi et al. 2023; nttcslab/byol-a v2/byol_a2/models.py): a 2-block CNN, a per-frame MLP, the
+# CNN features and the MLP output stacked per frame, then temporal pooling max_t + mean_t (a SUM, SPEC B3).
+# BYOL (Grill et al. 2020; lucidrains byol-pytorch as v2 uses it): MLP projector and predictor
+# Linear-BN-ReLU-Linear, an EMA target of encoder + projector, loss 2 - 2 cos per view pair.
+
+
+class AudioNTT2022(nn.Module):
+    """Log-mel [B, 1, F, T] -> Conv(1->c, 3x3)-BN-ReLU-MaxPool(2) x2 -> per frame [c * F/4] (1024 at F 64,
+    c 64) -> MLP c*F/4 -> hidden -> (dim - c*F/4) with ReLU and dropout 0.3 -> [CNN features, MLP output]
+    stacked to dim per frame -> max_t + mean_t -> [B, dim] (3072 in the paper)."""
+
+    input_kind = "logmel"
+
+    def __init__(self, n_mels: int = 64, dim: int = 3072, base: int = 64, mlp_hidden: int = 2048,
+                 dropout: float = 0.3):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, base, 3, padding=1), nn.BatchNorm2d(base), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(base, base, 3, padding=1), nn.BatchNorm2d(base), nn.ReLU(), nn.MaxPool2d(2))
+        self.conv_dim = base * (n_mels // 4)
+        if dim <= self.conv_dim:
+            raise ValueError(f"AudioNTT2022: dim {dim} must exceed the CNN's per-frame size {self.conv_dim}")
+        self.fc = nn.Sequential(nn.Linear(self.conv_dim, mlp_hidden), nn.ReLU(), nn.Dropout(dropout),
+                                nn.Linear(mlp_hidden, dim - self.conv_dim), nn.ReLU())
+        self.embed_dim = dim
+
+    def frames(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 1, F, T] -> per-frame features [B, T/4, dim]; a frame's CNN part is ordered (mel, channel)."""
+        x = self.features(x)                       # [B, C, F/4, T/4]
+        x = x.permute(0, 3, 2, 1).flatten(2)       # [B, T/4, F/4 * C], the channel index running fastest
+        return torch.cat([x, self.fc(x)], dim=-1)  # [B, T/4, dim]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = self.frames(x)
+        return frames.max(dim=1).values + frames.mean(dim=1)
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor, long: str = "chunk", pool: str = "cls") -> torch.Tensor:
+        """Evaluation embedding of a normalised log-mel [B, 1, F, T] of any T >= 4: the whole clip at once (the
+        net is convolutional per frame, as EVAR feeds BYOL-A); `long` and `pool` do not apply (max + mean)."""
+        return self(x)
+
+
+class BYOLMLP(nn.Sequential):
+    """BYOL's projector / predictor: Linear(in, hidden)-BN-ReLU-Linear(hidden, out) (byol-pytorch MLP)."""
+
+    def __init__(self, in_dim: int, hidden: int = 4096, out_dim: int = 256):
+        super().__init__(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, out_dim))
+
+
+class BYOLNet(nn.Module):
+    """BYOL's online net: encoder -> projector -> predictor. Its EMA target is `target_copy()`: encoder ->
+    projector, the same parameter names without the predictor (models.ema_update matches them by name)."""
+
+    def __init__(self, encoder: nn.Module, hidden: int = 4096, out_dim: int = 256, predictor: bool = True):
+        super().__init__()
+        self.encoder, self.projector = encoder, BYOLMLP(encoder.embed_dim, hidden, out_dim)
+        self.predictor = BYOLMLP(out_dim, hidden, out_dim) if predictor else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, 1, F, T] -> the prediction (online) or the projection (target) [B, out_dim]."""
+        z = self.projector(self.encoder(x))
+        return self.predictor(z) if self.predictor is not None else z
+
+    def target_copy(self) -> BYOLNet:
+        """A frozen copy of encoder + projector with this net's current weights."""
+        target = copy.deepcopy(self)
+        target.predictor = None
+        return target.requires_grad_(False)
+
+
+def build_audiontt(model_cfg: dict) -> AudioNTT2022:
+    return AudioNTT2022(model_cfg.get("n_mels", 64), model_cfg.get("dim", 3072), model_cfg.get("base", 64),
+                        model_cfg.get("mlp_hidden", 2048), model_cfg.get("dropout", 0.3))
+
+
+# ============================================================================ factory and evaluation
+
+
+@torch.no_grad()
+def embed_dataset(encoder: nn.Module, dataset, long: str = "chunk", pool: str = "cls", batch_size: int = 32,
+                  workers: int = 0, device: str | torch.device = "cpu", desc: str = "embed"):
+    """encoder.embed over a dataset in order (items: the input, or a tuple whose first element is), with a
+    progress bar -> float32 numpy [N, D]. The encoder is left in eval mode on `device`."""
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    encoder.eval().to(device)
+    out = [encoder.embed((x[0] if isinstance(x, (list, tuple)) else x).to(device), long=long, pool=pool).float().cpu()
+           for x in tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True, leave=False)]
+    return torch.cat(out).numpy()
 
 
 def build_encoder(cfg: dict) -> nn.Module:
-    """The encoder named by cfg["model"]["arch"]: vit_b_32 | vit_audio | resnet18_2d | resnet18_1d."""
+    """The encoder named by cfg["model"]["arch"]: vit_b_32 | vit_audio | resnet18_2d | resnet18_1d | audiontt2022."""
     arch = cfg["model"]["arch"]
     if arch in ("vit_b_32", "vit_audio"):
         return build_vit(cfg["model"])
     if arch in ("resnet18_2d", "resnet18_1d"):
         return build_resnet(cfg["model"])
-    raise ValueError(f"unknown model.arch {arch!r}; expected vit_b_32, vit_audio, resnet18_2d or resnet18_1d")
+    if arch == "audiontt2022":
+        return build_audiontt(cfg["model"])
+    raise ValueError(f"unknown model.arch {arch!r}; expected vit_b_32, vit_audio, resnet18_2d, resnet18_1d or "
+                     "audiontt2022")

@@ -1,4 +1,7 @@
-"""LARS (You et al. 2017, "Large Batch Training of Convolutional Networks") as SimCLR uses it, for CLAR (SPEC A3).
+"""Optimisers and schedules: LARS for CLAR, and the schedules of every method as functions of the global step
+(DINO-style: a resumed run needs only the step), the parameter groups and the EMA momentum.
+
+LARS (You et al. 2017, "Large Batch Training of Convolutional Networks") as SimCLR uses it, for CLAR (SPEC A3).
 
     groups = utils.decay_groups(model.named_parameters(), weight_decay=1e-4)  # biases/norms: lars_exclude
     optimizer = LARS(groups, lr=1.2, momentum=0.9)
@@ -12,6 +15,8 @@ Groups flagged `lars_exclude` (biases and batch-norm parameters) get neither wei
 i.e. plain momentum SGD.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -54,3 +59,49 @@ class LARS(torch.optim.Optimizer):
                 buf.mul_(group["momentum"]).add_(grad, alpha=group["lr"])
                 p.sub_(buf)
         return loss
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def cosine(step: int, total: int, start: float, final: float) -> float:
+    """Half-cosine from `start` (step 0) to `final` (step `total`), flat afterwards."""
+    t = min(max(step, 0), total) / max(total, 1)
+    return final + 0.5 * (start - final) * (1 + math.cos(math.pi * t))
+
+
+def warmup_cosine(step: int, warmup: int, total: int, start: float, peak: float, final: float) -> float:
+    """Linear warmup `start -> peak` over `warmup` steps, then cosine `peak -> final` until `total`."""
+    if step < warmup:
+        return start + (peak - start) * step / warmup
+    return cosine(step - warmup, total - warmup, peak, final)
+
+
+def multistep(epoch: float, base: float, milestones: list[int], gamma: float) -> float:
+    """torch MultiStepLR as a function: base * gamma ** (number of milestones <= epoch)."""
+    return base * gamma ** sum(epoch >= m for m in milestones)
+
+
+def ema_momentum(step: int, total: int, start: float = 0.996, final: float = 1.0,
+                 stretch: float = 1.25) -> float:
+    """MSN's target-encoder momentum: linear start -> final over stretch*total steps (SPEC B1)."""
+    return start + step * (final - start) / (stretch * total)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None = None) -> None:
+    """Set every group's lr (scaled by its 'lr_scale') and, where the group decays, its weight decay."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+        if weight_decay is not None and group.get("weight_decay", 0.0) > 0:
+            group["weight_decay"] = weight_decay
+
+
+def decay_groups(named_params, weight_decay: float) -> list[dict]:
+    """Two param groups: weight decay on matrices/kernels, none on biases and norm parameters (SPEC B1/A3)."""
+    decay, no_decay = [], []
+    for name, p in named_params:
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") or ".bn" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}]

@@ -333,48 +333,39 @@ def probe_features(root: str | os.PathLike, batch: int = 50) -> tuple[dict, np.n
     return features, meta["target"].to_numpy(), meta["fold"].to_numpy()
 
 
-def linear_probe_accuracy(features: np.ndarray, targets: np.ndarray, train: np.ndarray, test: np.ndarray,
-                          weight_decay: float = 1e-3) -> float:
-    """Accuracy of multinomial logistic regression (L-BFGS, L2 penalty) on standardised features."""
-    from scipy.optimize import minimize
+def hardness_check(root: str | os.PathLike, lr: float = 3e-4, seed: int = 0) -> dict:
+    """5-fold cross-validated accuracy of the EVAR linear probe (probe.py, as linear_eval.py runs it on this set:
+    a validation tenth carved out of the training folds) on each feature of probe_features:
+    {name: {'folds': [acc of fold 1..5], 'cv': mean, 'fold5': acc on fold 5}}."""
+    from probe import split_accuracy
 
-    mean, std = features[train].mean(0), features[train].std(0) + 1e-8
-    x = (features - mean) / std
-    x = np.concatenate([x, np.ones((len(x), 1))], axis=1)  # bias column (also penalised, harmless)
-    n_classes = int(targets.max()) + 1
-    onehot = np.eye(n_classes)[targets[train]]
-
-    def loss_and_grad(flat):
-        weight = flat.reshape(x.shape[1], n_classes)
-        logits = x[train] @ weight
-        logits -= logits.max(1, keepdims=True)
-        prob = np.exp(logits)
-        prob /= prob.sum(1, keepdims=True)
-        loss = -np.mean(np.sum(onehot * np.log(prob + 1e-300), 1)) + weight_decay * np.sum(weight ** 2)
-        grad = x[train].T @ (prob - onehot) / len(train) + 2 * weight_decay * weight
-        return loss, grad.ravel()
-
-    fit = minimize(loss_and_grad, np.zeros(x.shape[1] * n_classes), jac=True, method="L-BFGS-B",
-                   options={"maxiter": 500})
-    predicted = (x[test] @ fit.x.reshape(x.shape[1], n_classes)).argmax(1)
-    return float(np.mean(predicted == targets[test]))
-
-
-def hardness_check(root: str | os.PathLike, weight_decays=(1e-4, 1e-3, 1e-2, 1e-1)) -> dict:
-    """Linear-probe accuracy of each feature in probe_features: {name: {'fold5', 'cv', 'weight_decay'}}.
-
-    The weight decay is picked on fold 4 (training on folds 1-3); 'fold5' trains on folds 1-4 and tests
-    on fold 5 (the ESC-50 convention of this package's quick checks), 'cv' is the 5-fold mean.
-    """
     features, targets, folds = probe_features(root)
     results = {}
     for name, x in features.items():
-        best = max(weight_decays, key=lambda wd: linear_probe_accuracy(
-            x, targets, np.flatnonzero(folds <= 3), np.flatnonzero(folds == 4), wd))
-        per_fold = [linear_probe_accuracy(x, targets, np.flatnonzero(folds != k), np.flatnonzero(folds == k), best)
-                    for k in range(1, 6)]
-        results[name] = dict(fold5=per_fold[4], cv=float(np.mean(per_fold)), weight_decay=best)
+        per_fold = [split_accuracy(x[folds != k], targets[folds != k], x[folds == k], targets[folds == k],
+                                   int(targets.max()) + 1, seed=seed, lr=lr) for k in range(1, 6)]
+        results[name] = dict(folds=per_fold, cv=float(np.mean(per_fold)), fold5=per_fold[4])
     return results
+
+
+def result_rows(results: dict, task: str, lr: float) -> list[dict]:
+    """probe.RESULT_FIELDS rows of the hand-crafted probes, model 'handcrafted:<feature>', so that the results
+    tables show them next to the encoders (results/make_tables.py)."""
+    import datetime
+
+    from probe import RESULT_FIELDS, mean_ci95
+    from utils import git_commit
+
+    rows = []
+    for name, result in results.items():
+        mean, ci = mean_ci95([100 * a for a in result["folds"]])
+        row = dict.fromkeys(RESULT_FIELDS, "")
+        row.update(date=datetime.datetime.now().isoformat(timespec="seconds"), task=task, model=f"handcrafted:{name}",
+                   config="synthetic.py --check", seeds="0", folds="1 2 3 4 5",
+                   fold_acc=" ".join(f"{100 * a:.2f}" for a in result["folds"]), mean=f"{mean:.2f}",
+                   ci95=f"{ci:.2f}", n="5", lr=f"{lr:g}", commit=git_commit())
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
@@ -382,15 +373,22 @@ def main() -> None:
     parser.add_argument("--root", default="data/synthetic", help="output folder (ESC-50 layout)")
     parser.add_argument("--size", default="small", choices=sorted(SIZES))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--check", action="store_true", help="print the linear-probe hardness check")
+    parser.add_argument("--check", action="store_true", help="print the hand-crafted linear probes (EVAR probe)")
+    parser.add_argument("--probe-lr", type=float, default=3e-4, help="probe lr (EVAR 3e-4; the demo uses 1e-2)")
+    parser.add_argument("--results", default=None, help="--check: also append the rows to this results CSV")
+    parser.add_argument("--task", default="synthetic", help="--check: task name of those rows (the cache name)")
     args = parser.parse_args()
     root = generate_synthetic(args.root, args.size, args.seed)
     print(f"{root}: {len(clip_table(args.size))} clips ({args.size}, seed {args.seed})")
     if args.check:
-        for name, result in hardness_check(root).items():
-            print(f"linear probe on {name:<12} fold 5 {100 * result['fold5']:5.1f} %   5-fold "
-                  f"{100 * result['cv']:5.1f} %   (weight decay {result['weight_decay']:g})")
+        from probe import append_result
 
+        results = hardness_check(root, args.probe_lr)
+        for name, result in results.items():
+            print(f"EVAR linear probe on {name:<12} fold 5 {100 * result['fold5']:5.1f} %   5-fold "
+                  f"{100 * result['cv']:5.1f} %   (lr {args.probe_lr:g})")
+        for row in result_rows(results, args.task, args.probe_lr) if args.results else []:
+            append_result(args.results, row)
 
 if __name__ == "__main__":
     main()

@@ -7,10 +7,10 @@ single process and work unchanged under torchrun (they read only what torch.dist
 from __future__ import annotations
 
 import csv
-import math
 import os
 import random
 import re
+import shutil
 import socket
 import subprocess
 import time
@@ -60,21 +60,40 @@ def git_commit() -> str:
 # ----------------------------------------------------------------------------- files
 
 
+def _write_error(path: Path, err: Exception) -> OSError:
+    """A one-line error naming the file and, when the disk is the cause, the free space left on it."""
+    try:
+        free = shutil.disk_usage(path.parent).free / 2**30
+        where = f"; {free:.2f} GiB free on the disk of {path.parent}"
+    except OSError:
+        where = ""
+    return OSError(f"{path}: could not be written ({type(err).__name__}: {err}){where}")
+
+
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temp file in the same folder, then rename: readers never see half a file."""
+    """torch.save to a temp file in the same folder, then rename: readers never see half a file. A failed
+    write (full disk: torch says only "unexpected pos") removes its temp file and names the file and disk."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, err) from None
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, err) from None
 
 
 HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "host"
@@ -152,52 +171,6 @@ class CSVLog:
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, self.fields).writerow(
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-
-# ----------------------------------------------------------------------------- schedules
-
-
-def cosine(step: int, total: int, start: float, final: float) -> float:
-    """Half-cosine from `start` (step 0) to `final` (step `total`), flat afterwards."""
-    t = min(max(step, 0), total) / max(total, 1)
-    return final + 0.5 * (start - final) * (1 + math.cos(math.pi * t))
-
-
-def warmup_cosine(step: int, warmup: int, total: int, start: float, peak: float, final: float) -> float:
-    """Linear warmup `start -> peak` over `warmup` steps, then cosine `peak -> final` until `total`."""
-    if step < warmup:
-        return start + (peak - start) * step / warmup
-    return cosine(step - warmup, total - warmup, peak, final)
-
-
-def multistep(epoch: float, base: float, milestones: list[int], gamma: float) -> float:
-    """torch MultiStepLR as a function: base * gamma ** (number of milestones <= epoch)."""
-    return base * gamma ** sum(epoch >= m for m in milestones)
-
-
-def ema_momentum(step: int, total: int, start: float = 0.996, final: float = 1.0,
-                 stretch: float = 1.25) -> float:
-    """MSN's target-encoder momentum: linear start -> final over stretch*total steps (SPEC B1)."""
-    return start + step * (final - start) / (stretch * total)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None = None) -> None:
-    """Set every group's lr (scaled by its 'lr_scale') and, where the group decays, its weight decay."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
-        if weight_decay is not None and group.get("weight_decay", 0.0) > 0:
-            group["weight_decay"] = weight_decay
-
-
-def decay_groups(named_params, weight_decay: float) -> list[dict]:
-    """Two param groups: weight decay on matrices/kernels, none on biases and norm parameters (SPEC B1/A3)."""
-    decay, no_decay = [], []
-    for name, p in named_params:
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") or ".bn" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}]
-
 
 class NonFiniteLoss(RuntimeError):
     pass

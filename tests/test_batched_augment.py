@@ -92,7 +92,7 @@ def per_sample_view(x: torch.Tensor, params: dict, size, mixup: augment.MixupBYO
 
 def test_msn_views_batched_equal_the_per_sample_pipeline():
     cfg = pretrain_msn.resolve_config("config/demo_msn.yaml", ["aug.norm=precomputed", "aug.mixup_memory=6"])
-    views = pretrain_msn.MSNViews(cfg["aug"], focal_views=2, stats=(-5.0, 2.0), seed=3)
+    views = augment.MSNViews(cfg["aug"], focal_views=2, stats=(-5.0, 2.0), seed=3)
     reference = augment.MixupBYOLA(cfg["aug"]["mixup_ratio"], 6)
     logmel = views.norm(torch.randn(4, 1, 64, 64) * 2 - 5)
     for view in range(4):  # target, anchor, 2 focal: the memory fills up and wraps around
@@ -108,8 +108,8 @@ def test_msn_views_batched_equal_the_per_sample_pipeline():
 def test_msn_views_of_a_process_are_its_rows_of_the_one_process_views():
     cfg = pretrain_msn.resolve_config("config/demo_msn.yaml", ["aug.normalize_batch=false"])
     logmel = torch.randn(6, 1, 64, 64) * 2 - 5
-    alone = pretrain_msn.MSNViews(cfg["aug"], focal_views=3, seed=1)
-    second = pretrain_msn.MSNViews(cfg["aug"], focal_views=3, seed=1)
+    alone = augment.MSNViews(cfg["aug"], focal_views=3, seed=1)
+    second = augment.MSNViews(cfg["aug"], focal_views=3, seed=1)
     for step in (0, 1):  # the memory and RunningNorm carry over between steps
         target, anchor, focal = alone(logmel + step, step, rank=0, world=1)
         t1, a1, f1 = second(logmel + step, step, rank=1, world=2)

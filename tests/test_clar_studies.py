@@ -6,7 +6,7 @@ import pandas as pd
 import clar_studies
 
 TINY = ["model.width=4", "model.clip_seconds=0.25", "model.proj_hidden=16", "model.proj_dim=8",
-        "train.batch_size=10", "train.epochs=1", "data.num_workers=0", "train.probe_epochs=10"]
+        "optim.batch_size=10", "train.epochs=1", "data.num_workers=0"]
 
 
 def study(name, tiny_cache, tmp_path, *options):

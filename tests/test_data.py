@@ -128,3 +128,28 @@ def test_pack_shards_and_the_single_file_layout_of_earlier_versions(tiny_cache, 
     old = data.LogMelCrops(tiny_cache, df.iloc[::-1], frames=None)
     assert old.packed is not None
     np.testing.assert_array_equal(old[0][0][0].numpy(), np.load(tiny_cache / df.logmel[23]))
+
+
+def test_ratio_batches_keep_the_labelled_share_in_every_batch():
+    labelled = np.zeros(100, dtype=bool)
+    labelled[::10] = True  # 10 % labelled
+    batches = data.RatioBatches(labelled, batch_size=20, seed=0)
+    epoch0 = batches.epoch(0)
+    assert len(epoch0) == len(batches) == 5
+    assert all(len(b) == 20 and labelled[b].sum() == 2 for b in epoch0)
+    assert len({i for b in epoch0 for i in b if not labelled[i]}) == 90  # each unlabelled clip once
+    assert batches.epoch(0) == epoch0 and batches.epoch(1) != epoch0  # seeded per epoch
+    # two processes take positions r::2 of each global batch (trainer.epoch_loader): one labelled clip each
+    assert all(labelled[b[0::2]].sum() == labelled[b[1::2]].sum() == 1 for b in epoch0)
+    with pytest.raises(ValueError, match="larger than"):
+        data.RatioBatches(labelled, 200)
+
+
+def test_epoch_batches_are_a_seeded_permutation_without_the_last_partial_batch():
+    batches = data.EpochBatches(10, 3, seed=4)
+    epoch0 = batches.epoch(0)
+    assert len(batches) == 3 and [len(b) for b in epoch0] == [3, 3, 3]
+    flat = sum(epoch0, [])
+    assert len(set(flat)) == 9 and set(flat) <= set(range(10))
+    assert batches.epoch(0) == epoch0 and batches.epoch(1) != epoch0
+    assert data.EpochBatches(10, 3, seed=5).epoch(0) != epoch0

@@ -63,26 +63,28 @@ def assert_close_state(one: dict, two: dict, atol: float, vector_atol: float | N
 
 
 def test_msn_two_processes_follow_the_one_process_trajectory(tiny_cache, tmp_path):
-    """Global batch 8: 1 x 8 in this process vs 2 x 4 under torchrun; RunningNorm, mixup, batch norm all on."""
-    common = ["optim.epochs=1", "msn.freeze_prototypes=false"]
+    """Global batch 8 (optim.batch_size is global): 1 x 8 in this process vs 2 x 4 under torchrun; RunningNorm,
+    mixup, batch norm all on."""
+    common = ["train.epochs=1", "msn.freeze_prototypes=false"]
     one = pretrain_msn.main(msn_tiny(tiny_cache, tmp_path / "one", "optim.batch_size=8", *common))
-    torchrun("pretrain_msn.py", msn_tiny(tiny_cache, tmp_path / "two", "optim.batch_size=4", *common))
+    torchrun("pretrain_msn.py", msn_tiny(tiny_cache, tmp_path / "two", "optim.batch_size=8", *common))
     assert one["step"] == 3
     assert_same_log(read_rows(tmp_path / "one" / "log.csv"), read_rows(tmp_path / "two" / "log.csv"), rtol=1e-4)
     a = torch.load(tmp_path / "one" / "ckpt_last.pt", weights_only=False)
     b = torch.load(tmp_path / "two" / "ckpt_last.pt", weights_only=False)
     assert (a["step"], b["step"]) == (3, 3) and len(b["per_process"]) == 2
     lr_steps = 3 * 2e-3  # steps x peak lr of the tiny demo config
-    assert_close_state(a["online"], b["online"], atol=1e-4, vector_atol=lr_steps)
-    assert_close_state(a["target"], b["target"], atol=1e-5, vector_atol=lr_steps)
-    assert torch.allclose(a["prototypes"], b["prototypes"], atol=1e-5)
+    assert_close_state(a["modules"]["online"], b["modules"]["online"], atol=1e-4, vector_atol=lr_steps)
+    assert_close_state(a["modules"]["target"], b["modules"]["target"], atol=1e-5, vector_atol=lr_steps)
+    assert_close_state(a["modules"]["prototypes"], b["modules"]["prototypes"], atol=1e-5)
     # both processes hold the same view state (mixup memory of the global batch, RunningNorm statistics)
-    views = [s["views"] for s in b["per_process"]]
+    views = [s["state"]["views"] for s in b["per_process"]]
     assert torch.equal(views[0]["mixup"]["memory"], views[1]["mixup"]["memory"])
-    assert torch.allclose(views[0]["mixup"]["memory"], a["per_process"][0]["views"]["mixup"]["memory"], atol=1e-5)
-    assert views[0]["norm"]["n"] == a["per_process"][0]["views"]["norm"]["n"] == 20
+    one_views = a["per_process"][0]["state"]["views"]
+    assert torch.allclose(views[0]["mixup"]["memory"], one_views["mixup"]["memory"], atol=1e-5)
+    assert views[0]["norm"]["n"] == a["per_process"][0]["state"]["views"]["norm"]["n"] == 20
     # the 2-process checkpoint resumes in one process
-    pretrain_msn.main(msn_tiny(tiny_cache, tmp_path / "two", "optim.batch_size=8", "optim.epochs=2",
+    pretrain_msn.main(msn_tiny(tiny_cache, tmp_path / "two", "optim.batch_size=8", "train.epochs=2",
                                "msn.freeze_prototypes=false") + ["--resume"])
     assert torch.load(tmp_path / "two" / "ckpt_last.pt", weights_only=False)["step"] == 6
 
@@ -90,17 +92,16 @@ def test_msn_two_processes_follow_the_one_process_trajectory(tiny_cache, tmp_pat
 def test_clar_two_processes_follow_the_one_process_trajectory(tiny_cache, tmp_path):
     """Global batch 10 (5 labelled): 1 x 10 vs 2 x 5, so the processes hold 3 and 2 labelled clips; 2-D ResNet
     with batch norm, NT-Xent over both processes' projections, every cheap augmentation on."""
-    common = ["train.epochs=2", "train.probe_epochs=0", "label_fraction=0.5", "mode=clar",
+    common = ["train.epochs=2", "train.final_probe=false", "label_fraction=0.5", "mode=clar",
               "augment.names=[fade, time_mask, time_shift, white_noise, mixed_noise]", "augment.p=0.8"]
     pretrain_clar.main(clar_tiny(tiny_cache, tmp_path / "one", *common))
     torchrun("pretrain_clar.py", clar_tiny(tiny_cache, tmp_path / "two", *common))
     one, two = read_rows(tmp_path / "one" / "log.csv"), read_rows(tmp_path / "two" / "log.csv")
     assert [r["step"] for r in one if r["loss"]] == ["1", "2", "3", "4"]
     assert_same_log(one, two, rtol=1e-4)
-    a = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=False)
-    for part in ("encoder", "projection", "classifier", "online"):
-        assert_close_state(a[part], b[part], atol=1e-4)
+    a = torch.load(tmp_path / "one" / "ckpt_last.pt", weights_only=False)
+    b = torch.load(tmp_path / "two" / "ckpt_last.pt", weights_only=False)
+    assert_close_state(a["modules"]["net"], b["modules"]["net"], atol=1e-4)
 
 
 def test_global_batch_norm_equals_batch_norm_of_the_whole_batch(tmp_path):

@@ -15,6 +15,7 @@ import yaml
 
 import linear_eval as le
 import models
+import probe
 from tests.conftest import write_tiny_cache
 
 
@@ -65,73 +66,6 @@ def blobs(n_per_class, n_classes=4, dim=8, seed=0, spread=0.3):
     y = np.repeat(np.arange(n_classes), n_per_class)
     return (centres[y] + spread * rng.normal(size=(len(y), dim))).astype(np.float32), y
 
-
-# ---------------------------------------------------------------------------------------------- the probe
-
-
-def test_probe_separable_reaches_about_100_percent():
-    X, y = blobs(60)
-    Xt, yt = blobs(30, seed=0)[0][::2], blobs(30, seed=0)[1][::2]
-    probe = le.fit_linear_probe(X[::2], y[::2], X[1::2], y[1::2], 4, lr=1e-2, epochs=50, seed=0)
-    assert probe.accuracy(Xt, yt) >= 0.99
-    assert probe.accuracy(X, y) >= 0.99
-
-
-def test_probe_shuffled_labels_is_about_chance():
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(1200, 8)).astype(np.float32)
-    y = rng.permutation(np.arange(1200) % 4)
-    probe = le.fit_linear_probe(X[:600], y[:600], X[600:800], y[600:800], 4, lr=1e-2, seed=0)
-    assert abs(probe.accuracy(X[800:], y[800:]) - 0.25) < 0.08
-
-
-def test_standard_scaler_matches_hand_computation():
-    X = np.array([[1.0, 5.0], [3.0, 5.0], [5.0, 5.0]])
-    scaler = le.StandardScaler.fit(X)
-    np.testing.assert_allclose(scaler.mean, [3.0, 5.0])
-    np.testing.assert_allclose(scaler.transform(X)[:, 0], [-1.2247449, 0.0, 1.2247449], rtol=1e-6)
-    np.testing.assert_array_equal(scaler.transform(X)[:, 1], 0.0)  # constant feature: scale 1, not inf
-
-
-def test_early_stopping_restores_best_and_later_ties_win():
-    model = nn.Linear(1, 1)
-    stopper = le.EarlyStopping(patience=2)
-    accs = [0.5, 0.7, 0.6, 0.7, 0.65, 0.6, 0.9]
-    stopped_at = None
-    for epoch, acc in enumerate(accs):
-        with torch.no_grad():
-            model.weight.fill_(epoch)
-        if stopper.update(epoch, acc, model):
-            stopped_at = epoch
-            break
-    assert stopper.best_epoch == 3  # 0.7 at epoch 3 ties epoch 1; the later one wins
-    assert stopper.best_state["weight"].item() == 3.0
-    assert stopped_at == 5  # the 2nd epoch in a row below the best (general-learning EarlyStopping)
-
-
-def test_fit_restores_best_epoch_weights():
-    X, y = blobs(40, spread=2.5, seed=3)  # overlapping classes: validation accuracy moves around
-    probe = le.fit_linear_probe(X[::2], y[::2], X[1::2], y[1::2], 4, lr=3e-2, epochs=60, patience=5, seed=0)
-    valid_accs = [h["valid_acc"] for h in probe.history]
-    best = max(valid_accs)
-    assert probe.best_epoch == max(i for i, a in enumerate(valid_accs) if a == best)
-    assert probe.accuracy(X[1::2], y[1::2]) == pytest.approx(best)
-    if len(valid_accs) < 60:  # stopped early: exactly `patience` epochs after the best
-        assert len(valid_accs) == probe.best_epoch + 5 + 1
-
-
-def test_probe_is_reproducible_for_a_seed():
-    X, y = blobs(30, spread=2.0)
-    a = le.fit_linear_probe(X[::2], y[::2], X[1::2], y[1::2], 4, epochs=20, seed=7)
-    b = le.fit_linear_probe(X[::2], y[::2], X[1::2], y[1::2], 4, epochs=20, seed=7)
-    torch.testing.assert_close(a.linear.weight, b.linear.weight)
-
-
-def test_mean_ci95_t_distribution():
-    mean, half = le.mean_ci95([1.0, 2.0, 3.0])
-    assert mean == 2.0
-    assert half == pytest.approx(4.302652729911275 / math.sqrt(3))  # t(0.975, 2) * sd 1 / sqrt(3)
-    assert math.isnan(le.mean_ci95([70.0])[1])
 
 # ---------------------------------------------------------------------------------------------- folds and subsets
 
@@ -195,7 +129,7 @@ def test_hop_and_sample_rate_come_from_preprocess_json(tmp_path, capsys, monkeyp
     task = le.resolve_task("esc50", le.DEFAULTS, cache=str(cache))
     assert (task.sample_rate, task.hop, task.unit_seconds) == (32000, 320, 5.0)
     seen = []
-    monkeypatch.setattr(le, "compute_embeddings", lambda enc, ds, *a, **k: seen.append(ds[0].shape) or
+    monkeypatch.setattr(le.models, "embed_dataset", lambda enc, ds, *a, **k: seen.append(ds[0].shape) or
                         np.zeros((len(ds), 4), np.float32))
     cfg = le.apply_overrides(le.DEFAULTS, [f"eval.embed_dir={tmp_path / 'emb'}"])
     (tmp_path / "emb").mkdir()
@@ -268,7 +202,7 @@ def test_end_to_end_checkpoint_on_tiny_cache(tmp_path, tiny_cache, fake_models, 
     assert float(row["mean"]) >= 90.0  # the tiny cache's classes are linearly separable in the time-mean
     with open(tmp_path / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == le.RESULT_FIELDS and len(rows) == 1
+    assert list(rows[0]) == probe.RESULT_FIELDS and len(rows) == 1
     r = rows[0]
     assert (r["task"], r["model"], r["config"], r["seeds"], r["folds"]) == ("cache", "fake_msn", "fake_msn", "0 1",
                                                                             "test")
@@ -318,7 +252,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, tiny_cache, fake_models):
         run_main(tmp_path, "--ckpt", "x.pt", "--task", "esc51")
     (tmp_path / "results.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="header"):
-        le.append_result(tmp_path / "results.csv", {k: "" for k in le.RESULT_FIELDS})
+        probe.append_result(tmp_path / "results.csv", {k: "" for k in probe.RESULT_FIELDS})
 
 
 @pytest.mark.parametrize("config", ["config/demo_msn.yaml", "config/demo_clar.yaml"])
@@ -430,3 +364,14 @@ def test_scaler_fits_the_training_split_only_when_validation_is_official(monkeyp
     cfg = le.apply_overrides(le.DEFAULTS, ["probe.epochs=2"])
     le.evaluate_embeddings(X, task, cfg, seeds=[0])
     assert seen == [12]
+
+
+def test_probe_that_peaks_in_its_last_epochs_is_flagged_not_converged(tmp_path, tiny_cache, capsys):
+    """probe.epochs=3 with lr 1e-9: the validation accuracy never changes and later ties win, so every probe's
+    best epoch is its last (3 of 3), in the last 10 %."""
+    assert le.not_converged(181, 200) and not le.not_converged(180, 200) and le.not_converged(3, 3)
+    row = run_main(tmp_path, "--ckpt", f"random:{Path(__file__).parents[1] / 'config/demo_byola.yaml'}",
+                   "--task", str(tiny_cache), "probe.epochs=3", "probe.lr=1e-9", "probe.patience=0")
+    best = [int(e) for e in row["best_epochs"].split()]
+    assert best == [3] * int(row["n"]) and row["not_converged"] == row["n"]
+    assert "may not have converged" in capsys.readouterr().err

@@ -168,3 +168,20 @@ def test_clar_supcon_matches_a_hand_computation_and_reduces_to_ntxent_without_la
     clustered = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0]])
     assert supcon(clustered, clustered, torch.tensor([0, 1, 0, 1]), 0.5) < \
         supcon(clustered, clustered, torch.tensor([0, 0, 1, 1]), 0.5)
+
+
+def test_byol_loss_matches_a_hand_computation():
+    """Per clip (2 - 2 cos(p1, z2)) + (2 - 2 cos(p2, z1)), averaged over the batch."""
+    p1 = torch.tensor([[1.0, 0.0], [3.0, 4.0]])
+    p2 = torch.tensor([[1.0, 1.0], [0.0, -2.0]])
+    z1 = torch.tensor([[2.0, 2.0], [0.0, 5.0]])   # clip 0: cos(p2, z1) = 1; clip 1: cos = -1
+    z2 = torch.tensor([[0.0, 1.0], [3.0, 4.0]])   # clip 0: cos(p1, z2) = 0; clip 1: cos = 1
+    expected = ((2 - 0) + (2 - 2 * 1) + (2 - 2 * 1) + (2 + 2)) / 2  # clip 0: 2 + 0, clip 1: 0 + 4
+    assert losses.byol_loss(p1, p2, z1, z2).item() == pytest.approx(expected)
+    # scale-invariant, symmetric in the views, and no gradient reaches the targets
+    assert losses.byol_loss(5 * p1, p2, z1, 0.1 * z2).item() == pytest.approx(expected)
+    assert losses.byol_loss(p2, p1, z2, z1).item() == pytest.approx(expected)
+    p1g, z2g = p1.clone().requires_grad_(), z2.clone().requires_grad_()
+    losses.byol_loss(p1g, p2, z1, z2g).backward()
+    assert p1g.grad is not None and z2g.grad is None
+    assert losses.byol_loss(p1, p1, p1, p1).item() == pytest.approx(0.0, abs=1e-6)

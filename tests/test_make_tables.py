@@ -5,7 +5,7 @@ import csv
 
 import pandas as pd
 
-import linear_eval as le
+import probe
 from results import make_tables as mt
 
 REFERENCE = mt.HERE / "reference.csv"
@@ -13,10 +13,10 @@ REFERENCE = mt.HERE / "reference.csv"
 
 def write_results(path, rows):
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, le.RESULT_FIELDS)
+        writer = csv.DictWriter(f, probe.RESULT_FIELDS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: row.get(k, "") for k in le.RESULT_FIELDS})
+            writer.writerow({k: row.get(k, "") for k in probe.RESULT_FIELDS})
     return path
 
 
@@ -120,3 +120,19 @@ def test_columns_come_from_the_dataset_registry(monkeypatch):
     finally:
         monkeypatch.delitem(datasets.REGISTRY, "birds")
         importlib.reload(mt)
+
+
+def test_learning_curves_from_knn_monitor_rows(tmp_path):
+    """Runs with knn_acc rows (trainer.py train.monitor) get a learning-curve figure and a start/end table."""
+    for name, accs in (("msn", ["0.20", "0.30", "0.45"]), ("byola", ["0.50", "0.52", "0.61"])):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        pd.DataFrame({"step": [0, 3, 3, 6, 6], "epoch": [0, 1, 1, 2, 2], "loss": ["", "2.0", "", "1.5", ""],
+                      "knn_acc": [accs[0], "", accs[1], "", accs[2]], "seconds": [0.0, 1.0, 1.1, 2.0, 2.1]}
+                     ).to_csv(run / "log.csv", index=False)
+    out = mt.main(["--results", str(tmp_path / "absent.csv"), "--reference", str(REFERENCE), "--clar",
+                   str(tmp_path), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "demo.md")])
+    page = out.read_text()
+    assert "| byola | 50.0 | 61.0 | 2 | 2 |" in page and "| msn | 20.0 | 45.0 | 2 | 2 |" in page
+    assert "![learning curves](demo_figures/learning_curves.png)" in page
+    assert (tmp_path / "demo_figures" / "learning_curves.png").stat().st_size > 1000

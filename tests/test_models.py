@@ -183,3 +183,70 @@ def test_resnet_projection_head_shapes():
     assert head(torch.randn(3, 512)).shape == (3, 128)
     assert [type(m).__name__ for m in head.net] == ["Linear", "ReLU", "Linear"]
     assert any(isinstance(m, torch.nn.BatchNorm1d) for m in models.ProjectionHead(batch_norm=True).modules())
+
+
+def test_msn_head_runs_once_per_crop_group():
+    """MSN's deit.py runs the head per crop-size group, so the anchor and the focal views get their own BN stats."""
+    torch.manual_seed(0)
+    cfg = {"arch": "vit_audio", "crop_frames": 32, "patch": [16, 8], "width": 16, "depth": 1, "heads": 2}
+    net = models.MSNNet(models.build_vit(cfg), models.MSNHead(16, 32, 8)).train()
+    anchor, focal = torch.randn(4, 1, 64, 32), torch.randn(8, 1, 64, 16)
+    z = net(anchor, focal)
+    separate = torch.cat([net.head(net.encoder(anchor)), net.head(net.encoder(focal))])
+    torch.testing.assert_close(z, separate)
+    joint = net.head(torch.cat([net.encoder(anchor), net.encoder(focal)]))
+    assert not torch.allclose(z, joint)  # batch norm over both groups would give other values
+
+
+def test_clar_projection_per_view_option():
+    torch.manual_seed(0)
+    cfg = {"arch": "resnet18_1d", "width": 4, "kernel_1d": 3, "clip_seconds": 0.1, "proj_hidden": 8, "proj_dim": 4,
+           "proj_batch_norm": True, "proj_per_view": True}
+    net = models.ClarNet(models.build_resnet(cfg), cfg, n_classes=3, with_classifier=True).train()
+    w1, w2 = torch.randn(5, 1600), torch.randn(5, 1600)
+    z1, z2, _, _, _ = net(w1, w2)
+    h = net.encoder(torch.cat([w1, w2]))
+    torch.testing.assert_close(z1, net.projection(h[:5]))
+    torch.testing.assert_close(z2, net.projection(h[5:]))
+    net.per_view = False
+    z1_joint = net(w1, w2)[0]
+    torch.testing.assert_close(z1_joint, net.projection(h)[:5])
+    assert not torch.allclose(z1_joint, z1)
+
+
+def test_audiontt2022_shapes_frames_and_mean_plus_max_pooling():
+    torch.manual_seed(0)
+    net = models.AudioNTT2022(n_mels=64, dim=512, base=8, mlp_hidden=64).eval()
+    x = torch.randn(3, 1, 64, 40)
+    frames = net.frames(x)
+    assert net.conv_dim == 8 * 16 and frames.shape == (3, 10, 512)  # T/4 frames, CNN 128 + MLP 384 per frame
+    conv = net.features(x)  # [3, 8, 16, 10]
+    torch.testing.assert_close(frames[0, 2, :8], conv[0, :, 0, 2])  # frame 2, mel bin 0: the 8 channels first
+    torch.testing.assert_close(frames[0, 2, 8:16], conv[0, :, 1, 2])
+    torch.testing.assert_close(frames[..., 128:], net.fc(frames[..., :128]))
+    torch.testing.assert_close(net(x), frames.max(1).values + frames.mean(1))
+    assert net.embed(torch.randn(2, 1, 64, 501)).shape == (2, 512) and net.embed_dim == 512
+
+    class Known(models.AudioNTT2022):
+        def frames(self, x):
+            return torch.tensor([[[1.0, 2.0], [3.0, 4.0], [5.0, 0.0]]])
+
+    assert Known(dim=512, base=8, mlp_hidden=8)(x).tolist() == [[5 + 3, 4 + 2]]  # max + mean over time
+    full = models.build_encoder({"model": {"arch": "audiontt2022"}})
+    assert full.embed_dim == 3072 and full.conv_dim == 1024  # the paper's AudioNTT2022: 64 ch x 16 mel bins
+
+
+def test_ema_update_hand_values_and_byol_target_has_no_predictor():
+    torch.manual_seed(0)
+    online = models.BYOLNet(models.AudioNTT2022(dim=512, base=8, mlp_hidden=16), hidden=16, out_dim=4)
+    target = online.target_copy()
+    assert target.predictor is None and not any(p.requires_grad for p in target.parameters())
+    with torch.no_grad():
+        for p in target.parameters():
+            p.fill_(1.0)
+        for p in online.parameters():
+            p.fill_(3.0)
+    models.ema_update(target, online, 0.99)
+    assert all(torch.allclose(p, torch.full_like(p, 0.99 * 1 + 0.01 * 3)) for p in target.parameters())
+    x = torch.randn(4, 1, 64, 16)
+    assert online(x).shape == target(x).shape == (4, 4)

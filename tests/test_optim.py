@@ -1,11 +1,11 @@
-"""optim.LARS: the trust ratio and the excluded (bias / norm) groups on known tensors."""
+"""optim.py: LARS (trust ratio, excluded groups) on known tensors; schedules as functions of the step; param groups."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from optim import LARS
-from utils import decay_groups
+import optim
+from optim import LARS, decay_groups
 
 
 def test_lars_trust_ratio_on_known_tensors():
@@ -39,3 +39,47 @@ def test_decay_groups_mark_biases_and_norms_for_lars_exclusion():
     net = torch.nn.Sequential(torch.nn.Conv1d(1, 4, 3), torch.nn.BatchNorm1d(4))
     decay, no_decay = decay_groups(net.named_parameters(), 1e-4)
     assert len(decay["params"]) == 1 and len(no_decay["params"]) == 3 and no_decay["lars_exclude"]
+
+
+def test_cosine_and_warmup_cosine_values():
+    assert optim.cosine(0, 10, 1.0, 0.0) == 1.0 and optim.cosine(10, 10, 1.0, 0.0) == 0.0
+    assert optim.cosine(5, 10, 1.0, 0.0) == pytest.approx(0.5)
+    assert optim.cosine(20, 10, 1.0, 0.1) == pytest.approx(0.1)  # flat after the end
+    # MSN: linear start_lr -> lr over the warmup, then cosine lr -> final_lr
+    assert optim.warmup_cosine(0, 4, 14, 2e-4, 1e-3, 1e-6) == pytest.approx(2e-4)
+    assert optim.warmup_cosine(2, 4, 14, 2e-4, 1e-3, 1e-6) == pytest.approx(6e-4)
+    assert optim.warmup_cosine(4, 4, 14, 2e-4, 1e-3, 1e-6) == pytest.approx(1e-3)
+    assert optim.warmup_cosine(9, 4, 14, 2e-4, 1e-3, 1e-6) == pytest.approx(1e-6 + 0.5 * (1e-3 - 1e-6))
+
+
+def test_multistep_is_the_seeds_multisteplr():
+    milestones = [100, 200, 300, 400]
+    assert optim.multistep(99, 1e-4, milestones, 0.1) == pytest.approx(1e-4)
+    assert optim.multistep(100, 1e-4, milestones, 0.1) == pytest.approx(1e-5)
+    assert optim.multistep(450, 1e-4, milestones, 0.1) == pytest.approx(1e-8)
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, 0.1)
+    for epoch in range(450):
+        assert opt.param_groups[0]["lr"] == pytest.approx(optim.multistep(epoch, 1e-4, milestones, 0.1))
+        opt.step()
+        sched.step()
+
+
+def test_ema_momentum_matches_msn_formula():
+    ipe, epochs = 10, 800
+    total = ipe * epochs
+    assert optim.ema_momentum(0, total) == 0.996
+    assert optim.ema_momentum(total, total) == pytest.approx(0.996 + total * 0.004 / (1.25 * total))  # 0.9992
+    assert optim.ema_momentum(total, total) == pytest.approx(0.9992)
+
+
+def test_decay_groups_exclude_biases_and_norms():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    decay, no_decay = optim.decay_groups(net.named_parameters(), 0.04)
+    assert [p.shape for p in decay["params"]] == [(4, 3), (2, 4)] and decay["weight_decay"] == 0.04
+    assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0.0 and no_decay["lars_exclude"]
+    opt = torch.optim.AdamW([decay, no_decay], lr=1.0)
+    optim.set_lr(opt, 0.5, weight_decay=0.1)
+    assert [g["lr"] for g in opt.param_groups] == [0.5, 0.5]
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]

@@ -9,7 +9,7 @@ import torch
 
 import models
 import pretrain_clar
-from config import ConfigError, load_config
+from config import ConfigError
 from utils import NonFiniteLoss
 
 DEMO = "config/demo_clar.yaml"
@@ -18,8 +18,8 @@ DEMO = "config/demo_clar.yaml"
 def tiny_args(cache, out, *extra) -> list[str]:
     """The demo config shrunk to seconds: width 8, 0.25 s crops, 20 training clips, batch 10 (2 steps/epoch)."""
     return ["--config", DEMO, f"data.cache={cache}", f"train.out_dir={out}", "model.width=8",
-            "model.clip_seconds=0.25", "model.proj_hidden=32", "model.proj_dim=16", "train.batch_size=10",
-            "data.num_workers=0", "train.log_every=1", "train.eval_every=1", "train.probe_epochs=20",
+            "model.clip_seconds=0.25", "model.proj_hidden=32", "model.proj_dim=16", "optim.batch_size=10",
+            "data.num_workers=0", "train.log_every=1", "train.eval_every=1",
             "augment.names=[time_shift, white_noise]", *extra]
 
 
@@ -28,22 +28,31 @@ def read_log(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_resolve_config_applies_encoder_alias_and_rejects_unknown_keys():
-    cfg = pretrain_clar.resolve_config(load_config(DEMO, ["encoder=1d"]))
-    assert cfg["model"]["arch"] == "resnet18_1d" and cfg["train"]["out_dir"] == "runs/demo_clar"
-    bad = load_config(DEMO)
-    bad["optim"]["lars_eta"] = 0.001
+def test_resolve_config_applies_encoder_alias_and_rejects_unknown_and_moved_keys(tmp_path):
+    cfg = pretrain_clar.resolve_config(DEMO, ["encoder=1d"])
+    assert cfg["model"]["arch"] == "resnet18_1d" and cfg["seed"] == 0 and cfg["optim"]["batch_size"] == 32
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lars_eta: 0.001\n")
     with pytest.raises(ConfigError, match="optim.lars_eta"):
-        pretrain_clar.resolve_config(bad)
+        pretrain_clar.resolve_config(str(bad), [])
     with pytest.raises(ConfigError, match="mode"):
-        pretrain_clar.resolve_config(load_config(DEMO, ["mode=semi"]))
+        pretrain_clar.resolve_config(DEMO, ["mode=semi"])
+    # one nested merge rule: a key the YAML omits can still be overridden
+    bad.write_text("mode: clar\n")
+    assert pretrain_clar.resolve_config(str(bad), ["train.final_probe=false"])["train"]["final_probe"] is False
+    # keys that moved name their new place
+    bad.write_text("train:\n  seed: 3\n")
+    with pytest.raises(ConfigError, match="train.seed' moved to the top level"):
+        pretrain_clar.resolve_config(str(bad), [])
+    with pytest.raises(ConfigError, match="optim.batch_size"):
+        pretrain_clar.resolve_config(DEMO, ["train.batch_size=8"])
 
 
 def test_paper_config_resolves_to_the_paper_setup():
-    cfg = pretrain_clar.resolve_config(load_config("config/clar.yaml"))
-    assert cfg["model"]["arch"] == "resnet18_2d" and cfg["train"]["batch_size"] == 1024
+    cfg = pretrain_clar.resolve_config("config/clar.yaml", [])
+    assert cfg["model"]["arch"] == "resnet18_2d" and cfg["optim"]["batch_size"] == 1024
     assert cfg["train"]["epochs"] == 1000 and cfg["optim"]["weight_decay"] == 1e-4 and cfg["loss"]["tau"] == 0.5
-    assert pretrain_clar.resolve_config(load_config("config/clar_1d.yaml"))["model"]["arch"] == "resnet18_1d"
+    assert pretrain_clar.resolve_config("config/clar_1d.yaml", [])["model"]["arch"] == "resnet18_1d"
 
 
 def test_training_targets_are_stratified_and_masked():
@@ -56,31 +65,6 @@ def test_training_targets_are_stratified_and_masked():
     assert (pretrain_clar.training_targets(labels, "supervised", 1.0, 0) == labels).all()
 
 
-def test_ratio_sampler_keeps_the_labelled_share_in_every_batch():
-    labelled = np.zeros(100, dtype=bool)
-    labelled[::10] = True  # 10 % labelled
-    sampler = pretrain_clar.RatioBatchSampler(labelled, batch_size=20, seed=0)
-    sampler.set_epoch(0)
-    batches = list(sampler)
-    assert len(batches) == len(sampler) == 5
-    assert all(len(b) == 20 and labelled[b].sum() == 2 for b in batches)
-    assert len({i for b in batches for i in b if not labelled[i]}) == 90  # each unlabelled clip once
-    sampler.set_epoch(0)
-    assert list(sampler) == batches  # seeded per epoch
-    sampler.set_epoch(1)
-    assert list(sampler) != batches
-    sampler.set_epoch(0, skip=3)
-    assert list(sampler) == batches[3:]
-    # two processes: each gets half of every global batch, with half of its labelled clips
-    ranks = [pretrain_clar.RatioBatchSampler(labelled, 20, 0, rank=r, world=2) for r in range(2)]
-    for r in ranks:
-        r.set_epoch(0)
-    for b, b0, b1 in zip(batches, *[list(r) for r in ranks]):
-        assert sorted(b0 + b1) == sorted(b) and labelled[b0].sum() == labelled[b1].sum() == 1
-    with pytest.raises(ValueError, match="larger than"):
-        pretrain_clar.RatioBatchSampler(labelled, 200)
-
-
 def test_training_lowers_the_loss_and_writes_outputs(tiny_cache, tmp_path):
     out = tmp_path / "run"
     results = pretrain_clar.main(tiny_args(tiny_cache, out, "train.epochs=8", "optim.lr=1.0"))
@@ -91,7 +75,7 @@ def test_training_lowers_the_loss_and_writes_outputs(tiny_cache, tmp_path):
     assert last < first - 0.1, (first, last)
     assert (out / "config.yaml").is_file() and (out / "results.json").is_file()
     assert 0 <= results["probe_test_acc"] <= 1 and results["step"] == 16
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / "ckpt_last.pt", weights_only=False)
     assert ckpt["kind"] == "clar" and ckpt["epoch"] == 8 and ckpt["step"] == 16
     encoder = models.build_encoder(ckpt["config"])
     encoder.load_state_dict(ckpt["encoder"])
@@ -104,10 +88,10 @@ def test_training_lowers_the_loss_and_writes_outputs(tiny_cache, tmp_path):
 @pytest.mark.parametrize("encoder", ["2d", "1d"])
 def test_every_mode_and_encoder_runs_a_step(tiny_cache, tmp_path, mode, encoder):
     results = pretrain_clar.main(tiny_args(tiny_cache, tmp_path / "run", f"mode={mode}", f"encoder={encoder}",
-                                           "label_fraction=0.5", "train.max_steps=1", "train.probe_epochs=0"))
+                                           "label_fraction=0.5", "train.max_steps=1", "train.final_probe=false"))
     assert results["step"] == 1 and results["arch"] == f"resnet18_{encoder}"
-    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
-    assert (ckpt["classifier"] is None) == (mode == "selfsupervised")
+    ckpt = torch.load(tmp_path / "run" / "ckpt_last.pt", weights_only=False)
+    assert ("classifier.weight" not in ckpt["modules"]["net"]) == (mode == "selfsupervised")
     row = read_log(tmp_path / "run" / "log.csv")[0]
     assert (float(row["ntxent"]) == 0) == (mode == "supervised")
     assert (float(row["ce"]) == 0) == (mode == "selfsupervised")
@@ -116,22 +100,21 @@ def test_every_mode_and_encoder_runs_a_step(tiny_cache, tmp_path, mode, encoder)
 def test_resume_is_exact(tiny_cache, tmp_path):
     """2 epochs straight == 1 epoch, stop, --resume, 1 more epoch: identical weights and optimiser state."""
     straight = tmp_path / "straight"
-    pretrain_clar.main(tiny_args(tiny_cache, straight, "train.epochs=2", "train.probe_epochs=0", "encoder=1d",
+    pretrain_clar.main(tiny_args(tiny_cache, straight, "train.epochs=2", "train.final_probe=false", "encoder=1d",
                                  "augment.names=[fade, time_mask, time_shift, mixed_noise]"))
     split = tmp_path / "split"
-    common = ["train.epochs=2", "train.probe_epochs=0", "encoder=1d",
+    common = ["train.epochs=2", "train.final_probe=false", "encoder=1d",
               "augment.names=[fade, time_mask, time_shift, mixed_noise]"]
     first = pretrain_clar.main(tiny_args(tiny_cache, split, *common, "train.max_steps=2"))
     assert first["step"] == 2 and first["epoch"] == 1
     pretrain_clar.main(["--resume", *tiny_args(tiny_cache, split, *common)])
-    a = torch.load(straight / "checkpoint.pt", weights_only=False)
-    b = torch.load(split / "checkpoint.pt", weights_only=False)
+    a = torch.load(straight / "ckpt_last.pt", weights_only=False)
+    b = torch.load(split / "ckpt_last.pt", weights_only=False)
     assert a["step"] == b["step"] == 4
-    for part in ("encoder", "projection", "classifier", "online"):
-        for key, value in a[part].items():
-            assert torch.equal(value, b[part][key]), f"{part}.{key} differs after resume"
-    momentum_a = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
-    momentum_b = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
+    for key, value in a["modules"]["net"].items():
+        assert torch.equal(value, b["modules"]["net"][key]), f"net.{key} differs after resume"
+    momentum_a = [s["momentum_buffer"] for s in a["optimizers"]["lars"]["state"].values()]
+    momentum_b = [s["momentum_buffer"] for s in b["optimizers"]["lars"]["state"].values()]
     assert all(torch.equal(x, y) for x, y in zip(momentum_a, momentum_b))
     log = read_log(split / "log.csv")
     assert [r["step"] for r in log if r["loss"]] == ["1", "2", "3", "4"]
@@ -144,10 +127,10 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny_cache, tmp_path):
 
 def test_paper_config_builds_the_full_model_and_runs_a_step_on_cpu(tiny_cache, tmp_path):
     results = pretrain_clar.main(["--config", "config/clar.yaml", f"data.cache={tiny_cache}", "data.classes=null",
-                                  "data.num_workers=0", f"train.out_dir={tmp_path}", "train.batch_size=8",
-                                  "train.max_steps=1", "train.probe_epochs=0"])
+                                  "data.num_workers=0", f"train.out_dir={tmp_path}", "optim.batch_size=8",
+                                  "train.max_steps=1", "train.final_probe=false"])
     assert results["step"] == 1
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "ckpt_last.pt", weights_only=False)
     encoder = models.build_encoder(ckpt["config"])
     encoder.load_state_dict(ckpt["encoder"])
     n_params = sum(p.numel() for p in encoder.parameters())
@@ -156,16 +139,16 @@ def test_paper_config_builds_the_full_model_and_runs_a_step_on_cpu(tiny_cache, t
 
 def test_supcon_option_trains_and_bad_choice_is_refused(tiny_cache, tmp_path):
     results = pretrain_clar.main(tiny_args(tiny_cache, tmp_path / "run", "loss.contrastive=supcon",
-                                           "label_fraction=0.5", "train.max_steps=2", "train.probe_epochs=0"))
+                                           "label_fraction=0.5", "train.max_steps=2", "train.final_probe=false"))
     assert results["step"] == 2
     assert float(read_log(tmp_path / "run" / "log.csv")[0]["ntxent"]) > 0
     with pytest.raises(ConfigError, match="loss.contrastive"):
-        pretrain_clar.resolve_config(load_config(DEMO, ["loss.contrastive=triplet"]))
+        pretrain_clar.resolve_config(DEMO, ["loss.contrastive=triplet"])
 
 
 def test_resume_flag_does_not_swallow_the_next_override(tiny_cache, tmp_path):
     """Regression: `--resume key=value` used to read key=value as the checkpoint path."""
-    args = tiny_args(tiny_cache, tmp_path / "run", "train.probe_epochs=0", "train.epochs=1")
+    args = tiny_args(tiny_cache, tmp_path / "run", "train.final_probe=false", "train.epochs=1")
     pretrain_clar.main(args)
     results = pretrain_clar.main([*args, "--resume", "train.epochs=2"])
     assert results["step"] == 4 and read_log(tmp_path / "run" / "log.csv")[-1]["epoch"] == "2"

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import augment
 import config as config_lib
 import losses
 import models
@@ -22,12 +23,12 @@ def tiny(cache, out, *extra):
             "model.patch=[16,8]", "model.width=16", "model.depth=1", "model.heads=2", "msn.num_prototypes=8",
             "msn.hidden_dim=32", "msn.output_dim=16", "msn.focal_views=2", "aug.rand_size=[64,32]",
             "aug.focal_size=[64,16]", "aug.running_norm_epoch_samples=2", "aug.mixup_memory=16",
-            "optim.batch_size=8", "optim.epochs=2", "optim.warmup_epochs=1", "train.log_every=1", *extra]
+            "optim.batch_size=8", "train.epochs=2", "optim.warmup_epochs=1", "train.log_every=1", *extra]
 
 
 def read_log(path):
     with open(path) as f:
-        return [{k: v for k, v in row.items() if k != "clips_per_s"} for row in csv.DictReader(f)]
+        return [{k: v for k, v in row.items() if k not in ("clips_per_s", "seconds")} for row in csv.DictReader(f)]
 
 
 def test_pretrain_msn_resume_is_exact(tiny_cache, tmp_path):
@@ -40,11 +41,13 @@ def test_pretrain_msn_resume_is_exact(tiny_cache, tmp_path):
     a = torch.load(tmp_path / "a" / "ckpt_last.pt", weights_only=False)
     b = torch.load(tmp_path / "b" / "ckpt_last.pt", weights_only=False)
     assert (b["epoch"], b["step"]) == (2, 6)
-    for part in ("online", "target", "encoder"):
-        for key in a[part]:
-            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
-    assert torch.equal(a["prototypes"], b["prototypes"])
-    views_a, views_b = a["per_process"][0]["views"], b["per_process"][0]["views"]
+    for part in ("online", "target", "prototypes"):
+        for key in a["modules"][part]:
+            assert torch.equal(a["modules"][part][key], b["modules"][part][key]), f"{part}.{key} differs after resume"
+    for key in a["encoder"]:
+        assert torch.equal(a["encoder"][key], b["encoder"][key])
+    assert a["per_process"][0]["rng"]["torch"].equal(b["per_process"][0]["rng"]["torch"])
+    views_a, views_b = a["per_process"][0]["state"]["views"], b["per_process"][0]["state"]["views"]
     assert torch.equal(views_a["mixup"]["memory"], views_b["mixup"]["memory"])
     assert views_a["norm"] == views_b["norm"] and views_a["norm"]["n"] == 20  # frozen after epoch_samples 2 x 10
     assert read_log(tmp_path / "a" / "log.csv") == read_log(tmp_path / "b" / "log.csv")
@@ -81,17 +84,17 @@ def test_pretrain_msn_seed_config_runs_one_step_of_full_vit_b32(tiny_cache, tmp_
                                 f"train.out_dir={tmp_path}", "train.max_steps=1", "optim.batch_size=2"])
     assert result["step"] == 1 and np.isfinite(result["history"][0]["loss"])
     ckpt = torch.load(tmp_path / "ckpt_last.pt", weights_only=False)
-    assert ckpt["kind"] == "msn" and ckpt["prototypes"].shape == (1024, 256)
+    assert ckpt["kind"] == "msn" and ckpt["modules"]["prototypes"]["weight"].shape == (1024, 256)
     assert ckpt["config"]["model"]["arch"] == "vit_b_32"
     assert ckpt["config"]["optim"]["milestones"] == [100, 200, 300, 400]
-    assert ckpt["online"]["encoder.vit.encoder.pos_embedding"].shape == (1, 50, 768)
-    assert [row["step"] for row in read_log(tmp_path / "log.csv")] == ["0"]  # the max_steps stop is logged
+    assert ckpt["modules"]["online"]["encoder.vit.encoder.pos_embedding"].shape == (1, 50, 768)
+    assert [row["step"] for row in read_log(tmp_path / "log.csv")] == ["1"]  # the max_steps stop is logged
 
 
 def test_pretrain_msn_non_finite_loss_names_the_step(tiny_cache, tmp_path):
     for path in (tiny_cache / "logmel").glob("*.npy"):
         np.save(path, np.full((64, 120), np.nan, dtype=np.float32))
-    with pytest.raises(utils.NonFiniteLoss, match="at step 0.*no checkpoint written yet"):
+    with pytest.raises(utils.NonFiniteLoss, match="at step 0.*none written yet"):
         pretrain_msn.main(tiny(tiny_cache, tmp_path / "nan"))
 
 
@@ -114,7 +117,7 @@ def test_pretrain_msn_views_for_each_crop_and_norm_option():
                                    ("torchvision", "none", True)):
         cfg = pretrain_msn.resolve_config(DEMO, [f"aug.crop={crop}", f"aug.norm={norm}",
                                                  f"aug.normalize_batch={str(batch_norm).lower()}"])
-        views = pretrain_msn.MSNViews(cfg["aug"], focal_views=2, stats=(5.0, 2.0))
+        views = augment.MSNViews(cfg["aug"], focal_views=2, stats=(5.0, 2.0))
         target, anchor, focal = views(logmel)
         assert target.shape == anchor.shape == (3, 1, 64, 64) and focal.shape == (6, 1, 64, 32)
         assert not torch.equal(target, anchor)  # independent draws

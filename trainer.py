@@ -1,0 +1,506 @@
+"""The training core that every pretraining script runs on (MSN, CLAR, BYOL-A).
+
+A method script holds only what is its own: its DEFAULTS, how it builds its nets, views and loss, and its
+train step. Everything else lives here, once:
+
+    config      config.resolve: the YAML merged onto COMMON + the method's DEFAULTS (one nested merge rule),
+                unknown keys and keys that moved are errors, then `key=value` overrides
+    run folder  train.out_dir (default runs/<config name>): config.yaml, log.csv, ckpt_last.pt (every epoch),
+                ckpt_epochNNN.pt (every train.save_every epochs and at the end), results.json
+    seeding     the same initial weights in every process; before each step torch's RNG is seeded by
+                (seed, step, rank), so draws that are not keyed (dropout) resume exactly
+    torchrun    utils.init_distributed; Env.wrap adds global batch norm, DDP and torch.compile
+    the loop    epochs of global batches (optim.batch_size is the GLOBAL batch: process r of N takes positions
+                r::N of every batch); train.max_steps; mid-epoch resume; a tqdm bar and the CSV log
+    checkpoint  one file layout for every method (CHECKPOINT_KEYS), written atomically, only when the loss and
+                every weight are finite; --resume restores weights, optimisers, the per-process RNG and the
+                per-process augmentation state, so a resumed run equals the straight one
+
+A method plugs in like this (pretrain_byola.py is the smallest example):
+
+    DEFAULTS = {"model": {...}, "byola": {...}, "optim": {"lr": 1e-4}}
+    def build(cfg: dict, env: trainer.Env) -> trainer.Parts: ...   # data, nets, optimisers, views
+    def train_step(parts, batch, step: int) -> dict: ...            # one update; returns {"loss": ..., ...}
+    if __name__ == "__main__":
+        trainer.cli("byola", DEFAULTS, build, __doc__)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import config as config_lib
+import data
+import utils
+
+# Keys every method's config has, with the same meaning everywhere (README "Configs").
+COMMON = {
+    "seed": 0,
+    "data": {"cache": "cache/synth_small", "num_workers": 4},
+    "optim": {"batch_size": 256, "lr": 1e-4},  # batch_size: the GLOBAL batch, split over torchrun processes
+    "train": {"epochs": 100, "max_steps": None, "device": "auto", "out_dir": None, "amp": True, "compile": False,
+              "log_every": 10, "save_every": 0,
+              "count_flops": False,  # count the model FLOPs of the run's first step (results.json; bench.py gpu)
+              "monitor": {"cache": None, "every": 1, "k": 20, "temperature": 0.07}},  # kNN monitor (Monitor)
+}
+# Keys that moved when the three methods were put on one core: old dotted key -> where it went.
+MOVED = {
+    "train.seed": "moved to the top level: 'seed'",
+    "train.batch_size": "moved to 'optim.batch_size' (the global batch)",
+    "optim.epochs": "moved to 'train.epochs'",
+    "train.ckpt_every": "was removed: ckpt_last.pt is written every epoch; numbered copies: 'train.save_every'",
+    "train.probe_epochs": "was removed: the end-of-run probe is the EVAR probe; switch it with 'train.final_probe'",
+}
+CHECKPOINT_KEYS = ("kind", "config", "git", "epoch", "step", "seconds", "encoder", "modules", "optimizers",
+                   "per_process", "meta")
+LAST = "ckpt_last.pt"
+
+
+def resolve_config(path: str, overrides: list[str], defaults: dict, validate: Callable[[dict], None] | None = None
+                   ) -> dict:
+    """COMMON + the method's DEFAULTS, the file and the overrides (config.resolve), then the method's checks."""
+    cfg = config_lib.resolve(path, overrides, config_lib.merge(COMMON, defaults), MOVED)
+    if cfg["optim"]["batch_size"] < 1 or cfg["train"]["epochs"] < 1:
+        raise config_lib.ConfigError(f"{path}: optim.batch_size and train.epochs must be >= 1")
+    if validate:
+        validate(cfg)
+    return cfg
+
+
+def check_choice(cfg: dict, key: str, allowed: tuple) -> None:
+    """ConfigError unless the dotted `key` of cfg is one of `allowed`."""
+    value = cfg
+    for part in key.split("."):
+        value = value[part]
+    if value not in allowed:
+        raise config_lib.ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
+
+# ----------------------------------------------------------------------------- what a method hands the core
+
+
+@dataclass
+class Env:
+    """Where a run executes: the config, this process's rank, the world size and the device. `steps_per_epoch`
+    and `total_steps` are set by the core once the method's batches are known (schedules read them)."""
+
+    cfg: dict
+    rank: int
+    world: int
+    device: torch.device
+    steps_per_epoch: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg["train"]["epochs"] * self.steps_per_epoch
+
+    @property
+    def amp(self) -> bool:
+        """bf16 autocast: train.amp on a CUDA device."""
+        return bool(self.cfg["train"]["amp"]) and self.device.type == "cuda"
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def wrap(self, module: nn.Module, sync_bn: bool = True, ddp: bool = True) -> nn.Module:
+        """What a step calls: under torchrun batch norm over the global batch (SyncBatchNorm on CUDA,
+        utils.GlobalBatchNorm on CPU; converted in place) and DDP (ddp=False for an EMA target, which gets no
+        gradient); train.compile adds torch.compile. The plain module keeps the weights (state dicts, EMA)."""
+        called = module
+        if self.world > 1 and sync_bn:
+            for name, child in list(module.named_children()):
+                module.add_module(name, utils.convert_sync_batchnorm(child, self.device))
+        if self.world > 1 and ddp:
+            called = nn.parallel.DistributedDataParallel(
+                module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.cfg["train"]["compile"]:
+            called = torch.compile(called)
+        return called
+
+
+@dataclass
+class Parts:
+    """What a method's build() returns.
+
+    dataset      items read by the loader: dataset[i] is a tuple of tensors (read under a keyed RNG)
+    batches      len(batches) global batches per epoch; batches.epoch(e) -> lists of dataset indices
+    modules      every network with state, saved and restored by name (plain modules, not DDP/compiled)
+    optimizers   every optimiser, saved and restored by name
+    encoder      the module whose weights linear_eval.py loads (checkpoint["encoder"])
+    step         train_step(batch, step) -> {"loss": float, ...}: one update on this process's batch;
+                 the values of the GLOBAL batch (utils.all_reduce_mean)
+    log_keys     the keys `step` returns, in log order; mean_keys of them are averaged between log rows
+    state        per-process objects with state_dict()/load_state_dict() (views: mixup memory, RunningNorm)
+    epoch_end    optional: after each full epoch, epoch_end(epoch) -> extra log values (keys in log_keys)
+    finish       optional: at the end of training, finish() -> results (written to results.json)
+    meta         anything else the checkpoint should carry (e.g. the class names)
+    """
+
+    dataset: Dataset
+    batches: Any
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    encoder: nn.Module
+    step: Callable[[tuple, int], dict]
+    log_keys: list[str]
+    mean_keys: tuple[str, ...] = ("loss",)
+    state: dict[str, Any] = field(default_factory=dict)
+    epoch_end: Callable[[int], dict] | None = None
+    finish: Callable[[], dict] | None = None
+    meta: dict = field(default_factory=dict)
+
+# ----------------------------------------------------------------------------- the kNN monitor
+
+
+class Monitor:
+    """train.monitor: the frozen encoder's weighted kNN accuracy (DINO: cosine, k 20, T 0.07; probe.knn_accuracy)
+    on a labelled cache, every `every` epochs and before the first step (the random-init starting point).
+
+    Train items: the cache's train split (or every fold but the last); test items: its test split (or the last
+    fold). Clips are cut or padded to the median length from their start; log-mels are normalised with the
+    scalar mean/std of the training items (as linear_eval.py). Runs on rank 0 under a forked RNG, so it
+    never changes what training draws; its time is left out of the log's `seconds`."""
+
+    def __init__(self, mcfg: dict, input_kind: str, device: torch.device):
+        cache = Path(mcfg["cache"])
+        df = data.read_manifest(cache)
+        df = df[df["label"] != ""].reset_index(drop=True)
+        if (df["split"] == "train").any() and (df["split"] == "test").any():
+            is_train, is_test = df["split"] == "train", df["split"] == "test"
+        elif df["fold"].notna().any():
+            last = df["fold"].max()
+            is_train, is_test = df["fold"].notna() & (df["fold"] != last), df["fold"] == last
+        else:
+            raise ValueError(f"train.monitor.cache {cache}: needs train/test splits or folds to score a kNN monitor")
+        self.labels = data.LabelMap.from_labels(df.loc[is_train, "label"])
+        self.k, self.temperature, self.device, self.kind = mcfg["k"], mcfg["temperature"], device, input_kind
+        self.mean, self.std = (0.0, 1.0)
+        if input_kind == "logmel":
+            frames = sorted(data.load_array(cache, p).shape[-1] for p in df["logmel"][:200])[min(len(df), 200) // 2]
+            make = lambda part: data.LogMelCrops(cache, part, self.labels, frames=frames, random_crop=False)
+            self.mean, self.std = data.logmel_stats(cache, df[is_train], max_clips=1000)
+        else:
+            samples = int(round(float(df["duration"].astype(float).median()) * 16000))
+            make = lambda part: data.WaveClips(cache, part, self.labels, samples=samples)
+        self.train_set, self.test_set = make(df[is_train]), make(df[is_test])
+        self.seconds, self.last = 0.0, None
+
+    @torch.no_grad()
+    def embed(self, encoder: nn.Module, clips) -> tuple[torch.Tensor, torch.Tensor]:
+        features, labels = [], []
+        for x, y in DataLoader(clips, batch_size=64):
+            x = (x - self.mean) / self.std if self.kind == "logmel" else x
+            features.append(encoder.embed(x.to(self.device)).float().cpu())
+            labels.append(y)
+        return torch.cat(features), torch.cat(labels)
+
+    def __call__(self, encoder: nn.Module) -> float:
+        """kNN accuracy (0-1) of the encoder's current weights; the encoder is back in train mode afterwards."""
+        import probe
+        started = time.time()
+        encoder.eval()
+        with torch.random.fork_rng(devices=[]):
+            train_x, train_y = self.embed(encoder, self.train_set)
+            test_x, test_y = self.embed(encoder, self.test_set)
+        encoder.train()
+        accuracy = probe.knn_accuracy(train_x, train_y, test_x, test_y, len(self.labels), self.k, self.temperature)
+        self.seconds += time.time() - started
+        self.last = accuracy
+        return accuracy
+
+# ----------------------------------------------------------------------------- run folder and checkpoints
+
+
+def prepare_out_dir(cfg: dict) -> Path:
+    """train.out_dir (default runs/<config name>) as a Path: an error if it is a file; stale temp files of an
+    interrupted checkpoint write removed (on a full disk they keep the disk full)."""
+    out_dir = Path(cfg["train"]["out_dir"] or f"runs/{cfg['_meta']['config_name']}")
+    cfg["train"]["out_dir"] = str(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"train.out_dir {out_dir}: is a file, not a folder")
+    if out_dir.is_dir() and utils.is_main():
+        utils.remove_stale_temps(out_dir)
+    return out_dir
+
+
+def load_resume(path: Path, kind: str, cfg: dict) -> dict:
+    """The checkpoint to resume from, checked to be of this method and this model config."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint to resume from")
+    ckpt = utils.load_checkpoint(path)
+    if ckpt.get("kind") != kind or "modules" not in ckpt:
+        raise ValueError(f"{path}: not a {kind} checkpoint of this package (kind={ckpt.get('kind')!r})")
+    if ckpt["config"]["model"] != cfg["model"]:
+        raise ValueError(f"{path}: its model config differs from this run's; resume with the same model.* keys")
+    return ckpt
+
+
+def restore(parts: Parts, ckpt: dict, env: Env) -> None:
+    """Weights, optimisers, and this process's RNG and state (any world size: rank r takes entry r, or 0)."""
+    for name, module in parts.modules.items():
+        module.load_state_dict(ckpt["modules"][name])
+    for name, optimizer in parts.optimizers.items():
+        optimizer.load_state_dict(ckpt["optimizers"][name])
+    states = ckpt["per_process"]
+    mine = states[env.rank if len(states) == env.world else 0]
+    utils.set_rng_state(mine["rng"])
+    for name, obj in parts.state.items():
+        obj.load_state_dict(mine["state"][name])
+
+
+def per_process_states(parts: Parts, env: Env) -> list[dict]:
+    """Every process's RNG and augmentation state, in rank order (a collective: every process calls it)."""
+    local = {"rng": utils.rng_state(), "state": {name: obj.state_dict() for name, obj in parts.state.items()}}
+    if env.world == 1:
+        return [local]
+    states = [None] * env.world
+    torch.distributed.all_gather_object(states, local)
+    return states
+
+
+def non_finite_weights(parts: Parts) -> list[str]:
+    """Names of the parameters and buffers that hold a NaN or an infinity."""
+    return [f"{name}.{key}" for name, module in parts.modules.items()
+            for key, value in module.state_dict().items()
+            if value.is_floating_point() and not torch.isfinite(value).all()]
+
+
+def checkpoint(parts: Parts, cfg: dict, kind: str, epoch: int, step: int, seconds: float, states: list[dict]) -> dict:
+    """The whole training state in the one layout of CHECKPOINT_KEYS."""
+    return {"kind": kind, "config": cfg, "git": cfg["_meta"]["git"], "epoch": epoch, "step": step, "seconds": seconds,
+            "encoder": parts.encoder.state_dict(),
+            "modules": {name: module.state_dict() for name, module in parts.modules.items()},
+            "optimizers": {name: opt.state_dict() for name, opt in parts.optimizers.items()},
+            "per_process": states, "meta": parts.meta}
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def epoch_loader(parts: Parts, env: Env, epoch: int, skip: int) -> DataLoader:
+    """This process's batches of one epoch, minus the first `skip` (mid-epoch resume). Process r takes
+    positions r::world of each global batch; each item is read under a seed keyed by (seed, step, position),
+    so what a clip looks like depends neither on the world size nor on the loader workers."""
+    batches = [batch[env.rank::env.world] for batch in parts.batches.epoch(epoch)[skip:]]
+    first_step = epoch * env.steps_per_epoch + skip
+    keyed = utils.KeyedBatches(batches, env.cfg["seed"], first_step, env.rank, env.world)
+    return DataLoader(utils.KeyedItems(parts.dataset), batch_sampler=keyed, num_workers=env.cfg["data"]["num_workers"],
+                      pin_memory=env.device.type == "cuda", persistent_workers=False)
+
+
+def check_batches(parts: Parts, env: Env) -> int:
+    """Steps per epoch; errors for an empty epoch or a batch the processes cannot share evenly."""
+    batch_size, n = env.cfg["optim"]["batch_size"], len(parts.dataset)
+    if batch_size % env.world:
+        raise ValueError(f"optim.batch_size {batch_size} is not divisible by the {env.world} processes")
+    if len(parts.batches) == 0:
+        raise ValueError(f"{env.cfg['data']['cache']}: {n} training clips is less than one batch of {batch_size}; "
+                         "lower optim.batch_size")
+    return len(parts.batches)
+
+
+class Logger:
+    """The CSV log (rank 0): a row every train.log_every steps with the mean of mean_keys since the last row."""
+
+    def __init__(self, path: Path, parts: Parts, every: int, resume_step: int | None, seconds: float = 0.0,
+                 monitor: bool = False):
+        self.fields = ["step", "epoch", *parts.log_keys, *(["knn_acc"] if monitor else []), "clips_per_s", "seconds"]
+        self.mean_keys, self.every, self.window = parts.mean_keys, every, []
+        self.csv = utils.CSVLog(path, self.fields, resume_step=resume_step) if utils.is_main() else None
+        self.start = time.time() - seconds  # training seconds continue across a resume
+
+    @property
+    def seconds(self) -> float:
+        return time.time() - self.start
+
+    def step(self, row: dict, step: int, clips_per_s: float, force: bool) -> dict | None:
+        self.window.append(row)
+        if self.csv is None or not (force or step % self.every == 0):
+            return None
+        mean = {key: sum(r[key] for r in self.window) / len(self.window) for key in self.mean_keys}
+        out = {**row, **mean, "clips_per_s": clips_per_s, "seconds": time.time() - self.start}
+        self.csv.write(out)
+        self.window = []
+        return out
+
+    def extra(self, row: dict) -> None:
+        if self.csv is not None:
+            self.csv.write({**row, "seconds": time.time() - self.start})
+
+
+def count_flops(step_fn: Callable, batch: tuple, step: int) -> tuple[dict, float]:
+    """One step under torch's FlopCounterMode: (its values, the model FLOPs of forward + backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        values = step_fn(batch, step)
+    return values, float(counter.get_total_flops())
+
+
+def step_costs(step_times: list[float], batch_size: int, device: torch.device) -> dict:
+    """Median step time (the first two steps, warm-up and compilation, left out when there are more), training
+    clips/s at that speed (data loading excluded), and peak memory: CUDA allocated, or the process's peak RSS."""
+    times = sorted(step_times[2:] if len(step_times) > 2 else step_times)
+    median = times[len(times) // 2] if times else float("nan")
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+    else:
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"step_ms": 1000 * median, "train_clips_per_s": batch_size / median if times else None,
+            "peak_memory_gib": peak}
+
+
+def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Path | None = None) -> dict:
+    """Run (or resume) one pretraining run of method `kind`; returns {history, out_dir, step, epoch, ...}."""
+    rank, world, device = utils.init_distributed()
+    if cfg["train"]["device"] not in ("auto", None):
+        device = torch.device(cfg["train"]["device"])
+    cfg["_meta"]["git"] = utils.git_commit()
+    out_dir = prepare_out_dir(cfg)
+    ckpt = load_resume(resume, kind, cfg) if resume is not None else None
+    env = Env(cfg, rank, world, device)
+
+    utils.seed_everything(cfg["seed"])  # the same initial weights in every process
+    parts = build(cfg, env)  # reads and checks the data: nothing is written before it succeeds
+    env.steps_per_epoch = check_batches(parts, env)
+    epoch, step = 0, 0
+    if ckpt is not None:
+        restore(parts, ckpt, env)
+        epoch, step = ckpt["epoch"], ckpt["step"]
+    if utils.is_main():
+        config_lib.save_config(cfg, out_dir / "config.yaml")
+        n_params = sum(p.numel() for m in parts.modules.values() for p in m.parameters()) / 1e6
+        print(f"{kind}: {len(parts.dataset)} clips, {env.steps_per_epoch} steps/epoch of {cfg['optim']['batch_size']}"
+              f" | {n_params:.2f}M params | {device} x{world} | {out_dir}"
+              + (f" | resumed at epoch {epoch}, step {step}" if ckpt else ""))
+    mcfg = cfg["train"]["monitor"]
+    monitor = Monitor(mcfg, parts.encoder.input_kind, device) if mcfg["cache"] and utils.is_main() else None
+    logger = Logger(out_dir / "log.csv", parts, cfg["train"]["log_every"], step + 1 if ckpt else None,
+                    ckpt["seconds"] if ckpt else 0.0, monitor=bool(mcfg["cache"]))
+
+    def watch() -> None:
+        """A monitor row (rank 0), its time left out of the training seconds."""
+        if monitor is not None:
+            before = monitor.seconds
+            accuracy = monitor(parts.encoder)
+            logger.start += monitor.seconds - before
+            logger.extra({"step": step, "epoch": epoch, "knn_acc": accuracy})
+            print(f"monitor: epoch {epoch}, kNN accuracy {100 * accuracy:.1f} %")
+
+    if ckpt is None:
+        watch()  # the starting point (random init), on the same axes as the curve
+    last_good = out_dir / LAST if ckpt else None
+    max_steps, epochs, history = cfg["train"]["max_steps"], cfg["train"]["epochs"], []
+    step_times, flops = [], None
+
+    def save(name: str) -> Path:
+        states = per_process_states(parts, env)
+        if utils.is_main():
+            bad = non_finite_weights(parts)
+            if bad:
+                raise utils.NonFiniteLoss(f"weights are not finite after step {step} ({', '.join(bad[:3])}); "
+                                          f"no checkpoint written (last good: {last_good or 'none'})")
+            utils.atomic_torch_save(checkpoint(parts, cfg, kind, epoch, step, logger.seconds, states), out_dir / name)
+        return out_dir / name
+
+    while epoch < epochs and (max_steps is None or step < max_steps):
+        skip = step - epoch * env.steps_per_epoch
+        bar = tqdm(epoch_loader(parts, env, epoch, skip), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                   initial=skip, total=env.steps_per_epoch, disable=not utils.is_main())
+        tick, done_here = time.time(), 0
+        for batch in bar:
+            torch.manual_seed(utils.key_seed(cfg["seed"], step, rank))
+            started = time.perf_counter()
+            if cfg["train"]["count_flops"] and not step_times:
+                values, flops = count_flops(parts.step, batch, step)
+            else:
+                values = parts.step(batch, step)  # returns Python floats: the device has finished the step
+            step_times.append(time.perf_counter() - started)
+            if not torch.isfinite(torch.tensor(values["loss"])):
+                raise utils.NonFiniteLoss(f"loss is {values['loss']} at step {step}; stopping "
+                                          f"(last good checkpoint: {last_good or 'none written yet'})")
+            step, done_here = step + 1, done_here + 1
+            row = {"step": step, "epoch": epoch + 1, **values}
+            history.append(row)
+            speed = done_here * cfg["optim"]["batch_size"] / (time.time() - tick)
+            logged = logger.step(row, step, speed, force=step in (env.total_steps, max_steps))
+            if logged:
+                bar.set_postfix(loss=f"{logged['loss']:.4f}")
+            if max_steps is not None and step >= max_steps:
+                break
+        if step == (epoch + 1) * env.steps_per_epoch:  # the epoch is complete
+            epoch += 1
+            extra = parts.epoch_end(epoch) if parts.epoch_end is not None else {}
+            if extra:
+                logger.extra({"step": step, "epoch": epoch, **extra})
+            if epoch % mcfg["every"] == 0 or epoch == epochs:
+                watch()
+        last_good = save(LAST)
+        every = cfg["train"]["save_every"]
+        if every and step == epoch * env.steps_per_epoch and (epoch % every == 0 or epoch == epochs):
+            save(f"ckpt_epoch{epoch:03d}.pt")
+    results = {"kind": kind, "epoch": epoch, "step": step, "out_dir": str(out_dir),
+               "batch_size": cfg["optim"]["batch_size"],
+               **step_costs(step_times, cfg["optim"]["batch_size"], device), "flops_per_step": flops}
+    if monitor is not None:
+        results.update(monitor_knn_acc=monitor.last, monitor_seconds=monitor.seconds)
+        print(f"monitor: {monitor.seconds:.1f} s, {100 * monitor.seconds / max(logger.seconds, 1e-9):.1f} % of the "
+              f"{logger.seconds:.1f} s of training")
+    if parts.finish is not None:
+        results.update(parts.finish())
+    if utils.is_main():
+        utils.atomic_write_text(json.dumps(results, indent=2) + "\n", out_dir / "results.json")
+        loss = history[-1]["loss"] if history else float("nan")
+        print(f"done: epoch {epoch}, step {step}, loss {loss:.4f}, checkpoint {last_good}")
+    return {**results, "history": history, "out_dir": out_dir}
+
+
+def parse_args(doc: str, argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--resume", action="store_true", help=f"continue from <train.out_dir>/{LAST}")
+    parser.add_argument("--resume-from", type=Path, default=None, help="continue from this checkpoint file")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    return parser.parse_intermixed_args(argv)  # options may sit between key=value overrides
+
+
+def main(kind: str, defaults: dict, build: Callable[[dict, Env], Parts], doc: str, argv: list[str] | None = None,
+         validate: Callable[[dict], None] | None = None) -> dict:
+    """A pretraining script's main(): parse, resolve the config, train (or resume)."""
+    args = parse_args(doc, argv)
+    cfg = resolve_config(args.config, args.overrides, defaults, validate)
+    resume = args.resume_from
+    if resume is None and args.resume:
+        resume = Path(cfg["train"]["out_dir"] or f"runs/{cfg['_meta']['config_name']}") / LAST
+    return train(kind, cfg, build, resume)
+
+
+def cli(kind: str, defaults: dict, build: Callable[[dict, Env], Parts], doc: str,
+        validate: Callable[[dict], None] | None = None) -> None:
+    """Run main() from the command line: a bad config, file, disk or a diverged run ends with one line."""
+    script = Path(sys.argv[0]).name
+    try:
+        main(kind, defaults, build, doc, sys.argv[1:], validate)
+    except (config_lib.ConfigError, FileNotFoundError, utils.NonFiniteLoss, ValueError, OSError) as err:
+        sys.exit(f"{script}: error: {err}")
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def env_for_tests(cfg: dict, device: str = "cpu") -> Env:
+    """A one-process Env (tests and benchmarks that call a method's build() directly)."""
+    return Env(cfg, 0, 1, torch.device(device), steps_per_epoch=1)
+

@@ -23,8 +23,10 @@ cropped at random for training and from the start for evaluation.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,23 @@ from audio import LOG_SILENCE, fix_length
 from utils import temp_path
 
 MANIFEST_COLUMNS = ["id", "logmel", "wave", "label", "split", "fold", "duration", "source"]
+
+
+def cache_params(folder: str | os.PathLike) -> dict:
+    """The cache's preprocess.json params; without the file (a cache written by hand), 16 kHz and hop 160
+    (SPEC A1) with a printed warning, and data set None (not checked)."""
+    path = Path(folder) / "preprocess.json"
+    if not path.is_file():
+        print(f"warning: {path}: not found; assuming 16000 Hz and log-mel hop 160 (SPEC A1), data set not checked",
+              file=sys.stderr)
+        return {"dataset": None, "sample_rate": 16000, "logmel": {"hop_length": 160}}
+    try:
+        params = json.loads(path.read_text())["params"]
+        int(params["sample_rate"]), int(params["logmel"]["hop_length"])
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path}: unreadable (no params.sample_rate / params.logmel.hop_length); "
+                         "rebuild the cache with preprocess.py") from None
+    return params
 
 
 def read_manifest(cache: str | os.PathLike) -> pd.DataFrame:

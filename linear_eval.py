@@ -49,6 +49,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+import data
 import models
 from audio import LOG_SILENCE, fix_length
 from config import ConfigError, apply_overrides, load_config
@@ -103,23 +104,6 @@ class Task:
     hop: int               # log-mel hop in samples, from its preprocess.json
 
 
-def cache_params(folder: Path) -> dict:
-    """The cache's preprocess.json params; without the file (a cache written by hand), 16 kHz and hop 160
-    (SPEC A1) with a printed warning, and data set None (not checked)."""
-    path = folder / "preprocess.json"
-    if not path.is_file():
-        print(f"warning: {path}: not found; assuming 16000 Hz and log-mel hop 160 (SPEC A1), data set not checked",
-              file=sys.stderr)
-        return {"dataset": None, "sample_rate": 16000, "logmel": {"hop_length": 160}}
-    try:
-        params = json.loads(path.read_text())["params"]
-        int(params["sample_rate"]), int(params["logmel"]["hop_length"])
-    except (ValueError, KeyError, TypeError):
-        raise ValueError(f"{path}: unreadable (no params.sample_rate / params.logmel.hop_length); "
-                         "rebuild the cache with preprocess.py") from None
-    return params
-
-
 def resolve_task(task: str, cfg: dict, cache: str | None = None) -> Task:
     """TASK name (datasets.REGISTRY) or cache folder -> Task (SPEC B3 task table)."""
     where, unit, label, dataset = None, None, "label", None
@@ -132,7 +116,7 @@ def resolve_task(task: str, cfg: dict, cache: str | None = None) -> Task:
     else:
         raise ValueError(f"unknown task {task!r}: expected one of {list(TASKS)} or a cache folder")
     df = read_manifest(folder)
-    params = cache_params(folder)
+    params = data.cache_params(folder)
     if dataset and params["dataset"] and params["dataset"] != dataset:
         raise ValueError(f"{folder / 'preprocess.json'}: this cache holds --dataset {params['dataset']}, but task "
                          f"{task} needs {dataset}; pass its cache with --cache, or the folder itself as --task")

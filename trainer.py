@@ -190,7 +190,8 @@ class Monitor:
             make = lambda part: data.LogMelCrops(cache, part, self.labels, frames=frames, random_crop=False)
             self.mean, self.std = data.logmel_stats(cache, df[is_train], max_clips=1000)
         else:
-            samples = int(round(float(df["duration"].astype(float).median()) * 16000))
+            rate = int(data.cache_params(cache)["sample_rate"])
+            samples = int(round(float(df["duration"].astype(float).median()) * rate))
             make = lambda part: data.WaveClips(cache, part, self.labels, samples=samples)
         self.train_set, self.test_set = make(df[is_train]), make(df[is_test])
         self.seconds, self.last = 0.0, None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -20,7 +21,6 @@ import torchaudio
 SAMPLE_RATE = 16000
 LOG_EPS = float(np.finfo(np.float32).eps)  # 1.1920929e-07, as BYOL-A / EVAR: ln(mel + eps)
 LOG_SILENCE = float(np.log(LOG_EPS))  # -15.94: the log-mel of digital silence
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 
 
 class AudioError(Exception):
@@ -69,6 +69,21 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, min_seconds: floa
     if len(wave) < min_seconds * sr:
         raise AudioError(path, f"too short ({len(wave) / sr:.3f} s < {min_seconds} s)")
     return wave
+
+
+def truncation_warning(path: str | os.PathLike) -> str | None:
+    """'loaded, truncated: ...' when a file's header declares more audio data than the file holds (a cut
+    download or copy; libsndfile then reads what is there without an error), else None. libsndfile reports it
+    in its header dump as 'data : <declared> (should be <present>)' (WAV/RF64/W64; other formats: None)."""
+    try:
+        info = sf.info(str(path))
+    except Exception:  # unreadable files are reported by load_audio
+        return None
+    m = re.search(r"^data\s*:\s*(\d+) \(should be (\d+)\)", info.extra_info, re.MULTILINE)
+    if not m or int(m[2]) >= int(m[1]) or not info.frames or not int(m[2]):
+        return None
+    declared = int(m[1]) / (int(m[2]) / info.frames) / info.samplerate
+    return f"loaded, truncated: header says {declared:.3f} s, data ends at {info.duration:.3f} s"
 
 
 @dataclass

@@ -16,6 +16,7 @@ DataLoader (batch 64) from the page cache, per-clip files vs the packed memory m
     python bench.py train [--batch B] [--steps 5]
     python bench.py gpu [--steps 10] [--peak-tflops T]
     python bench.py eval [--clips 128] [--seconds 5]
+    python bench.py scale [--clips 10000,50000,200000] [--dir /tmp/bench_scale] [--dtype float16]
 
 augment: the MSN views of the seed config (1 + 1 x 224 and 10 x 96 crops per clip, mixup, fader, RunningNorm)
 made clip by clip with augment's per-sample classes, as a loader worker would, and batched by
@@ -27,6 +28,10 @@ gpu: the same for each method's FULL config on one GPU (MSN ViT-B/32 1 + 1 + 10 
 1024, BYOL-A AudioNTT2022 batch 256) with bf16 autocast, train.compile off and on, MFU against the GPU's dense
 bf16 peak; then a CUDA-vs-CPU parity check of one fp32 step of each small config. Under 8 minutes on one H200.
 eval: models.embed_dataset over in-memory clips (small encoders on CPU, the full ones on CUDA).
+scale: for each N, a packed cache of N ten-second log-mels (float16 by default: 128 KB a clip), then times
+the pack, manifest read, sampler epoch, loader start-up, one epoch of 96-frame crops, the loader's index
+memory and an embedding-cache write; prints each per clip, its growth exponent and its extrapolation to
+2 M clips (AudioSet), with the issue-10 targets (printed, not asserted).
 """
 from __future__ import annotations
 
@@ -79,7 +84,8 @@ def plain_loop(root: Path, out: Path) -> float:
 
 
 def bench_preprocess(args: argparse.Namespace) -> None:
-    import preprocess
+    import subprocess
+    import sys
     root = make_esc50_like(BENCH_DIR / f"esc50_like_{args.clips}x{args.seconds:g}s", args.clips, args.seconds)
     audio_seconds = args.clips * args.seconds
     cache = BENCH_DIR / "cache_preprocess"
@@ -87,8 +93,8 @@ def bench_preprocess(args: argparse.Namespace) -> None:
     argv = ["--dataset", "esc50", "--root", str(root), "--out", str(cache)]
     if args.workers:
         argv += ["--workers", str(args.workers)]
-    start = time.time()
-    preprocess.main(argv)
+    start = time.time()  # the command as a user runs it (its interpreter start-up, ~2 s, included)
+    subprocess.run([sys.executable, "preprocess.py", *argv], check=True)
     t_pre = time.time() - start
     shutil.rmtree(cache, ignore_errors=True)
     t_plain = plain_loop(root, BENCH_DIR / "cache_plain")
@@ -351,6 +357,112 @@ def bench_eval(args: argparse.Namespace) -> None:
             print(f"{name:34s}{device.type:>7s}{batch:7d}{rate:9.1f}{rate * args.seconds:13.0f}")
 
 
+# ----------------------------------------------------------------------------- scale (issue 10)
+
+SCALE_TARGET_CLIPS = 2_000_000  # AudioSet
+
+
+def make_scale_cache(root: Path, clips: int, frames: int, dtype: str) -> float:
+    """N ten-second log-mels [64, frames] written straight into pack shards (data.PackWriter, the workers' code
+    path; 64 distinct random clips reused, so that generating them costs nothing) + manifest.csv + index.npz;
+    returns the seconds spent packing."""
+    import data
+    rng = np.random.default_rng(0)
+    pool = [rng.normal(-5, 2, size=(64, frames)).astype(dtype) for _ in range(64)]
+    ids = [f"Y{i:010d}" for i in range(clips)]
+    start = time.perf_counter()
+    writer = data.PackWriter(root / data.PACKED_DIR, "all", dtype)
+    entries = {cid: writer.append(pool[i % 64]) for i, cid in enumerate(ids)}
+    data.write_pack_index(root / data.PACKED_DIR, "index.npz", entries, ids, 64, dtype)
+    seconds = time.perf_counter() - start
+    pd.DataFrame({"id": ids, "logmel": [f"logmel/{c}.npy" for c in ids], "wave": "", "label": "/m/09x0r",
+                  "split": "unbalanced_train", "fold": "", "duration": 10.0,
+                  "source": [f"audio/{c}.wav" for c in ids]}).to_csv(root / "manifest.csv", index=False)
+    return seconds
+
+
+def scale_costs(root: Path, clips: int, frames: int, dtype: str, dim: int, workers: int = 0) -> dict:
+    """Seconds (and bytes) of each cost the issue lists, for one cache of `clips` clips."""
+    import tracemalloc
+
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    import data
+    costs = {"pack (s)": make_scale_cache(root, clips, frames, dtype)}
+    start = time.perf_counter()
+    df = data.read_manifest(root)
+    costs["manifest read (s)"] = time.perf_counter() - start
+    tracemalloc.start()
+    start = time.perf_counter()
+    dataset = data.LogMelCrops(root, df, frames=96, random_crop=True)
+    sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
+    loader = DataLoader(dataset, batch_size=64, sampler=sampler, num_workers=workers)
+    batches = iter(loader)
+    next(batches)
+    costs["loader start-up (s)"] = time.perf_counter() - start
+    index_bytes, index_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    costs["index memory (MB)"] = index_bytes / 1e6
+    costs["index peak (MB)"] = index_peak / 1e6
+    costs["manifest frame (MB)"] = df.memory_usage(deep=True).sum() / 1e6
+    start = time.perf_counter()
+    sampler.set_epoch(1)
+    order = list(sampler)
+    costs["sampler epoch (s)"] = time.perf_counter() - start
+    start, seen = time.perf_counter(), 64
+    for x, _ in batches:
+        seen += len(x)
+    costs["epoch of 96-frame crops (s)"] = time.perf_counter() - start
+    costs["crops/s"] = (seen - 64) / costs["epoch of 96-frame crops (s)"]
+    assert seen == clips == len(order)
+    costs["embedding cache write (s)"] = write_embeddings(root / "embeddings", clips, dim)
+    return costs
+
+
+def write_embeddings(folder: Path, clips: int, dim: int) -> float:
+    """Seconds to write [clips, dim] float32 embeddings as linear_eval does (temp + rename)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    X = np.full((clips, dim), 0.5, dtype=np.float32)
+    start = time.perf_counter()
+    tmp = folder / f".task-model-key.npy.tmp{os.getpid()}.npy"
+    np.save(tmp, X)
+    os.replace(tmp, folder / "task-model-key.npy")
+    return time.perf_counter() - start
+
+
+def print_scale_table(results: dict[int, dict]) -> None:
+    """Each cost per clip at every N, its growth exponent (log-log slope; 1 = linear) and its value at 2 M."""
+    sizes = sorted(results)
+    print(f"\n{'cost':30s}" + "".join(f"{f'N={n:,}':>16s}" for n in sizes) + f"{'growth':>8s}{'at 2 M':>14s}")
+    for name in results[sizes[0]]:
+        values = np.array([results[n][name] for n in sizes])
+        rate = name == "crops/s"
+        per_clip = values if rate else values / np.array(sizes)
+        slope = np.polyfit(np.log(sizes), np.log(np.maximum(values, 1e-9)), 1)[0] if len(sizes) > 1 else np.nan
+        at_target = values[-1] if rate else per_clip[-1] * SCALE_TARGET_CLIPS
+        cells = "".join(f"{v if rate else v * 1e6:16.2f}" for v in per_clip)  # s -> us, MB -> bytes per clip
+        print(f"{name:30s}{cells}{slope:8.2f}{at_target:14,.1f}")
+    print("per clip: us (times) or bytes (memory); crops/s as measured; 'at 2 M' = the largest N's per-clip cost "
+          "x 2,000,000 (s or MB)")
+    print("targets (not asserted): growth <= 1 (at most linear); loader start-up at 2 M < 30 s; index memory at "
+          "2 M < 200 MB per process; crops >= 5,000/s on 2 cores")
+
+
+def bench_scale(args: argparse.Namespace) -> None:
+    results = {}
+    for clips in [int(n) for n in str(args.clips).split(",")]:
+        root = Path(args.dir) / f"scale_{clips}"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        try:
+            results[clips] = scale_costs(root, clips, args.frames, args.dtype, args.dim, args.workers)
+        finally:
+            if not args.keep:
+                shutil.rmtree(root, ignore_errors=True)
+        print(f"N={clips:,}: " + ", ".join(f"{k} {v:,.2f}" for k, v in results[clips].items()), flush=True)
+    print_scale_table(results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -376,9 +488,17 @@ def main() -> None:
     p.add_argument("--clips", type=int, default=128)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seconds", type=float, default=5.0)
+    p = sub.add_parser("scale", help="how manifest, pack, sampler, loader, index and embedding cache grow with N")
+    p.add_argument("--clips", default="10000,50000,200000", help="N, or comma-separated Ns")
+    p.add_argument("--dir", default="/tmp/bench_scale", help="where the caches are written (deleted after each N)")
+    p.add_argument("--frames", type=int, default=1001, help="log-mel frames per clip (1001 = 10 s)")
+    p.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="pack storage type")
+    p.add_argument("--dim", type=int, default=768, help="embedding size for the embedding-cache write")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for the loader and the crops")
+    p.add_argument("--keep", action="store_true", help="keep the caches")
     args = parser.parse_args()
     {"preprocess": bench_preprocess, "loader": bench_loader, "augment": bench_augment, "train": bench_train,
-     "gpu": bench_gpu, "eval": bench_eval}[args.mode](args)
+     "gpu": bench_gpu, "eval": bench_eval, "scale": bench_scale}[args.mode](args)
 
 
 if __name__ == "__main__":

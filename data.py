@@ -13,15 +13,20 @@ The cache is the contract between preprocessing and everything else:
     logmel, y = ds[0]   # [1, 64, 96], int
 
 Arrays are opened with np.load(mmap_mode="r") so that a data loader only touches the frames it
-crops. `pack_logmels(cache)` (or `preprocess.py --pack`) also writes all log-mels into one time-major
-memory map, CACHE/packed/logmel.npy [sum T, F] with CACHE/packed/index.npz (ids, offsets, lengths);
-LogMelCrops then slices that one map instead of opening a file per clip (see `bench.py loader`).
+crops. `preprocess.py --pack` (its workers, as they go) or `pack_logmels(cache)` also write all log-mels
+time-major into shard files CACHE/packed/logmel-*.bin of up to 2 GiB, [sum T, F] each, with
+CACHE/packed/index.npz (ids, shard, offsets, lengths, files, n_mels, dtype); LogMelCrops then slices those
+memory maps instead of opening a file per clip (see `bench.py loader` and `bench.py scale`). Log-mels may be
+float16 (preprocess.py --dtype float16); every dataset returns float32.
 Cropping follows SPEC B3 (EVAR): shorter clips are zero-padded on the right; longer ones are
 cropped at random for training and from the start for evaluation.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +36,26 @@ import torch
 from torch.utils.data import Dataset
 
 from audio import LOG_SILENCE, fix_length
+from utils import temp_path
 
 MANIFEST_COLUMNS = ["id", "logmel", "wave", "label", "split", "fold", "duration", "source"]
+
+
+def cache_params(folder: str | os.PathLike) -> dict:
+    """The cache's preprocess.json params; without the file (a cache written by hand), 16 kHz and hop 160
+    (SPEC A1) with a printed warning, and data set None (not checked)."""
+    path = Path(folder) / "preprocess.json"
+    if not path.is_file():
+        print(f"warning: {path}: not found; assuming 16000 Hz and log-mel hop 160 (SPEC A1), data set not checked",
+              file=sys.stderr)
+        return {"dataset": None, "sample_rate": 16000, "logmel": {"hop_length": 160}}
+    try:
+        params = json.loads(path.read_text())["params"]
+        int(params["sample_rate"]), int(params["logmel"]["hop_length"])
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path}: unreadable (no params.sample_rate / params.logmel.hop_length); "
+                         "rebuild the cache with preprocess.py") from None
+    return params
 
 
 def read_manifest(cache: str | os.PathLike) -> pd.DataFrame:
@@ -122,42 +145,119 @@ def crop_frames(logmel: np.ndarray, frames: int, random_crop: bool,
 
 
 PACKED_DIR = "packed"
+SHARD_BYTES = 2 << 30  # a pack shard file is closed once it holds 2 GiB
 
 
-def pack_logmels(cache: str | os.PathLike, df: pd.DataFrame | None = None) -> Path:
-    """Concatenate every clip's log-mel [F, T] into CACHE/packed/logmel.npy [sum T, F] (time-major, so a
-    crop is one contiguous block) plus index.npz (ids, offsets, lengths); atomic; returns the folder."""
+class PackWriter:
+    """Appends log-mels [F, T] time-major ([T, F], so a crop is one contiguous block) to raw shard files
+    CACHE/packed/logmel-<tag>-<pid>-<k>.bin of at most `shard_bytes` each. One writer per process, so that
+    preprocessing workers pack as they go; `append` returns the clip's (file name, frame offset, frames)."""
+
+    def __init__(self, folder: str | os.PathLike, tag: str, dtype: str = "float32", shard_bytes: int | None = None):
+        self.folder, self.tag, self.dtype = Path(folder), tag, np.dtype(dtype)
+        self.shard_bytes = shard_bytes or SHARD_BYTES
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path: Path | None = None
+        self.k = 0
+
+    def _next_file(self) -> Path:
+        while True:
+            self.k += 1
+            path = self.folder / f"logmel-{self.tag}-{os.getpid()}-{self.k:03d}.bin"
+            if not path.exists():
+                return path
+
+    def append(self, logmel: np.ndarray) -> tuple[str, int, int]:
+        block = np.ascontiguousarray(logmel.T, dtype=self.dtype)
+        if self.path is None or self.path.stat().st_size + block.nbytes > self.shard_bytes:
+            self.path = self._next_file()
+            self.path.touch()
+        offset = self.path.stat().st_size // (block.shape[1] * self.dtype.itemsize)
+        with open(self.path, "ab") as f:
+            f.write(block.tobytes())
+        return self.path.name, int(offset), int(block.shape[0])
+
+
+def write_pack_index(folder: Path, name: str, entries: dict[str, tuple[str, int, int]], ids: list[str],
+                     n_mels: int, dtype: str) -> None:
+    """Write packed/<name> atomically for the `ids` that have an entry (id -> (file, frame offset, frames)):
+    npz of ids, shard (file number per clip), offsets, lengths, files, n_mels, dtype."""
+    ids = [cid for cid in ids if cid in entries]
+    files = sorted({entries[cid][0] for cid in ids})
+    number = {f: i for i, f in enumerate(files)}
+    tmp = temp_path(folder / name)
+    with open(tmp, "wb") as f:
+        np.savez(f, ids=np.array(ids, dtype=str), files=np.array(files, dtype=str),
+                 shard=np.array([number[entries[c][0]] for c in ids], dtype=np.int32),
+                 offsets=np.array([entries[c][1] for c in ids], dtype=np.int64),
+                 lengths=np.array([entries[c][2] for c in ids], dtype=np.int32), n_mels=n_mels, dtype=dtype)
+    os.replace(tmp, folder / name)
+
+
+def read_pack_index(path: Path) -> dict[str, tuple[str, int, int]]:
+    """id -> (file, frame offset, frames) of one sharded pack index."""
+    index = np.load(path)
+    if "files" not in index:
+        return {}
+    files = index["files"].tolist()
+    return {cid: (files[f], int(o), int(n)) for cid, f, o, n in
+            zip(index["ids"].tolist(), index["shard"].tolist(), index["offsets"].tolist(), index["lengths"].tolist())}
+
+
+def pack_logmels(cache: str | os.PathLike, df: pd.DataFrame | None = None, dtype: str | None = None) -> Path:
+    """Pack every clip's per-clip log-mel file into CACHE/packed (see PackWriter) and write index.npz; for caches
+    built without preprocess.py --pack, which packs as it goes. Returns the folder."""
     cache = Path(cache)
     df = read_manifest(cache) if df is None else df
-    lengths = np.array([load_array(cache, p).shape[1] for p in df["logmel"]], dtype=np.int64)
-    n_mels = load_array(cache, df["logmel"].iloc[0]).shape[0]
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    first = load_array(cache, df["logmel"].iloc[0])
     folder = cache / PACKED_DIR
-    folder.mkdir(exist_ok=True)
-    tmp = folder / f".logmel.npy.tmp{os.getpid()}"
-    packed = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(int(lengths.sum()), n_mels))
-    for path, offset, length in zip(df["logmel"], offsets, lengths):
-        packed[offset:offset + length] = load_array(cache, path).T
-    packed.flush()
-    del packed
-    with open(folder / f".index.npz.tmp{os.getpid()}", "wb") as f:
-        np.savez(f, ids=df["id"].to_numpy(dtype=str), offsets=offsets, lengths=lengths)
-    os.replace(tmp, folder / "logmel.npy")  # the map first, then the index that makes it valid
-    os.replace(folder / f".index.npz.tmp{os.getpid()}", folder / "index.npz")
+    shutil.rmtree(folder, ignore_errors=True)  # a full repack
+    writer = PackWriter(folder, "all", dtype or str(first.dtype))
+    entries = {cid: writer.append(load_array(cache, path)) for cid, path in zip(df["id"], df["logmel"])}
+    write_pack_index(folder, "index.npz", entries, df["id"].tolist(), first.shape[0], str(writer.dtype))
     return folder
 
 
-def open_packed(cache: str | os.PathLike, ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(memmap [sum T, F], offsets, lengths) for `ids` when CACHE/packed holds all of them, else None."""
+class Packed:
+    """Read access to CACHE/packed for a list of ids: clip(i) = the i-th id's log-mel [F, T] (a view).
+
+    Index arrays only (file number, offset, length per clip: 16 bytes a clip); shard files are memory-mapped.
+    Also reads the single-file layout of earlier versions (packed/logmel.npy + index.npz with ids/offsets/lengths).
+    """
+
+    def __init__(self, maps: list[np.ndarray], file: np.ndarray, offsets: np.ndarray, lengths: np.ndarray):
+        self.maps, self.file, self.offsets, self.lengths = maps, file, offsets, lengths
+
+    def clip(self, i: int) -> np.ndarray:
+        offset = self.offsets[i]
+        return self.maps[self.file[i]][offset:offset + self.lengths[i]].T
+
+
+def open_packed(cache: str | os.PathLike, ids: list[str]) -> Packed | None:
+    """The packed log-mels of `ids` when CACHE/packed/index.npz holds all of them, else None."""
     folder = Path(cache) / PACKED_DIR
-    if not (folder / "index.npz").exists() or not (folder / "logmel.npy").exists():
+    if not (folder / "index.npz").exists():
         return None
     index = np.load(folder / "index.npz")
-    row = {cid: i for i, cid in enumerate(index["ids"].tolist())}
-    if any(cid not in row for cid in ids):
+    rows = pd.Index(index["ids"]).get_indexer(pd.Index(ids, dtype=object))
+    if len(rows) and rows.min() < 0:
         return None
-    rows = np.array([row[cid] for cid in ids], dtype=np.int64)
-    return np.load(folder / "logmel.npy", mmap_mode="r"), index["offsets"][rows], index["lengths"][rows]
+    if "files" not in index:  # single-file layout
+        if not (folder / "logmel.npy").exists():
+            return None
+        maps, file = [np.load(folder / "logmel.npy", mmap_mode="r")], np.zeros(len(rows), dtype=np.int32)
+    else:
+        n_mels, dtype = int(index["n_mels"]), np.dtype(str(index["dtype"]))
+        maps = []
+        for name in index["files"].tolist():
+            path = folder / name
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: listed in {folder / 'index.npz'} but missing; re-run "
+                                        "preprocess.py --pack with the same arguments to rebuild the pack")
+            frames = path.stat().st_size // (n_mels * dtype.itemsize)
+            maps.append(np.memmap(path, dtype=dtype, mode="r", shape=(frames, n_mels)))
+        file = index["shard"][rows]
+    return Packed(maps, file, index["offsets"][rows], index["lengths"][rows])
 
 
 class _CacheDataset(Dataset):
@@ -169,7 +269,7 @@ class _CacheDataset(Dataset):
         if self.column not in self.df or (self.df[self.column] == "").any():
             raise ValueError(f"{self.cache}: manifest has no '{self.column}' features for every row"
                              + (" (rebuild with preprocess.py --waveform)" if self.column == "wave" else ""))
-        self.paths = self.df[self.column].tolist()
+        self.paths = self.df[self.column].array  # no per-process copy of N path strings
         self.targets = labels.encode(self.df["label"]) if labels else np.full(len(self.df), -1)
         self.random_crop = random_crop
 
@@ -200,8 +300,7 @@ class LogMelCrops(_CacheDataset):
         """Clip i's whole log-mel [F, T] as a view of the packed map or of its memory-mapped file."""
         if self.packed is None:
             return load_array(self.cache, self.paths[i])
-        packed, offsets, lengths = self.packed
-        return packed[offsets[i]:offsets[i] + lengths[i]].T
+        return self.packed.clip(i)
 
     def __getitem__(self, i: int):
         logmel = self._clip(i)

@@ -7,7 +7,8 @@
     python linear_eval.py --ckpt CKPT --task nsynth --label-fraction 0.01 --seeds 0,1,2
     python linear_eval.py --ckpt CKPT --task cache/synth_small --folds 5 eval.long=chunk probe.lr=3e-5
 
-TASK is esc50, esc10, gtzan, nsynth, sc10, sc35 or a cache folder written by preprocess.py. The
+TASK is a task of datasets.REGISTRY (esc50, esc10, gtzan, nsynth, nsynth_pitch, sc35, sc10) or a cache folder
+written by preprocess.py; a named task refuses a cache that preprocess.json says holds another data set. The
 checkpoint (or export.py file) carries its resolved config, so `models.build_encoder` rebuilds its encoder and
 front end (log-mel or waveform input) with no other flag. `hear:MODULE[:WEIGHTS]` embeds the cached 16 kHz
 waveforms, resampled to the module's sample_rate, with the module's get_scene_embeddings (HEAR API). Steps:
@@ -55,24 +56,23 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+import data
 import models
 from audio import LOG_SILENCE, SAMPLE_RATE, fix_length, resample
 from config import ConfigError, apply_overrides, load_config
 from data import LabelMap, load_array, read_manifest, select, stratified_subset
+from datasets import REGISTRY, all_tasks, find_task
 from probe import append_result, carve_validation, fit_linear_probe, mean_ci95
-from utils import file_sha256, git_commit
+from utils import file_sha256, git_commit, remove_stale_temps, temp_path
 
 DEFAULTS = {
-    "data": {  # default cache folder of each data set (preprocess.py --out)
-        "esc50": "cache/esc50", "gtzan": "cache/gtzan", "nsynth": "cache/nsynth",
-        "speechcommands": "cache/speechcommands",
-    },
+    "data": {name: entry.cache for name, entry in REGISTRY.items()},  # default cache folders (datasets.py)
     "eval": {
         "long": "chunk",         # ViT inputs longer than the training crop: pad (the seed) | resize | chunk
         "pool": "cls",           # ViT embedding: cls token | mean of patch tokens
         "unit_seconds": None,    # clip length fed to the encoder; null = the task's (SPEC B3)
         "protocol": "auto",      # auto | folds (cross-validation) | splits (train/valid/test)
-        "label_column": "label",  # e.g. 'pitch' for NSynth pitch
+        "label_column": None,    # null = the task's (datasets.py; e.g. nsynth_pitch: pitch)
         "batch_size": 32,        # embedding batch
         "workers": 0,            # data loader workers for embedding
         "norm_clips": 5000,      # clips for the log-mel mean/std (EVAR: up to 5000)
@@ -91,16 +91,8 @@ DEFAULTS = {
     },
 }
 
-# task -> (data set key in DEFAULTS["data"], row filter, unit seconds) (SPEC B3)
-TASKS = {
-    "esc50": ("esc50", None, 5.0),
-    "esc10": ("esc50", {"esc10": True}, 5.0),
-    "gtzan": ("gtzan", None, 30.0),
-    "nsynth": ("nsynth", None, 4.0),
-    "sc35": ("speechcommands", None, 1.0),
-    "sc10": ("speechcommands", {"sc10": True}, 1.0),
-}
-HOP = 160
+# the tasks (row filter, unit seconds, label column; SPEC B3) are datasets.REGISTRY's
+TASKS = tuple(all_tasks())
 
 # ============================================================================ tasks and folds
 
@@ -115,25 +107,32 @@ class Task:
     protocol: str          # "folds" (hold each fold out in turn) or "splits" (official train/valid/test)
     unit_seconds: float
     labels: LabelMap
+    sample_rate: int       # of the cache's features, from its preprocess.json
+    hop: int               # log-mel hop in samples, from its preprocess.json
 
 
 def resolve_task(task: str, cfg: dict, cache: str | None = None) -> Task:
-    """TASK name or cache folder -> Task (SPEC B3 task table)."""
-    where, unit = None, None
-    if task in TASKS:
-        key, where, unit = TASKS[task]
-        folder = Path(cache or cfg["data"][key])
+    """TASK name (datasets.REGISTRY) or cache folder -> Task (SPEC B3 task table)."""
+    where, unit, label, dataset = None, None, "label", None
+    if find_task(task):
+        dataset, spec = find_task(task)
+        where, unit, label = spec.where, spec.unit_seconds, spec.label
+        folder = Path(cache or cfg["data"][dataset])
     elif Path(task).is_dir() or cache:
         folder = Path(cache or task)
     else:
-        raise ValueError(f"unknown task {task!r}: expected one of {sorted(TASKS)} or a cache folder")
+        raise ValueError(f"unknown task {task!r}: expected one of {list(TASKS)} or a cache folder")
     df = read_manifest(folder)
+    params = data.cache_params(folder)
+    if dataset and params["dataset"] and params["dataset"] != dataset:
+        raise ValueError(f"{folder / 'preprocess.json'}: this cache holds --dataset {params['dataset']}, but task "
+                         f"{task} needs {dataset}; pass its cache with --cache, or the folder itself as --task")
     if where:
         missing = [c for c in where if c not in df.columns]
         if missing:
             raise ValueError(f"{folder / 'manifest.csv'}: task {task} needs column(s) {missing}")
         df = select(df, where=where)
-    column = cfg["eval"]["label_column"]
+    column = cfg["eval"]["label_column"] or label
     if column not in df.columns:
         raise ValueError(f"{folder / 'manifest.csv'}: no label column {column!r}")
     df = df.assign(label=df[column].astype(str))
@@ -153,8 +152,8 @@ def resolve_task(task: str, cfg: dict, cache: str | None = None) -> Task:
     elif not has_folds or df["fold"].isna().any():
         raise ValueError(f"{folder / 'manifest.csv'}: cross-validation needs a fold for every clip")
     unit = cfg["eval"]["unit_seconds"] or unit or float(np.median(df["duration"].astype(float)))
-    return Task(task if task in TASKS else folder.name, folder, df, protocol, float(unit),
-                LabelMap.from_labels(df["label"]))
+    return Task(task if dataset else folder.name, folder, df, protocol, float(unit), LabelMap.from_labels(df["label"]),
+                int(params["sample_rate"]), int(params["logmel"]["hop_length"]))
 
 
 def fold_indices(task: Task, holdout: int | None, seed: int, valid_fraction: float):
@@ -213,11 +212,12 @@ class HearEncoder(nn.Module):
         self.module, self.model = module, model
         self.embed_dim = int(model.scene_embedding_size)
         self.sample_rate = int(model.sample_rate)
+        self.input_rate = SAMPLE_RATE  # of the cached waves; main() sets the task cache's (preprocess.json)
 
     @torch.no_grad()
     def embed(self, x: torch.Tensor, long: str = "chunk", pool: str = "cls") -> torch.Tensor:
         """wave [B, L] at 16 kHz -> [B, scene_embedding_size] float32; `long` and `pool` do not apply."""
-        wave = resample(x.cpu(), SAMPLE_RATE, self.sample_rate).to(x.device)
+        wave = resample(x.cpu(), self.input_rate, self.sample_rate).to(x.device)
         return torch.as_tensor(self.module.get_scene_embeddings(wave, self.model)).float()
 
 
@@ -279,10 +279,10 @@ class UnitClips(Dataset):
     """
 
     def __init__(self, cache: Path, df: pd.DataFrame, input_kind: str, unit_samples: int,
-                 random_crop: np.ndarray, mean: float = 0.0, std: float = 1.0):
+                 random_crop: np.ndarray, mean: float = 0.0, std: float = 1.0, *, hop: int):
         self.cache, self.input_kind, self.random_crop = cache, input_kind, random_crop
         self.paths, self.ids = df[input_kind].tolist(), df["id"].tolist()
-        self.length = unit_samples if input_kind == "wave" else 1 + unit_samples // HOP
+        self.length = unit_samples if input_kind == "wave" else 1 + unit_samples // hop
         self.mean, self.std = mean, std
 
     def __len__(self) -> int:
@@ -321,16 +321,17 @@ def task_embeddings(encoder: nn.Module, info: dict, task: Task, cfg: dict, devic
                          + ("waveforms: re-run preprocess.py with --waveform" if kind == "wave" else "log-mels"))
     random_crop = (task.df["split"].isin(["train", "valid"]) if task.protocol == "splits"
                    else pd.Series(False, index=task.df.index)).to_numpy()
-    unit_samples = int(round(task.unit_seconds * SAMPLE_RATE))
+    unit_samples = int(round(task.unit_seconds * task.sample_rate))
     mean, std = 0.0, 1.0
     if kind == "logmel":
         first = holdout_folds(task, None)[0]
         is_train = (task.df["split"] == "train") if task.protocol == "splits" else (task.df["fold"] != first)
-        train = UnitClips(task.cache, task.df[is_train], kind, unit_samples, random_crop[is_train.to_numpy()])
+        train = UnitClips(task.cache, task.df[is_train], kind, unit_samples, random_crop[is_train.to_numpy()],
+                          hop=task.hop)
         mean, std = unit_logmel_stats(train, ecfg["norm_clips"])
     key_items = dict(ckpt=info["ckpt_sha256"], cache=str(task.cache.resolve()), task=task.name, kind=kind,
                      manifest=file_sha256(task.cache / "manifest.csv"), ids=task.df["id"].tolist(),
-                     crop=random_crop.tolist(), unit=unit_samples, long=ecfg["long"], pool=ecfg["pool"],
+                     crop=random_crop.tolist(), unit=unit_samples, hop=task.hop, long=ecfg["long"], pool=ecfg["pool"],
                      mean=round(mean, 6), std=round(std, 6))
     key = hashlib.sha256(json.dumps(key_items).encode()).hexdigest()[:20]
     safe_model = re.sub(r"[^\w.=+-]", "_", info["model"])  # hear:MODULE labels hold a colon
@@ -338,13 +339,14 @@ def task_embeddings(encoder: nn.Module, info: dict, task: Task, cfg: dict, devic
     if path.is_file():
         print(f"embeddings: {path} (cached)")
         return np.load(path)
-    dataset = UnitClips(task.cache, task.df, kind, unit_samples, random_crop, mean, std)
+    dataset = UnitClips(task.cache, task.df, kind, unit_samples, random_crop, mean, std, hop=task.hop)
     X = models.embed_dataset(encoder, dataset, ecfg["long"], ecfg["pool"], ecfg["batch_size"], ecfg["workers"],
                            device, desc=f"embed {task.name}")
     if not np.isfinite(X).all():
         raise ValueError(f"{info['model']}: non-finite embeddings on {task.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
+    remove_stale_temps(path.parent)
+    tmp = temp_path(path, ".npy")  # np.save adds .npy to any other name
     np.save(tmp, X)
     os.replace(tmp, path)
     print(f"embeddings: {path} {X.shape}")
@@ -356,10 +358,11 @@ def task_embeddings(encoder: nn.Module, info: dict, task: Task, cfg: dict, devic
 def evaluate_embeddings(X: np.ndarray, task: Task, cfg: dict, seeds: list[int], folds: list[int] | None = None,
                         label_fraction: float | None = None, shots: int | None = None,
                         device="cpu") -> dict:
-    """Probe accuracy (%) per (seed, held-out fold), seed-major; also the mean training-set size."""
+    """Probe accuracy (%) per (seed, held-out fold), seed-major; the mean training-set size; the best epoch of
+    each probe, and how many of them fell in the last 10 % of probe.epochs (not converged: a warning)."""
     pcfg, y_all = cfg["probe"], task.labels.encode(task.df["label"])
     holdouts = holdout_folds(task, folds)
-    accs, n_train = [], []
+    accs, n_train, best_epochs = [], [], []
     for seed in seeds:
         for holdout in holdouts:
             train, valid, test = fold_indices(task, holdout, seed, pcfg["valid_fraction"])
@@ -378,7 +381,19 @@ def evaluate_embeddings(X: np.ndarray, task: Task, cfg: dict, seeds: list[int], 
                   f"best epoch {probe.best_epoch + 1})")
             accs.append(acc)
             n_train.append(len(train))
-    return {"acc": accs, "folds": holdouts, "n_train": float(np.mean(n_train))}
+            best_epochs.append(probe.best_epoch + 1)
+    late = sum(not_converged(e, pcfg["epochs"]) for e in best_epochs)
+    if late:
+        print(f"warning: {late} of {len(best_epochs)} probes had their best validation epoch in the last 10 % of "
+              f"probe.epochs={pcfg['epochs']} (best epochs {best_epochs}): the probe may not have converged; "
+              "raise probe.epochs or probe.lr", file=sys.stderr)
+    return {"acc": accs, "folds": holdouts, "n_train": float(np.mean(n_train)), "best_epochs": best_epochs,
+            "not_converged": late}
+
+
+def not_converged(best_epoch: int, epochs: int) -> bool:
+    """True when the best epoch (1-based) lies in the last 10 % of the allowed epochs."""
+    return best_epoch > 0.9 * epochs
 
 
 def result_row(task: Task, info: dict, cfg: dict, seeds: list[int], scores: dict,
@@ -398,6 +413,8 @@ def result_row(task: Task, info: dict, cfg: dict, seeds: list[int], scores: dict
         "mean": f"{mean:.2f}", "ci95": "" if math.isnan(ci) else f"{ci:.2f}", "n": str(len(scores["acc"])),
         "unit_seconds": f"{task.unit_seconds:g}", "lr": f"{cfg['probe']['lr']:g}",
         "n_train": f"{scores['n_train']:g}", "commit": git_commit(),
+        "best_epochs": " ".join(str(e) for e in scores["best_epochs"]),
+        "not_converged": str(scores["not_converged"]),
     }
 
 
@@ -446,6 +463,8 @@ def main(argv: list[str] | None = None) -> dict:
     task = resolve_task(args.task, cfg, args.cache)
     holdout_folds(task, folds)  # fail on bad --folds before embedding
     encoder, info = load_encoder(args.ckpt, cfg["eval"]["random_seed"])
+    if isinstance(encoder, HearEncoder):
+        encoder.input_rate = task.sample_rate
     if args.name:
         info["model"] = args.name
     print(f"{info['model']} on {task.name}: {len(task.df)} clips, {len(task.labels)} classes, "

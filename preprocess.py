@@ -2,24 +2,29 @@
 
     python preprocess.py --dataset esc50 --root ~/data/ESC-50-master --out cache/esc50 --waveform
     python preprocess.py --dataset synthetic --size small --waveform --out cache/synth_small
-    python preprocess.py --dataset audioset --root /data/audioset --out cache/audioset --shard 3/8
+    python preprocess.py --dataset audioset --root /data/audioset --out cache/audioset --shard 3/8 --pack
 
-Writes (see data.py for how it is read):
+Writes (see data.py for how it is read; the data sets and their adapters are datasets.REGISTRY's):
     OUT/manifest.csv        id, logmel, wave, label, split, fold, duration, source, <data set extras>
-    OUT/logmel/<id>.npy     float32 [64, T] log-mel, SPEC A1 (16 kHz, n_fft 1024, hop 160, 60-7800 Hz, Slaney)
+    OUT/logmel/<id>.npy     float32 (or --dtype float16) [64, T] log-mel, SPEC A1 (16 kHz, n_fft 1024, hop 160,
+                            60-7800 Hz, Slaney)
     OUT/wave/<id>.npy       float32 [L] 16 kHz mono (with --waveform)
+    OUT/packed/             with --pack: shard files each worker appends its log-mels to, and index.npz
     OUT/preprocess.json     every parameter and the package versions
-    OUT/errors.csv          file, reason: every clip that was skipped
+    OUT/errors.csv          file, reason, kind: every file that is not a clip of the cache (kind error: skipped;
+                            warning: kept, e.g. truncated; hidden, not_audio, excluded: not clips)
 
 Clips are processed in parallel; every file is written atomically (temp + rename), so an interrupted run
 leaves no half-written array and a second run resumes where it stopped. A broken clip is skipped and
-reported in errors.csv; it never aborts the run. `--shard K/N` processes every N-th clip (K = 1..N) so
-that several machines can share a large set; a later run without --shard merges the shards' results.
+reported in errors.csv; it never aborts the run, nor does an id clash (assign_ids). `--shard K/N` (or the
+SLURM array / torchrun environment) processes every N-th clip (K = 1..N) so that several machines can share a
+large set; a later run without --shard merges the shards' results.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
@@ -27,7 +32,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from collections import Counter
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -37,210 +42,103 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, LogMel, LogMelConfig, load_audio
-from data import MANIFEST_COLUMNS, PACKED_DIR, pack_logmels
+from audio import SAMPLE_RATE, AudioError, LogMel, LogMelConfig, load_audio, truncation_warning
+from data import MANIFEST_COLUMNS, PACKED_DIR, PackWriter, load_array, read_pack_index, write_pack_index
+from datasets import REGISTRY, Clip, DatasetLayoutError
+from utils import remove_stale_temps, temp_path
 
-DATASETS = ("esc50", "gtzan", "nsynth", "speechcommands", "audioset", "folder", "synthetic")
-SC10_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-GTZAN_SPLIT_FRACTIONS = (0.5, 0.2, 0.3)  # train/valid/test when no fault-filtered lists are given
-
-
-@dataclass
-class Clip:
-    """One source file and its metadata, as an adapter finds it."""
-
-    source: Path
-    key: str  # unique, stable name inside the data set (becomes the id)
-    label: str = ""
-    split: str = ""
-    fold: int | None = None
-    extras: dict = field(default_factory=dict)
-
-
-class DatasetLayoutError(Exception):
-    """The root folder does not look like the data set it was said to be."""
+DATASETS = tuple(REGISTRY)
+KINDS = ("error", "warning", "not_audio", "hidden", "excluded")  # errors.csv 'kind'; only 'error' skips a clip
+PACK_INDEX_SECONDS = 120.0  # --pack: save the pack index this often during a run (a kill loses at most this)
 
 
 def clip_id(key: str) -> str:
     """A file-system-safe id: the key with '/' -> '__' and other odd characters -> '_' (+ a hash if changed)."""
     slug = re.sub(r"[^A-Za-z0-9._-]", "_", key.replace("/", "__"))
     if slug != key.replace("/", "__"):
-        import hashlib
         slug += "-" + hashlib.sha1(key.encode()).hexdigest()[:8]
     return slug
 
 
-def _require(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise DatasetLayoutError(f"{path}: not found ({what})")
-    return path
-
-# ----------------------------------------------------------------------------- adapters
+def source_name(path: Path, root: Path) -> str:
+    """The manifest's `source`: the path relative to the data set root (absolute when outside it)."""
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
 
-def adapt_esc50(root: Path, **_) -> list[Clip]:
-    """ESC-50 (Piczak 2015): audio/*.wav and meta/esc50.csv; label = category, folds 1-5, esc10 flag."""
-    meta = pd.read_csv(_require(root / "meta" / "esc50.csv", "ESC-50 metadata"))
-    return [Clip(root / "audio" / r.filename, Path(r.filename).stem, str(r.category), "", int(r.fold),
-                 {"esc10": str(r.esc10).lower() == "true", "target": int(r.target)})
-            for r in meta.itertuples()]
+def assign_ids(clips: list[Clip], root: Path, previous: dict[str, str]) -> list[str]:
+    """One unique, stable id per clip; never fails.
 
-
-def _read_list(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-
-
-def adapt_gtzan(root: Path, split_dir: Path | None = None, seed: int = 0, **_) -> list[Clip]:
-    """GTZAN: genres/<genre>/<genre>.000NN.wav (or genres_original/). Splits from the fault-filtered lists
-    (train/valid/test_filtered.txt, Kereliuk et al. 2015, as EVAR) when `split_dir` is given: files in no
-    list are left out. Otherwise a seeded stratified split: per genre, sorted names shuffled with
-    numpy default_rng(seed), first 50 % train, next 20 % valid, last 30 % test.
+    1. A source that an earlier manifest of this cache lists (`previous`: source -> id) keeps its id.
+    2. Otherwise clip_id(key) (key = relative path without extension), or, when two files differ only in
+       their extension (clip.flac, clip.ogg), clip_id(key + extension) for each.
+    3. An id that is still taken (by an earlier manifest or another clip) gets '-' + sha1(source)[:8].
     """
-    base = next((root / d for d in ("genres", "genres_original", "Data/genres_original") if (root / d).is_dir()),
-                root)
-    files = sorted(p for p in base.glob("*/*") if p.suffix.lower() in AUDIO_EXTENSIONS)
-    if not files:
-        raise DatasetLayoutError(f"{root}: no genres/<genre>/<file>.wav found (GTZAN layout)")
-    keys = {f"{p.parent.name}/{p.name}": p for p in files}
-    split_of: dict[str, str] = {}
-    if split_dir is not None:
-        for split in ("train", "valid", "test"):
-            for key in _read_list(_require(Path(split_dir) / f"{split}_filtered.txt", "GTZAN split list")):
-                split_of[key] = split
-    else:
-        rng = np.random.default_rng(seed)
-        for genre in sorted({k.split("/")[0] for k in keys}):
-            names = sorted(k for k in keys if k.startswith(genre + "/"))
-            names = [names[i] for i in rng.permutation(len(names))]
-            n_train = round(GTZAN_SPLIT_FRACTIONS[0] * len(names))
-            n_valid = round(GTZAN_SPLIT_FRACTIONS[1] * len(names))
-            for i, key in enumerate(names):
-                split_of[key] = "train" if i < n_train else "valid" if i < n_train + n_valid else "test"
-    return [Clip(path, key.rsplit(".", 1)[0], key.split("/")[0], split_of[key])
-            for key, path in keys.items() if key in split_of]
-
-
-def adapt_nsynth(root: Path, **_) -> list[Clip]:
-    """NSynth (Engel et al. 2017): nsynth-{train,valid,test}/audio/<note>.wav + examples.json;
-    label = instrument_family_str, extras pitch and instrument_source_str."""
-    clips = []
-    for split in ("train", "valid", "test"):
-        folder = root / f"nsynth-{split}"
-        if not folder.is_dir():
+    sources = [source_name(c.source, root) for c in clips]
+    base = [clip_id(c.key) for c in clips]
+    count = Counter(base)
+    wanted = [b if count[b] == 1 else clip_id(c.key + c.source.suffix.lower()) for c, b in zip(clips, base)]
+    ids = [previous.get(s) for s in sources]
+    used, taken = set(filter(None, ids)), set(previous.values())
+    count = Counter(w for w, i in zip(wanted, ids) if i is None)
+    for n, (cid, source) in enumerate(zip(wanted, sources)):
+        if ids[n] is not None:
             continue
-        with open(_require(folder / "examples.json", "NSynth metadata")) as f:
-            examples = json.load(f)
-        for note, ex in sorted(examples.items()):
-            clips.append(Clip(folder / "audio" / f"{note}.wav", f"{split}/{note}", ex["instrument_family_str"], split,
-                              None, {"pitch": int(ex["pitch"]), "instrument_source_str": ex["instrument_source_str"]}))
-    if not clips:
-        raise DatasetLayoutError(f"{root}: no nsynth-{{train,valid,test}}/ folder found (NSynth layout)")
-    return clips
+        if cid in taken or cid in used or count[cid] > 1:
+            cid = f"{cid}-{hashlib.sha1(source.encode()).hexdigest()[:8]}"
+        while cid in used:  # a hash collision: practically never
+            cid += "_"
+        ids[n] = cid
+        used.add(cid)
+    return ids
 
-
-def adapt_speechcommands(root: Path, **_) -> list[Clip]:
-    """Speech Commands v0.02 (Warden 2018): <word>/*.wav, validation_list.txt, testing_list.txt;
-    _background_noise_ excluded; column sc10 marks the ten digit words."""
-    valid = set(_read_list(_require(root / "validation_list.txt", "Speech Commands validation list")))
-    test = set(_read_list(_require(root / "testing_list.txt", "Speech Commands testing list")))
-    clips = []
-    for path in sorted(root.glob("*/*.wav")):
-        word = path.parent.name
-        if word.startswith("_"):
-            continue
-        key = f"{word}/{path.name}"
-        split = "valid" if key in valid else "test" if key in test else "train"
-        clips.append(Clip(path, key.rsplit(".", 1)[0], word, split, None, {"sc10": word in SC10_WORDS}))
-    return clips
-
-
-def _audio_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
-
-
-def adapt_audioset(root: Path, labels: Path | None = None, **_) -> list[Clip]:
-    """Any folder tree of clips (unlabelled pretraining data, split 'train'). Optional labels CSV: either
-    columns `file,label` (file relative to root) or AudioSet segment CSVs (YTID, ..., positive_labels),
-    matched on the file name starting with the YTID (or 'Y' + YTID); multiple labels are joined by ';'."""
-    label_of: dict[str, str] = {}
-    if labels is not None:
-        table = pd.read_csv(labels, comment="#", skipinitialspace=True, header=None, dtype=str,
-                            keep_default_na=False)
-        if table.iloc[0, 0] == "file":
-            label_of = {r[0]: r[1] for r in table.iloc[1:].itertuples(index=False)}
-        else:  # YTID, start_seconds, end_seconds, positive_labels (may span columns after quoting)
-            label_of = {r[0]: ";".join(p.strip('" ') for x in r[3:] for p in x.split(",") if p.strip('" '))
-                        for r in table.itertuples(index=False)}
-    clips = []
-    for path in _audio_files(root):
-        rel = path.relative_to(root).as_posix()
-        label = label_of.get(rel, "")
-        if not label and label_of:
-            stem = path.stem[1:] if path.stem.startswith("Y") else path.stem
-            label = label_of.get(stem[:11], label_of.get(path.stem[:11], ""))
-        clips.append(Clip(path, rel.rsplit(".", 1)[0], label, "train"))
-    if not clips:
-        raise DatasetLayoutError(f"{root}: no audio files (.wav/.flac/.ogg) found")
-    return clips
-
-
-def adapt_folder(root: Path, **_) -> list[Clip]:
-    """<class>/<file>: label = the class folder's name, no split or fold."""
-    clips = [Clip(p, f"{p.parent.name}/{p.stem}", p.parent.name) for p in sorted(root.glob("*/*"))
-             if p.suffix.lower() in AUDIO_EXTENSIONS]
-    if not clips:
-        raise DatasetLayoutError(f"{root}: no <class>/<file> audio found")
-    return clips
-
-
-def adapt_synthetic(root: Path, size: str = "small", seed: int = 0, **_) -> list[Clip]:
-    """The built-in data set (synthetic.py), generated in the ESC-50 layout and read by that adapter."""
-    from synthetic import generate_synthetic
-    return adapt_esc50(generate_synthetic(root, size=size, seed=seed))
-
-
-ADAPTERS = {"esc50": adapt_esc50, "gtzan": adapt_gtzan, "nsynth": adapt_nsynth,
-            "speechcommands": adapt_speechcommands, "audioset": adapt_audioset, "folder": adapt_folder,
-            "synthetic": adapt_synthetic}
 
 # ----------------------------------------------------------------------------- per-clip work
 
 _WORKER: dict = {}
 
 
-def _init_worker(params: dict) -> None:
+def _init_worker(params: dict, out: str, pack_tag: str | None) -> None:
     torch.set_num_threads(1)
     _WORKER["params"] = params
     _WORKER["logmel"] = LogMel(LogMelConfig(**params["logmel"]))
+    _WORKER["pack"] = PackWriter(Path(out) / PACKED_DIR, pack_tag, params["dtype"]) if pack_tag else None
 
 
 def _save_npy(array: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (full disk) leaves no temp behind
 
 
 def process_clip(job: tuple[Clip, str, str]) -> tuple[str, dict | str]:
-    """Load, resample, compute the log-mel and save; returns ('ok', row) or ('error', reason)."""
+    """Load, resample, compute the log-mel, save it (and pack it); returns ('ok', info), ('error', reason) or
+    ('fatal', message) when the cache cannot be written (full disk): the run stops, finished clips are kept."""
     clip, out, cid = job
     params, out = _WORKER["params"], Path(out)
     try:
         wave = load_audio(clip.source, params["sample_rate"], params["min_seconds"])
     except AudioError as err:
         return "error", err.reason
-    logmel = _WORKER["logmel"](torch.from_numpy(wave)).numpy()
-    _save_npy(logmel.astype(np.float32), out / "logmel" / f"{cid}.npy")
-    if params["waveform"]:
-        _save_npy(wave, out / "wave" / f"{cid}.npy")
-    return "ok", {"duration": len(wave) / params["sample_rate"]}
+    logmel = _WORKER["logmel"](torch.from_numpy(wave)).numpy().astype(params["dtype"])
+    try:
+        _save_npy(logmel, out / "logmel" / f"{cid}.npy")
+        if params["waveform"]:
+            _save_npy(wave, out / "wave" / f"{cid}.npy")
+        pack = _WORKER["pack"].append(logmel) if _WORKER["pack"] else None
+    except OSError as err:
+        return "fatal", f"{err.filename or out}: {err.strerror or err}"
+    return "ok", {"duration": len(wave) / params["sample_rate"], "pack": pack,
+                  "warning": truncation_warning(clip.source)}
 
 
 def manifest_row(clip: Clip, cid: str, root: Path, duration: float, waveform: bool) -> dict:
-    source = clip.source.relative_to(root).as_posix() if clip.source.is_relative_to(root) else str(clip.source)
     return {"id": cid, "logmel": f"logmel/{cid}.npy", "wave": f"wave/{cid}.npy" if waveform else "",
             "label": clip.label, "split": clip.split, "fold": "" if clip.fold is None else clip.fold,
-            "duration": round(duration, 4), "source": source, **clip.extras}
+            "duration": round(duration, 4), "source": source_name(clip.source, root), **clip.extras}
 
 # ----------------------------------------------------------------------------- run bookkeeping
 
@@ -248,7 +146,7 @@ def manifest_row(clip: Clip, cid: str, root: Path, duration: float, waveform: bo
 def run_params(args: argparse.Namespace) -> dict:
     logmel = LogMelConfig(mel_scale=args.mel_scale)
     return {"dataset": args.dataset, "sample_rate": SAMPLE_RATE, "logmel": logmel.to_dict(),
-            "log_offset": "ln(mel + 1.1920929e-07)", "waveform": bool(args.waveform),
+            "log_offset": "ln(mel + 1.1920929e-07)", "waveform": bool(args.waveform), "dtype": args.dtype,
             "min_seconds": args.min_seconds, "size": args.size if args.dataset == "synthetic" else None,
             "split_dir": str(args.split_dir) if args.split_dir else None}
 
@@ -264,7 +162,11 @@ def check_params(out: Path, params: dict, force: bool) -> None:
     path = out / "preprocess.json"
     if not path.exists() or force:
         return
-    old = json.loads(path.read_text())["params"]
+    try:
+        old = {"dtype": "float32", **json.loads(path.read_text())["params"]}  # caches before --dtype: float32
+    except (ValueError, KeyError, TypeError):
+        raise SystemExit(f"{path}: unreadable (not the JSON preprocess.py writes); use another --out, or "
+                         "--force to rebuild the cache") from None
     diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
     if diff:
         lines = "\n".join(f"  {k}: cache has {a!r}, this run asks for {b!r}" for k, (a, b) in diff.items())
@@ -273,12 +175,15 @@ def check_params(out: Path, params: dict, force: bool) -> None:
 
 
 def write_csv_atomic(rows: list[dict], path: Path, columns: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_rows(paths: list[Path]) -> dict[str, dict]:
@@ -290,18 +195,62 @@ def read_rows(paths: list[Path]) -> dict[str, dict]:
     return rows
 
 
-def read_errors(paths: list[Path]) -> dict[str, str]:
+def read_errors(paths: list[Path]) -> dict[str, tuple[str, str]]:
+    """file -> (reason, kind) of earlier errors files (kind 'error' where a file predates the column)."""
     errors = {}
     for path in paths:
         with open(path, newline="", encoding="utf-8") as f:
-            errors.update({r["file"]: r["reason"] for r in csv.DictReader(f)})
+            errors.update({r["file"]: (r["reason"], r.get("kind") or "error") for r in csv.DictReader(f)})
     return errors
 
 
-def remove_stale_temps(out: Path) -> None:
-    for folder in (out / "logmel", out / "wave"):
-        for tmp in folder.glob(".*.tmp*"):
-            tmp.unlink(missing_ok=True)
+def remove_stale_files(out: Path, pack_tag: str) -> None:
+    """Temp files of interrupted writes (.<name>.tmp<pid>) in every folder the package writes, and pack shard
+    files of this run's tag (all / sK-of-N) that no pack index lists (a killed --pack run)."""
+    for folder in (out, out / "logmel", out / "wave", out / PACKED_DIR):
+        remove_stale_temps(folder)
+    listed = {e[0] for index in (out / PACKED_DIR).glob("index*.npz") for e in read_pack_index(index).values()}
+    for part in (out / PACKED_DIR).glob(f"logmel-{pack_tag}-*.bin"):
+        if part.name not in listed:
+            part.unlink()
+
+
+def prepare_out(out: Path) -> None:
+    """Create the cache folders; a path that cannot hold them ends the run with one line naming it."""
+    try:
+        for folder in (out, out / "logmel", out / "wave"):
+            folder.mkdir(parents=True, exist_ok=True)
+            if not folder.is_dir():
+                raise FileExistsError(17, "exists and is not a folder", str(folder))
+        probe = temp_path(out / "write-test")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except FileExistsError as err:
+        raise SystemExit(f"{err.filename}: exists and is not a folder; choose another --out") from None
+    except OSError as err:
+        raise SystemExit(f"{err.filename or out}: cannot write the cache there ({err.strerror or err})") from None
+
+
+def launcher_shard(env: dict | None = None) -> str | None:
+    """'K/N' from a SLURM job array (SLURM_ARRAY_TASK_ID/_MIN/_STEP/_COUNT) or torchrun (RANK, WORLD_SIZE > 1)."""
+    env = os.environ if env is None else env
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        k = (int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))) \
+            // int(env.get("SLURM_ARRAY_TASK_STEP", 1)) + 1
+        return f"{k}/{env['SLURM_ARRAY_TASK_COUNT']}"
+    if int(env.get("WORLD_SIZE", 1)) > 1 and "RANK" in env:
+        return f"{int(env['RANK']) + 1}/{env['WORLD_SIZE']}"
+    return None
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'K/N' -> (K, N); None or N = 1 -> None (a full run, which merges earlier shards)."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"(\d+)/(\d+)", text)
+    if not m or not 1 <= int(m[1]) <= int(m[2]):
+        raise SystemExit(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 2/8")
+    return None if int(m[2]) == 1 else (int(m[1]), int(m[2]))
 
 # ----------------------------------------------------------------------------- main
 
@@ -315,12 +264,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="cache folder to write")
     p.add_argument("--waveform", action="store_true", help="also cache 16 kHz waveforms (CLAR needs them)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--shard", default=None, help="K/N: process every N-th clip, starting at the K-th (1-based)")
+    p.add_argument("--shard", default=None, help="K/N: process every N-th clip, starting at the K-th (1-based); "
+                   "default: from SLURM_ARRAY_TASK_ID/COUNT or torchrun's RANK/WORLD_SIZE when set")
     p.add_argument("--force", action="store_true", help="rebuild every clip, even with other parameters")
-    p.add_argument("--pack", action="store_true", help="also pack all log-mels into one memory map "
-                   "(CACHE/packed/) for fast loading")
+    p.add_argument("--pack", action="store_true", help="also pack the log-mels into memory-mapped shard files "
+                   "(CACHE/packed/), written by the workers as they go, for fast loading")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="log-mel storage type "
+                   "(float16 halves the disk; see README for its error)")
     p.add_argument("--split-dir", type=Path, help="GTZAN: folder with {train,valid,test}_filtered.txt")
-    p.add_argument("--labels", type=Path, help="audioset: optional labels CSV")
+    p.add_argument("--labels", type=Path, help="audioset: folder with the segment CSVs and class_labels_indices.csv "
+                   "(default: --root), or one file,label CSV")
     p.add_argument("--size", default="small", choices=("small", "default"), help="synthetic: data set size")
     p.add_argument("--seed", type=int, default=0, help="synthetic generation and GTZAN fallback split")
     p.add_argument("--min-seconds", type=float, default=0.1, help="skip clips shorter than this")
@@ -328,18 +281,140 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    m = re.fullmatch(r"(\d+)/(\d+)", text)
-    if not m or not 1 <= int(m[1]) <= int(m[2]):
-        raise SystemExit(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 2/8")
-    return int(m[1]), int(m[2])
+def find_clips(args: argparse.Namespace) -> tuple[list[Clip], dict[str, tuple[str, str]]]:
+    """The adapter's clips and its skipped files as errors.csv entries (file -> (reason, kind))."""
+    try:
+        found = REGISTRY[args.dataset].adapter(args.root, split_dir=args.split_dir, labels=args.labels,
+                                               size=args.size, seed=args.seed)
+    except (DatasetLayoutError, FileExistsError) as err:
+        raise SystemExit(f"{args.dataset}: {err}") from None
+    return found.clips, {str(s.path): (s.reason, s.kind) for s in found.skipped}
+
+
+def plan(jobs, out: Path, root: Path, args, done_rows: dict, known: dict) -> tuple[dict, dict, list, int]:
+    """Split the jobs into resumed rows, known errors and clips to process."""
+    rows, errors, todo, resumed = {}, {}, [], 0
+    for clip, cid in jobs:
+        source = str(clip.source)
+        logmel_done = (out / "logmel" / f"{cid}.npy").exists()
+        wave_done = not args.waveform or (out / "wave" / f"{cid}.npy").exists()
+        same = cid in done_rows and done_rows[cid]["source"] == source_name(clip.source, root)
+        if same and logmel_done and wave_done:
+            rows[cid], resumed = {**done_rows[cid]}, resumed + 1
+        elif logmel_done and wave_done and not args.force and cid not in done_rows:
+            info = sf.info(source)  # finished before an interruption: header only, no decoding
+            samples = math.ceil(info.frames * SAMPLE_RATE / info.samplerate)  # = torchaudio's resampled length
+            rows[cid] = manifest_row(clip, cid, root, samples / SAMPLE_RATE, args.waveform)
+            resumed += 1
+        elif known.get(source, ("", ""))[1] == "error":
+            errors[source] = known[source]
+            continue
+        elif not clip.source.exists():
+            errors[source] = ("missing (listed in the metadata but not on disk)", "error")
+            continue
+        else:
+            todo.append((clip, cid))
+            continue
+        if known.get(source, ("", ""))[1] == "warning":  # a resumed clip keeps its warning
+            errors[source] = known[source]
+    return rows, errors, todo, resumed
+
+
+def process_all(todo, out: Path, root: Path, args, params: dict, pack_tag: str | None, rows, errors,
+                packed: dict, save_pack=None) -> tuple[int, float]:
+    """Run process_clip over `todo` (in a pool of workers), filling rows, errors and pack entries; calls
+    `save_pack()` every PACK_INDEX_SECONDS, so that a killed --pack run keeps what its workers packed."""
+    audio_seconds, written, saved = 0.0, 0, time.time()
+    workers = max(1, min(args.workers, len(todo)))
+    job_args = [(clip, str(out), cid) for clip, cid in todo]
+    init = (params, str(out), pack_tag)
+    with tqdm(total=len(todo), desc=f"preprocess {args.dataset}", unit="clip", disable=not todo) as bar:
+        pool = Pool(workers, initializer=_init_worker, initargs=init) if workers > 1 else None
+        if pool is None:
+            _init_worker(*init)
+        results = zip(todo, pool.imap(process_clip, job_args, chunksize=16) if pool else map(process_clip, job_args))
+        try:
+            for (clip, cid), (status, value) in results:
+                bar.update()
+                if status == "fatal":
+                    raise SystemExit(f"{value}; the run stopped (finished clips are kept: free space, then run "
+                                     "the same command again to resume)")
+                if status == "error":
+                    errors[str(clip.source)] = (value, "error")
+                    tqdm.write(f"skipped {clip.source}: {value}")
+                    continue
+                rows[cid] = manifest_row(clip, cid, root, value["duration"], args.waveform)
+                audio_seconds, written = audio_seconds + value["duration"], written + 1
+                if value["pack"]:
+                    packed[cid] = value["pack"]
+                    if save_pack and time.time() - saved >= PACK_INDEX_SECONDS:
+                        save_pack()
+                        saved = time.time()
+                if value["warning"]:
+                    errors[str(clip.source)] = (value["warning"], "warning")
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+    return written, audio_seconds
+
+
+def pack_index_name(shard: tuple[int, int] | None) -> str:
+    return f"index.shard-{shard[0]}-of-{shard[1]}.npz" if shard else "index.npz"
+
+
+def earlier_pack_entries(out: Path) -> dict[str, tuple[str, int, int]]:
+    """id -> (file, offset, frames) of every pack index in the cache (full, shards, or a killed run's)."""
+    earlier = {}
+    for index in sorted((out / PACKED_DIR).glob("index*.npz")):
+        earlier.update(read_pack_index(index))
+    return earlier
+
+
+def pack_saver(out: Path, shard, ids: list[str], params: dict, packed: dict):
+    """A function that saves the pack index as it stands: earlier entries + `packed` (filled as the run goes)."""
+    earlier = earlier_pack_entries(out)
+
+    def save() -> None:
+        write_pack_index(out / PACKED_DIR, pack_index_name(shard), {**earlier, **packed}, ids,
+                         params["logmel"]["n_mels"], params["dtype"])
+    return save
+
+
+def finish_pack(out: Path, ids: list[str], rows: dict, packed: dict, params: dict, shard, pack_tag: str) -> None:
+    """Write this run's pack index: entries of earlier indexes and of this run's workers; a clip with none
+    (done before without --pack, or by a killed run before its index was saved) is appended from its file."""
+    folder = out / PACKED_DIR
+    earlier = earlier_pack_entries(out)
+    entries = {cid: packed.get(cid) or earlier.get(cid) for cid in ids if cid in rows}
+    missing = [cid for cid, e in entries.items() if e is None]
+    if missing:
+        writer = PackWriter(folder, pack_tag, params["dtype"])
+        for cid in tqdm(missing, desc="pack clips done earlier", unit="clip"):
+            entries[cid] = writer.append(load_array(out, rows[cid]["logmel"]))
+    write_pack_index(folder, pack_index_name(shard), entries, ids, params["logmel"]["n_mels"], params["dtype"])
+    if not shard:
+        for stale in folder.glob("index.shard-*.npz"):
+            stale.unlink()
+        listed = {e[0] for e in entries.values()}
+        for part in folder.glob("logmel-*.bin"):
+            if part.name not in listed:
+                part.unlink()
+
+
+def summary_line(out: Path, summary: dict, suffix: str) -> str:
+    extra = ", ".join(f"{summary[k]} {label}" for k, label in [
+        ("warnings", "loaded with a warning"), ("not_audio", "not audio"), ("hidden", "hidden"),
+        ("excluded", "outside the data set's layout or lists")] if summary[k])
+    return (f"{out}: {summary['written']} clips written, {summary['already_done']} already done, "
+            f"{summary['skipped']} skipped" + (f", {extra}" if extra else "")
+            + f" (see {out / f'errors{suffix}.csv'}), {summary['seconds']} s"
+            + (f", {summary['x_realtime']}x real time" if summary["written"] else ""))
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    shard = parse_shard(args.shard)
+    shard = parse_shard(args.shard or launcher_shard())
     if args.root is None:
         if args.dataset != "synthetic":
             raise SystemExit(f"--root is required for --dataset {args.dataset}")
@@ -348,95 +423,58 @@ def main(argv: list[str] | None = None) -> dict:
     if args.dataset != "synthetic" and not root.is_dir():
         raise SystemExit(f"{root}: data set folder not found")
     params = run_params(args)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out(out)
     check_params(out, params, args.force)
-    try:
-        clips = ADAPTERS[args.dataset](root, split_dir=args.split_dir, labels=args.labels, size=args.size,
-                                       seed=args.seed)
-    except DatasetLayoutError as err:
-        raise SystemExit(f"{args.dataset}: {err}") from None
-    ids = [clip_id(c.key) for c in clips]
-    if len(set(ids)) != len(ids):
-        raise SystemExit(f"{root}: two clips map to the same id; rename them")
-    (out / "logmel").mkdir(exist_ok=True)
-    (out / "wave").mkdir(exist_ok=True)
-    remove_stale_temps(out)
+    clips, adapter_skips = find_clips(args)
+    earlier = sorted(out.glob("manifest*.csv"))
+    done_rows = read_rows(earlier)
+    ids = assign_ids(clips, root, {r["source"]: cid for cid, r in done_rows.items()})
+    pack_tag = f"s{shard[0]}of{shard[1]}" if shard else "all"
     if args.force:
         shutil.rmtree(out / PACKED_DIR, ignore_errors=True)  # a rebuilt clip would not match the pack
+        done_rows = {}
+    if args.pack:
+        (out / PACKED_DIR).mkdir(exist_ok=True)
+    remove_stale_files(out, pack_tag)
     meta = {"params": params, "versions": versions(), "root": str(root.resolve()), "command": sys.argv}
-    (out / ".preprocess.json.tmp").write_text(json.dumps(meta, indent=2))
-    os.replace(out / ".preprocess.json.tmp", out / "preprocess.json")
+    tmp = temp_path(out / "preprocess.json")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, out / "preprocess.json")
 
     suffix = f".shard-{shard[0]}-of-{shard[1]}" if shard else ""
     jobs = list(zip(clips, ids))
     if shard:
         jobs = jobs[shard[0] - 1::shard[1]]
-    # Resume / merge: rows of earlier (shard) manifests, files already on disk, and known failures.
-    earlier = [] if args.force else sorted(out.glob("manifest*.csv"))
-    done_rows = read_rows(earlier)
-    known_errors = {} if args.force else read_errors(sorted(out.glob("errors*.csv")))
-    rows, errors, todo, resumed = {}, {}, [], 0
-    for clip, cid in jobs:
-        source = str(clip.source)
-        logmel_done = (out / "logmel" / f"{cid}.npy").exists()
-        wave_done = not args.waveform or (out / "wave" / f"{cid}.npy").exists()
-        if cid in done_rows and logmel_done and wave_done:
-            rows[cid], resumed = {**done_rows[cid]}, resumed + 1
-        elif logmel_done and wave_done and not args.force:
-            info = sf.info(source)  # finished before an interruption: header only, no decoding
-            samples = math.ceil(info.frames * SAMPLE_RATE / info.samplerate)  # = torchaudio's resampled length
-            rows[cid] = manifest_row(clip, cid, root, samples / SAMPLE_RATE, args.waveform)
-            resumed += 1
-        elif source in known_errors:
-            errors[source] = known_errors[source]
-        elif not clip.source.exists():
-            errors[source] = "missing (listed in the metadata but not on disk)"
-        else:
-            todo.append((clip, cid))
-
-    start, audio_seconds, written = time.time(), 0.0, 0
-    workers = max(1, min(args.workers, len(todo)))
-    job_args = [(clip, str(out), cid) for clip, cid in todo]
-    with tqdm(total=len(todo), desc=f"preprocess {args.dataset}", unit="clip", disable=not todo) as bar:
-        if workers == 1:
-            _init_worker(params)
-            results = map(process_clip, job_args)
-            results = ((c, r) for c, r in zip(todo, results))
-            pool = None
-        else:
-            pool = Pool(workers, initializer=_init_worker, initargs=(params,))
-            results = zip(todo, pool.imap(process_clip, job_args, chunksize=16))
-        for (clip, cid), (status, value) in results:
-            if status == "ok":
-                rows[cid] = manifest_row(clip, cid, root, value["duration"], args.waveform)
-                audio_seconds += value["duration"]
-                written += 1
-            else:
-                errors[str(clip.source)] = value
-                tqdm.write(f"skipped {clip.source}: {value}")
-            bar.update()
-        if pool is not None:
-            pool.close()
-            pool.join()
-    if args.pack and not shard and rows:
-        pack_logmels(out, pd.DataFrame([rows[cid] for _, cid in jobs if cid in rows]))
+    known = {} if args.force else read_errors(sorted(out.glob("errors*.csv")))
+    rows, errors, todo, resumed = plan(jobs, out, root, args, done_rows, known)
+    start, packed, order = time.time(), {}, [cid for _, cid in jobs]
+    save_pack = pack_saver(out, shard, order, params, packed) if args.pack else None
+    written, audio_seconds = process_all(todo, out, root, args, params, pack_tag if args.pack else None, rows,
+                                         errors, packed, save_pack)
+    if args.pack and rows:
+        finish_pack(out, order, rows, packed, params, shard, pack_tag)
     seconds = time.time() - start
 
     extra_columns = sorted({k for r in rows.values() for k in r} - set(MANIFEST_COLUMNS))
-    ordered = [rows[cid] for _, cid in jobs if cid in rows]
-    write_csv_atomic(ordered, out / f"manifest{suffix}.csv", MANIFEST_COLUMNS + extra_columns)
-    write_csv_atomic([{"file": f, "reason": r} for f, r in errors.items()], out / f"errors{suffix}.csv",
-                     ["file", "reason"])
+    write_csv_atomic([rows[cid] for cid in order if cid in rows], out / f"manifest{suffix}.csv",
+                     MANIFEST_COLUMNS + extra_columns)
+    errors = {**adapter_skips, **errors}
+    write_csv_atomic([{"file": f, "reason": r, "kind": k} for f, (r, k) in errors.items()],
+                     out / f"errors{suffix}.csv", ["file", "reason", "kind"])
     if not shard:  # the full manifest now holds what the shards found
         for stale in list(out.glob("manifest.shard-*.csv")) + list(out.glob("errors.shard-*.csv")):
             stale.unlink()
-    summary = {"written": written, "already_done": resumed, "skipped": len(errors), "seconds": round(seconds, 2),
+    kinds = Counter(k for _, k in errors.values())
+    summary = {"written": written, "already_done": resumed, "skipped": kinds["error"],
+               "warnings": kinds["warning"], "not_audio": kinds["not_audio"], "hidden": kinds["hidden"],
+               "excluded": kinds["excluded"], "seconds": round(seconds, 2),
                "x_realtime": round(audio_seconds / seconds, 1) if seconds > 0 and audio_seconds else 0.0}
-    print(f"{out}: {summary['written']} clips written, {summary['already_done']} already done, "
-          f"{summary['skipped']} skipped (see {out / f'errors{suffix}.csv'}), {summary['seconds']} s"
-          + (f", {summary['x_realtime']}x real time" if written else ""))
+    print(summary_line(out, summary, suffix))
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except OSError as err:  # anything not caught where it happens: still one line naming the file
+        sys.exit(f"preprocess.py: error: {err.filename or ''}: {err.strerror or err}")

@@ -22,11 +22,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy import stats
 
-from utils import atomic_write_text
+from utils import atomic_write_text, remove_stale_temps
 
 # The results CSV: one row per evaluation (linear_eval.py, synthetic.py --check), read by results/make_tables.py.
 RESULT_FIELDS = ["date", "task", "model", "ckpt_sha256", "config", "long", "pool", "label_fraction", "shots",
-                 "seeds", "folds", "fold_acc", "mean", "ci95", "n", "unit_seconds", "lr", "n_train", "commit"]
+                 "seeds", "folds", "fold_acc", "mean", "ci95", "n", "unit_seconds", "lr", "n_train", "commit",
+                 "best_epochs", "not_converged"]
 
 
 @dataclass
@@ -170,10 +171,13 @@ def split_accuracy(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray,
 
 
 def append_result(path: str | os.PathLike, row: dict) -> None:
-    """Append `row` to the results CSV (created with a header); a file with another header is an error."""
+    """Append `row` to the results CSV (created with a header). A file written before newer columns existed (its
+    header a prefix of RESULT_FIELDS) gets them, empty, first; any other header is an error."""
     path = Path(path)
     text = io.StringIO()
     writer = csv.DictWriter(text, RESULT_FIELDS)
+    if path.parent.is_dir():
+        remove_stale_temps(path.parent)  # of a killed earlier run
     if not path.is_file() or path.stat().st_size == 0:
         writer.writeheader()
         writer.writerow(row)
@@ -182,7 +186,27 @@ def append_result(path: str | os.PathLike, row: dict) -> None:
     with open(path, newline="") as f:
         header = next(csv.reader(f), [])
     if header != RESULT_FIELDS:
-        raise ValueError(f"{path}: header {header} differs from {RESULT_FIELDS}; move the old file aside")
+        if header != RESULT_FIELDS[:len(header)]:
+            raise ValueError(f"{path}: header {header} differs from {RESULT_FIELDS}; move the old file aside")
+        with open(path, newline="") as f:
+            old_rows = list(csv.DictReader(f))
+        upgraded = io.StringIO()
+        csv.DictWriter(upgraded, RESULT_FIELDS, restval="").writeheader()
+        csv.DictWriter(upgraded, RESULT_FIELDS, restval="").writerows(old_rows)
+        atomic_write_text(upgraded.getvalue(), path)
     writer.writerow(row)
     with open(path, "a", newline="") as f:  # one small O_APPEND write
         f.write(text.getvalue())
+
+
+def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                 n_classes: int, k: int = 20, temperature: float = 0.07) -> float:
+    """DINO's weighted k-NN classifier (Caron et al. 2021, eval_knn.py): cosine similarity of L2-normalised
+    embeddings, the k most similar training items vote for their class with weight exp(similarity / T); the
+    accuracy (0-1) of the arg-max class on the test items. Cheap enough to run during pretraining."""
+    train_x = F.normalize(train_x.float(), dim=1)
+    test_x = F.normalize(test_x.float(), dim=1)
+    similarity, neighbours = (test_x @ train_x.T).topk(min(k, len(train_x)), dim=1)
+    votes = torch.zeros(len(test_x), n_classes, dtype=torch.float32)
+    votes.scatter_add_(1, train_y[neighbours].long(), (similarity / temperature).exp())
+    return (votes.argmax(1) == test_y.long()).float().mean().item()

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from utils import atomic_write_text
+from utils import atomic_write_text, remove_stale_temps, temp_path
 
 SAMPLE_RATE = 16000
 VERSION = 2  # bump when the generator changes: a cached set with another version is regenerated
@@ -66,6 +66,7 @@ ESC10_CLASSES = {0, 1, 4, 6, 8}
 REGISTERS = [200.0, 300.0, 300.0, 200.0, 450.0, 300.0, 300.0, 600.0, 600.0, 450.0]
 CSV_COLUMNS = ["filename", "fold", "target", "category", "esc10", "src_file", "take"]
 MARKER = "synthetic.json"  # root/meta/synthetic.json, written last: the set is complete
+PARTIAL = "synthetic.partial.json"  # present while a (re)generation runs: the folder is ours, restartable
 # nuisance ranges, drawn uniformly per clip
 LOUDNESS_DB = (-10.0, 10.0)  # event RMS around 0.05 (-26 dBFS)
 SNR_DB = (0.0, 20.0)  # event power over background power, both averaged over the clip
@@ -204,7 +205,7 @@ def clip_table(size: str) -> list[dict]:
 def write_wav(path: Path, clip: np.ndarray) -> None:
     """16-bit PCM mono WAV via a temp file + rename (stdlib `wave`: no timestamps, byte-reproducible)."""
     pcm = np.clip(np.round(clip * 32767), -32768, 32767).astype("<i2")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_path(path)
     with wavfile.open(str(tmp), "wb") as f:
         f.setnchannels(1)
         f.setsampwidth(2)
@@ -241,8 +242,9 @@ def generate_synthetic(root: str | os.PathLike, size: str = "small", seed: int =
 
     Deterministic: the same size and seed give byte-identical files. Returns at once when
     root/meta/synthetic.json says a complete set of this size, seed and version is there. Every file
-    is written atomically and the marker last, so an interrupted run never looks complete. Refuses
-    a `root` that holds a real ESC-50 (an esc50.csv without the marker).
+    is written atomically and the marker last, so an interrupted run never looks complete; meta/
+    synthetic.partial.json marks a (re)generation in progress, so an interrupted one is redone by the next
+    call. Refuses a `root` that holds a real ESC-50 (an esc50.csv without either marker).
     """
     root = Path(root)
     rows = clip_table(size)
@@ -254,17 +256,16 @@ def generate_synthetic(root: str | os.PathLike, size: str = "small", seed: int =
     if _is_complete(root, marker):
         return root
     marker_path, csv_path = root / "meta" / MARKER, root / "meta" / "esc50.csv"
-    if csv_path.exists() and not marker_path.exists():
+    partial_path = root / "meta" / PARTIAL
+    if csv_path.exists() and not marker_path.exists() and not partial_path.exists():
         raise FileExistsError(f"{csv_path}: exists and is not a synthetic set; choose another root")
-    old_files: list[str] = []
-    if marker_path.exists():
-        try:
-            old_files = json.loads(marker_path.read_text()).get("files", [])
-        except ValueError:
-            pass
-        marker_path.unlink()  # from here on the set is incomplete until the new marker is written
-    (root / "audio").mkdir(parents=True, exist_ok=True)
-    (root / "meta").mkdir(parents=True, exist_ok=True)
+    old_files = sorted(set(_listed_files(marker_path)) | set(_listed_files(partial_path)))
+    for folder in (root / "audio", root / "meta"):
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(folder)
+    # written before the complete marker goes: an interrupted regeneration stays recognisable and restartable
+    atomic_write_text(json.dumps({"generator": "synthetic", "files": old_files}) + "\n", partial_path)
+    marker_path.unlink(missing_ok=True)  # from here on the set is incomplete until the new marker is written
     for row in tqdm(rows, desc=f"synthetic {size}", unit="clip", disable=None):
         rng = np.random.default_rng([int(seed), row["target"], row["index"]])
         write_wav(root / "audio" / row["filename"], make_clip(row["target"], rng, seconds))
@@ -273,7 +274,16 @@ def generate_synthetic(root: str | os.PathLike, size: str = "small", seed: int =
         (root / "audio" / name).unlink(missing_ok=True)
     atomic_write_text(csv_text, csv_path)
     atomic_write_text(json.dumps({**marker, "files": new_files}, indent=1) + "\n", marker_path)
+    partial_path.unlink()
     return root
+
+
+def _listed_files(marker: Path) -> list[str]:
+    """The clip names a (complete or partial) marker lists; [] when it is absent or unreadable."""
+    try:
+        return list(json.loads(marker.read_text()).get("files", []))
+    except (OSError, ValueError, AttributeError):
+        return []
 
 # ----------------------------------------------------------------------------- hardness check
 

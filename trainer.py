@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import config as config_lib
+import data
 import utils
 
 # Keys every method's config has, with the same meaning everywhere (README "Configs").
@@ -50,7 +51,8 @@ COMMON = {
     "optim": {"batch_size": 256, "lr": 1e-4},  # batch_size: the GLOBAL batch, split over torchrun processes
     "train": {"epochs": 100, "max_steps": None, "device": "auto", "out_dir": None, "amp": True, "compile": False,
               "log_every": 10, "save_every": 0,
-              "count_flops": False},  # count the model FLOPs of the run's first step (results.json; bench.py gpu)
+              "count_flops": False,  # count the model FLOPs of the run's first step (results.json; bench.py gpu)
+              "monitor": {"cache": None, "every": 1, "k": 20, "temperature": 0.07}},  # kNN monitor (Monitor)
 }
 # Keys that moved when the three methods were put on one core: old dotted key -> where it went.
 MOVED = {
@@ -157,6 +159,66 @@ class Parts:
     finish: Callable[[], dict] | None = None
     meta: dict = field(default_factory=dict)
 
+# ----------------------------------------------------------------------------- the kNN monitor
+
+
+class Monitor:
+    """train.monitor: the frozen encoder's weighted kNN accuracy (DINO: cosine, k 20, T 0.07; probe.knn_accuracy)
+    on a labelled cache, every `every` epochs and before the first step (the random-init starting point).
+
+    Train items: the cache's train split (or every fold but the last); test items: its test split (or the last
+    fold). Clips are cut or padded to the median length from their start; log-mels are normalised with the
+    scalar mean/std of the training items (as linear_eval.py). Runs on rank 0 under a forked RNG, so it
+    never changes what training draws; its time is left out of the log's `seconds`."""
+
+    def __init__(self, mcfg: dict, input_kind: str, device: torch.device):
+        cache = Path(mcfg["cache"])
+        df = data.read_manifest(cache)
+        df = df[df["label"] != ""].reset_index(drop=True)
+        if (df["split"] == "train").any() and (df["split"] == "test").any():
+            is_train, is_test = df["split"] == "train", df["split"] == "test"
+        elif df["fold"].notna().any():
+            last = df["fold"].max()
+            is_train, is_test = df["fold"].notna() & (df["fold"] != last), df["fold"] == last
+        else:
+            raise ValueError(f"train.monitor.cache {cache}: needs train/test splits or folds to score a kNN monitor")
+        self.labels = data.LabelMap.from_labels(df.loc[is_train, "label"])
+        self.k, self.temperature, self.device, self.kind = mcfg["k"], mcfg["temperature"], device, input_kind
+        self.mean, self.std = (0.0, 1.0)
+        if input_kind == "logmel":
+            frames = sorted(data.load_array(cache, p).shape[-1] for p in df["logmel"][:200])[min(len(df), 200) // 2]
+            make = lambda part: data.LogMelCrops(cache, part, self.labels, frames=frames, random_crop=False)
+            self.mean, self.std = data.logmel_stats(cache, df[is_train], max_clips=1000)
+        else:
+            rate = int(data.cache_params(cache)["sample_rate"])
+            samples = int(round(float(df["duration"].astype(float).median()) * rate))
+            make = lambda part: data.WaveClips(cache, part, self.labels, samples=samples)
+        self.train_set, self.test_set = make(df[is_train]), make(df[is_test])
+        self.seconds, self.last = 0.0, None
+
+    @torch.no_grad()
+    def embed(self, encoder: nn.Module, clips) -> tuple[torch.Tensor, torch.Tensor]:
+        features, labels = [], []
+        for x, y in DataLoader(clips, batch_size=64):
+            x = (x - self.mean) / self.std if self.kind == "logmel" else x
+            features.append(encoder.embed(x.to(self.device)).float().cpu())
+            labels.append(y)
+        return torch.cat(features), torch.cat(labels)
+
+    def __call__(self, encoder: nn.Module) -> float:
+        """kNN accuracy (0-1) of the encoder's current weights; the encoder is back in train mode afterwards."""
+        import probe
+        started = time.time()
+        encoder.eval()
+        with torch.random.fork_rng(devices=[]):
+            train_x, train_y = self.embed(encoder, self.train_set)
+            test_x, test_y = self.embed(encoder, self.test_set)
+        encoder.train()
+        accuracy = probe.knn_accuracy(train_x, train_y, test_x, test_y, len(self.labels), self.k, self.temperature)
+        self.seconds += time.time() - started
+        self.last = accuracy
+        return accuracy
+
 # ----------------------------------------------------------------------------- run folder and checkpoints
 
 
@@ -250,8 +312,9 @@ def check_batches(parts: Parts, env: Env) -> int:
 class Logger:
     """The CSV log (rank 0): a row every train.log_every steps with the mean of mean_keys since the last row."""
 
-    def __init__(self, path: Path, parts: Parts, every: int, resume_step: int | None, seconds: float = 0.0):
-        self.fields = ["step", "epoch", *parts.log_keys, "clips_per_s", "seconds"]
+    def __init__(self, path: Path, parts: Parts, every: int, resume_step: int | None, seconds: float = 0.0,
+                 monitor: bool = False):
+        self.fields = ["step", "epoch", *parts.log_keys, *(["knn_acc"] if monitor else []), "clips_per_s", "seconds"]
         self.mean_keys, self.every, self.window = parts.mean_keys, every, []
         self.csv = utils.CSVLog(path, self.fields, resume_step=resume_step) if utils.is_main() else None
         self.start = time.time() - seconds  # training seconds continue across a resume
@@ -322,8 +385,22 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
         print(f"{kind}: {len(parts.dataset)} clips, {env.steps_per_epoch} steps/epoch of {cfg['optim']['batch_size']}"
               f" | {n_params:.2f}M params | {device} x{world} | {out_dir}"
               + (f" | resumed at epoch {epoch}, step {step}" if ckpt else ""))
+    mcfg = cfg["train"]["monitor"]
+    monitor = Monitor(mcfg, parts.encoder.input_kind, device) if mcfg["cache"] and utils.is_main() else None
     logger = Logger(out_dir / "log.csv", parts, cfg["train"]["log_every"], step + 1 if ckpt else None,
-                    ckpt["seconds"] if ckpt else 0.0)
+                    ckpt["seconds"] if ckpt else 0.0, monitor=bool(mcfg["cache"]))
+
+    def watch() -> None:
+        """A monitor row (rank 0), its time left out of the training seconds."""
+        if monitor is not None:
+            before = monitor.seconds
+            accuracy = monitor(parts.encoder)
+            logger.start += monitor.seconds - before
+            logger.extra({"step": step, "epoch": epoch, "knn_acc": accuracy})
+            print(f"monitor: epoch {epoch}, kNN accuracy {100 * accuracy:.1f} %")
+
+    if ckpt is None:
+        watch()  # the starting point (random init), on the same axes as the curve
     last_good = out_dir / LAST if ckpt else None
     max_steps, epochs, history = cfg["train"]["max_steps"], cfg["train"]["epochs"], []
     step_times, flops = [], None
@@ -368,6 +445,8 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
             extra = parts.epoch_end(epoch) if parts.epoch_end is not None else {}
             if extra:
                 logger.extra({"step": step, "epoch": epoch, **extra})
+            if epoch % mcfg["every"] == 0 or epoch == epochs:
+                watch()
         last_good = save(LAST)
         every = cfg["train"]["save_every"]
         if every and step == epoch * env.steps_per_epoch and (epoch % every == 0 or epoch == epochs):
@@ -375,6 +454,10 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
     results = {"kind": kind, "epoch": epoch, "step": step, "out_dir": str(out_dir),
                "batch_size": cfg["optim"]["batch_size"],
                **step_costs(step_times, cfg["optim"]["batch_size"], device), "flops_per_step": flops}
+    if monitor is not None:
+        results.update(monitor_knn_acc=monitor.last, monitor_seconds=monitor.seconds)
+        print(f"monitor: {monitor.seconds:.1f} s, {100 * monitor.seconds / max(logger.seconds, 1e-9):.1f} % of the "
+              f"{logger.seconds:.1f} s of training")
     if parts.finish is not None:
         results.update(parts.finish())
     if utils.is_main():

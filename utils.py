@@ -10,8 +10,11 @@ import csv
 import hashlib
 import os
 import random
+import re
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +76,7 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     write (full disk: torch says only "unexpected pos") removes its temp file and names the file and disk."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_path(path)
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
@@ -85,7 +88,7 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_path(path)
     try:
         tmp.write_text(text)
         os.replace(tmp, path)
@@ -94,12 +97,43 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
         raise _write_error(path, err) from None
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Delete the `.NAME.tmpPID` files that an interrupted atomic write left in `folder`; returns them."""
-    stale = [p for p in Path(folder).glob(".*.tmp*") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "host"
+OTHER_HOST_TEMP_SECONDS = 3600  # another machine's temp (a shared file system) is stale after an hour
+
+
+def temp_path(path: str | os.PathLike, suffix: str = "") -> Path:
+    """The temp file an atomic write of `path` goes through: .<name>.tmp<pid>@<host><suffix>, in the same folder
+    (so that the rename is atomic) and named by its writer, so that remove_stale_temps can tell a killed
+    writer's temp from a live one's, also across the machines of a shared file system (SLURM array shards)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}@{HOST}{suffix}")
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> int:
+    """Delete the temp files (.<name>.tmp<pid>[@<host>]*) that killed writers left in `folder` (a kill -9 during
+    a large write can leave a file as big as the result). Kept: the temps of a process still running on this
+    machine, and those of another machine younger than an hour. Returns how many were removed."""
+    removed = 0
+    for tmp in Path(folder).glob(".*.tmp*"):
+        m = re.search(r"\.tmp(\d+)(?:@([A-Za-z0-9-]+))?", tmp.name)
+        if m and m[2] not in (None, HOST):
+            if time.time() - tmp.stat().st_mtime < OTHER_HOST_TEMP_SECONDS:
+                continue
+        elif m and int(m[1]) != os.getpid() and _alive(int(m[1])):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid < 2**22  # another user's process (or an impossible pid: not alive)
+    return True
 
 
 def file_sha256(path: str | os.PathLike) -> str:

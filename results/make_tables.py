@@ -9,7 +9,8 @@ Inputs (each optional; whatever is missing shows as "-", never as a number from 
     results/clar_labels.csv          CLAR study: columns mode, label_fraction, accuracy [, ci95, encoder, task]
     results/clar_representation.csv  CLAR study: any columns (shown as they are)
     results/clar_augpairs.csv        CLAR study: columns aug1, aug2, accuracy -> heatmap PNG
-    --runs       folders */log.csv of pretraining runs (step, loss, any *acc* column) -> curve PNGs
+    --runs       folders */log.csv of pretraining runs (step, loss, any *acc* column) -> curve PNGs; the kNN
+                 monitor rows (knn_acc, train.monitor) -> learning curves against epoch and training seconds
 
 Figures go to <out folder>/<out name>_figures/ (results/readme_figures/ for results/README.md).
 """
@@ -28,10 +29,13 @@ import pandas as pd  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from utils import atomic_write_text  # noqa: E402
+from datasets import all_tasks  # noqa: E402
+from utils import atomic_write_text, remove_stale_temps  # noqa: E402
 
-SEED_TASKS = {"gtzan": "GTZAN", "nsynth": "NSynth", "esc50": "ESC-50"}
-OTHER_TASKS = {"sc35": "SPCV2 (sc35)", "sc10": "SC-10", "esc10": "ESC-10"}
+SEED_COLUMNS = ("gtzan", "nsynth", "esc50")  # the seed's table, in its column order
+TITLES = {task: spec.title or task for task, (_, spec) in all_tasks().items()}  # datasets.REGISTRY's tasks
+SEED_TASKS = {task: TITLES[task] for task in SEED_COLUMNS}
+OTHER_TASKS = {task: title for task, title in TITLES.items() if task not in SEED_TASKS}
 CLAR_MODES = ["supervised", "self-supervised", "clar"]
 CLAR_FRACTIONS = ["1", "0.2", "0.1", "0.01"]
 DASH = "-"
@@ -185,7 +189,8 @@ def curve_png(log: pd.DataFrame, path: Path, title: str) -> bool:
         return False
     acc_cols = [c for c in log.columns if "acc" in c.lower() and log[c].notna().any()]
     fig, axes = plt.subplots(1, 1 + bool(acc_cols), figsize=(5 + 4 * bool(acc_cols), 3.2), squeeze=False)
-    axes[0, 0].plot(log["step"], log["loss"])
+    losses = log[log["loss"].notna()]
+    axes[0, 0].plot(losses["step"], losses["loss"])
     axes[0, 0].set(xlabel="step", ylabel="loss", title=title)
     for c in acc_cols:
         rows = log[log[c].notna()]
@@ -195,6 +200,45 @@ def curve_png(log: pd.DataFrame, path: Path, title: str) -> bool:
         axes[0, 1].legend()
     save(fig, path)
     return True
+
+
+def monitor_curves(runs: Path | None) -> dict[str, pd.DataFrame]:
+    """{run name: its kNN monitor rows (epoch, seconds, knn_acc)} for every runs/*/log.csv (or one level deeper)
+    with a `knn_acc` column (trainer.py train.monitor)."""
+    curves = {}
+    logs = sorted(set(runs.glob("*/log.csv")) | set(runs.glob("*/*/log.csv"))) if runs and runs.is_dir() else []
+    for log_path in logs:
+        log = read_csv(log_path)
+        if "knn_acc" not in log:
+            continue
+        rows = log[log["knn_acc"] != ""][["epoch", "seconds", "knn_acc"]].apply(pd.to_numeric, errors="coerce")
+        if len(rows):
+            curves[log_path.parent.relative_to(runs).as_posix()] = rows
+    return curves
+
+
+def learning_curves_png(curves: dict[str, pd.DataFrame], path: Path) -> None:
+    """kNN monitor accuracy against epoch and against training seconds, one line per run; the random-init
+    starting point (epoch 0) is the first, hollow marker of each line."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, rows in curves.items():
+        for ax, x in zip(axes, ("epoch", "seconds")):
+            line, = ax.plot(rows[x], 100 * rows["knn_acc"], marker=".", label=name)
+            start = rows[rows["epoch"] == 0]
+            ax.plot(start[x], 100 * start["knn_acc"], "o", mfc="none", color=line.get_color(), markersize=8)
+    axes[0].set(xlabel="epoch", ylabel="kNN accuracy %", title="kNN monitor (o = random init)")
+    axes[1].set(xlabel="training seconds", ylabel="kNN accuracy %", title="against compute")
+    axes[0].legend(fontsize=7)
+    save(fig, path)
+
+
+def learning_curves_table(curves: dict[str, pd.DataFrame]) -> str:
+    rows = []
+    for name, r in curves.items():
+        start = r[r["epoch"] == 0]["knn_acc"]
+        rows.append([name, f"{100 * start.iloc[0]:.1f}" if len(start) else DASH, f"{100 * r['knn_acc'].iloc[-1]:.1f}",
+                     f"{r['epoch'].iloc[-1]:g}", f"{r['seconds'].iloc[-1]:.0f}"])
+    return markdown_table(["Run", "kNN % at init", "kNN % at end", "epochs", "training s"], rows)
 
 
 def low_shot_png(df: pd.DataFrame, task: str, path: Path) -> None:
@@ -268,6 +312,14 @@ def build_page(results: pd.DataFrame, reference: pd.DataFrame, clar_dir: Path, r
     if len(refs):
         parts.append("Published (not measured here): " + "; ".join(
             f"{r.model} mean {r.value} ± {r.ci95} ({r.source})" for r in refs.itertuples()) + ".")
+    parts.append("## Learning curves (kNN monitor)")
+    curves = monitor_curves(runs)
+    if curves:
+        path = figures / "learning_curves.png"
+        learning_curves_png(curves, path)
+        parts += [learning_curves_table(curves), f"![learning curves]({rel(path)})"]
+    else:
+        parts.append("No run with `train.monitor` found.")
     parts.append("## Training curves")
     curves = []
     for log_path in sorted(runs.glob("*/log.csv")) if runs is not None and runs.is_dir() else []:
@@ -290,6 +342,8 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.out)
     page = build_page(read_csv(Path(args.results)), read_csv(Path(args.reference)), Path(args.clar),
                       Path(args.runs), out)
+    if out.parent.is_dir():
+        remove_stale_temps(out.parent)  # of a killed earlier run
     atomic_write_text(page, out)
     print(f"wrote {out}")
     return out

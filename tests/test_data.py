@@ -108,6 +108,28 @@ def test_missing_cached_array_names_the_file_and_the_fix(tiny_cache):
         data.LogMelCrops(tiny_cache, df, use_packed=False)[3]
 
 
+def test_pack_shards_and_the_single_file_layout_of_earlier_versions(tiny_cache, monkeypatch):
+    df = data.read_manifest(tiny_cache)
+    monkeypatch.setattr(data, "SHARD_BYTES", 5 * 120 * 64 * 4)  # five 120-frame clips per shard file
+    folder = data.pack_logmels(tiny_cache)
+    index = np.load(folder / "index.npz")
+    assert len(index["files"]) == 5 and index["shard"].tolist() == [i // 5 for i in range(24)]
+    assert index["offsets"].tolist()[:6] == [0, 120, 240, 360, 480, 0] and str(index["dtype"]) == "float32"
+    crops = data.LogMelCrops(tiny_cache, df, frames=None)
+    np.testing.assert_array_equal(crops[23][0][0].numpy(), np.load(tiny_cache / df.logmel[23]))
+    data.pack_logmels(tiny_cache, dtype="float16")  # a repack replaces the old shards
+    assert len(list(folder.glob("*.bin"))) == 3 and str(np.load(folder / "index.npz")["dtype"]) == "float16"
+    # earlier versions: one packed/logmel.npy [sum T, F] and an index of ids, offsets, lengths
+    for path in folder.iterdir():
+        path.unlink()
+    np.save(folder / "logmel.npy", np.concatenate([np.load(tiny_cache / p).T for p in df.logmel]))
+    np.savez(folder / "index.npz", ids=df.id.to_numpy(dtype=str), offsets=np.arange(24) * 120,
+             lengths=np.full(24, 120))
+    old = data.LogMelCrops(tiny_cache, df.iloc[::-1], frames=None)
+    assert old.packed is not None
+    np.testing.assert_array_equal(old[0][0][0].numpy(), np.load(tiny_cache / df.logmel[23]))
+
+
 def test_ratio_batches_keep_the_labelled_share_in_every_batch():
     labelled = np.zeros(100, dtype=bool)
     labelled[::10] = True  # 10 % labelled

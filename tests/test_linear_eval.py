@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -106,6 +107,52 @@ def test_named_task_selects_subset_and_unit(tmp_path):
     assert task.labels.names == ["class0", "class2"] and task.unit_seconds == 5.0
 
 
+def write_params(cache, dataset="esc50", sample_rate=16000, hop=160):
+    params = {"dataset": dataset, "sample_rate": sample_rate, "logmel": {"hop_length": hop}}
+    (cache / "preprocess.json").write_text(json.dumps({"params": params}))
+
+
+def test_named_task_refuses_a_cache_of_another_dataset(tmp_path):
+    cache = write_tiny_cache(tmp_path / "synth")
+    write_params(cache, dataset="synthetic")
+    with pytest.raises(ValueError, match="holds --dataset synthetic, but task nsynth needs nsynth"):
+        le.resolve_task("nsynth", le.DEFAULTS, cache=str(cache))
+    assert le.resolve_task(str(cache), le.DEFAULTS).name == "synth"  # the folder as TASK is accepted
+
+
+def test_hop_and_sample_rate_come_from_preprocess_json(tmp_path, capsys, monkeypatch):
+    cache = write_tiny_cache(tmp_path / "c")
+    task = le.resolve_task(str(cache), le.DEFAULTS)
+    assert (task.sample_rate, task.hop) == (16000, 160)
+    assert "preprocess.json: not found; assuming 16000 Hz and log-mel hop 160" in capsys.readouterr().err
+    write_params(cache, sample_rate=32000, hop=320)
+    task = le.resolve_task("esc50", le.DEFAULTS, cache=str(cache))
+    assert (task.sample_rate, task.hop, task.unit_seconds) == (32000, 320, 5.0)
+    seen = []
+    monkeypatch.setattr(le.models, "embed_dataset", lambda enc, ds, *a, **k: seen.append(ds[0].shape) or
+                        np.zeros((len(ds), 4), np.float32))
+    cfg = le.apply_overrides(le.DEFAULTS, [f"eval.embed_dir={tmp_path / 'emb'}"])
+    (tmp_path / "emb").mkdir()
+    (tmp_path / "emb" / ".esc50-m-0123.npy.tmp99999999.npy").write_bytes(b"half")  # a killed run's temp
+    le.task_embeddings(FakeEncoder(), {"ckpt_sha256": "x", "model": "m"}, task, cfg, "cpu")
+    assert seen == [(1, 64, 1 + 5 * 32000 // 320)]  # 5 s at 32 kHz, hop 320: 501 frames
+    assert [p.name[:6] for p in (tmp_path / "emb").iterdir()] == ["esc50-"]
+    (cache / "preprocess.json").write_text("{")
+    with pytest.raises(ValueError, match="preprocess.json: unreadable"):
+        le.resolve_task(str(cache), le.DEFAULTS)
+
+
+def test_task_label_column_from_the_registry(tmp_path):
+    cache = write_tiny_cache(tmp_path / "nsynth")
+    write_params(cache, dataset="nsynth")
+    df = pd.read_csv(cache / "manifest.csv")
+    df["pitch"] = [60 + i % 3 for i in range(len(df))]
+    df.to_csv(cache / "manifest.csv", index=False)
+    task = le.resolve_task("nsynth_pitch", le.DEFAULTS, cache=str(cache))
+    assert task.labels.names == ["60", "61", "62"] and task.unit_seconds == 4.0
+    assert le.DEFAULTS["data"]["nsynth"] == "cache/nsynth"
+
+
 def test_low_shot_is_stratified_and_reproducible():
     y = np.repeat(np.arange(5), 40)
     train, valid = np.arange(0, 200, 2), np.arange(1, 200, 2)
@@ -127,12 +174,13 @@ def test_unit_clips_pad_with_silence_and_crop(tmp_path):
     cache = write_tiny_cache(tmp_path / "c", frames=120)
     df = pd.read_csv(cache / "manifest.csv", keep_default_na=False)
     raw = np.load(cache / df["logmel"][0])
-    short = le.UnitClips(cache, df, "logmel", unit_samples=160 * 149, random_crop=np.zeros(len(df), bool))
+    short = le.UnitClips(cache, df, "logmel", unit_samples=160 * 149, random_crop=np.zeros(len(df), bool),
+                         hop=160)
     x = short[0][0].numpy()  # [64, 150]
     np.testing.assert_allclose(x[:, :120], raw, atol=1e-5)
     np.testing.assert_allclose(x[:, 120:], le.LOG_SILENCE, rtol=1e-6)
     crop = le.UnitClips(cache, df, "logmel", unit_samples=160 * 49, random_crop=np.ones(len(df), bool),
-                        mean=-6.0, std=2.0)
+                        mean=-6.0, std=2.0, hop=160)
     x1, x2 = crop[3][0].numpy(), crop[3][0].numpy()
     np.testing.assert_array_equal(x1, x2)  # the random crop is fixed per clip
     whole = (np.load(cache / df["logmel"][3]) + 6) / 2
@@ -291,7 +339,7 @@ def test_normalisation_stats_are_over_unit_length_inputs_padding_included(tiny_c
     """EVAR computes the log-mel mean/std on the loader's unit-length clips (right-padded with silence)."""
     from audio import LOG_SILENCE
     df = pd.read_csv(tiny_cache / "manifest.csv", dtype=str, keep_default_na=False)
-    clips = le.UnitClips(tiny_cache, df, "logmel", 32000, np.zeros(len(df), bool))  # 2 s = 201 frames > 120
+    clips = le.UnitClips(tiny_cache, df, "logmel", 32000, np.zeros(len(df), bool), hop=160)  # 2 s = 201 frames > 120
     mean, std = le.unit_logmel_stats(clips, max_clips=10)
     padded = np.stack([np.pad(np.load(tiny_cache / p), ((0, 0), (0, 81)), constant_values=LOG_SILENCE)
                        for p in df.logmel[:10]])
@@ -311,8 +359,19 @@ def test_scaler_fits_the_training_split_only_when_validation_is_official(monkeyp
     df = pd.DataFrame({"label": [f"c{i}" for i in y], "split": ["train"] * 12 + ["valid"] * 4 + ["test"] * 4,
                        "fold": pd.array([None] * 20, dtype="Int64")})
     df["split"] = (["train"] * 6 + ["valid"] * 2 + ["test"] * 2) * 2  # both classes in every split
-    task = le.Task("t", Path("."), df, "splits", 1.0, le.LabelMap.from_labels(df.label))
+    task = le.Task("t", Path("."), df, "splits", 1.0, le.LabelMap.from_labels(df.label), 16000, 160)
     X, _ = blobs(10, n_classes=2, dim=4)
     cfg = le.apply_overrides(le.DEFAULTS, ["probe.epochs=2"])
     le.evaluate_embeddings(X, task, cfg, seeds=[0])
     assert seen == [12]
+
+
+def test_probe_that_peaks_in_its_last_epochs_is_flagged_not_converged(tmp_path, tiny_cache, capsys):
+    """probe.epochs=3 with lr 1e-9: the validation accuracy never changes and later ties win, so every probe's
+    best epoch is its last (3 of 3), in the last 10 %."""
+    assert le.not_converged(181, 200) and not le.not_converged(180, 200) and le.not_converged(3, 3)
+    row = run_main(tmp_path, "--ckpt", f"random:{Path(__file__).parents[1] / 'config/demo_byola.yaml'}",
+                   "--task", str(tiny_cache), "probe.epochs=3", "probe.lr=1e-9", "probe.patience=0")
+    best = [int(e) for e in row["best_epochs"].split()]
+    assert best == [3] * int(row["n"]) and row["not_converged"] == row["n"]
+    assert "may not have converged" in capsys.readouterr().err

@@ -50,8 +50,10 @@ def test_seed_table_from_fixture_results(tmp_path):
     ])
     assert expected in page
     other = page.split("## Linear evaluation: other tasks")[1].split("##")[0]
-    assert "| clar_2d | chunk | cls | - | 80.00 ± 1.00 | - | measured |" in other
-    assert "| CLAR 2D (paper best) | - | - | - | 89.3 | - |" in other
+    # the other tasks are datasets.REGISTRY's, in its order
+    assert "| Model | long | pool | ESC-10 | NSynth pitch | SPCV2 (sc35) | SC-10 | Source |" in other
+    assert "| clar_2d | chunk | cls | - | - | - | 80.00 ± 1.00 | measured |" in other
+    assert "| CLAR 2D (paper best) | - | - | - | - | - | 89.3 |" in other
     low = page.split("## Low-shot linear evaluation")[1].split("##")[0]
     assert "| Model | Task | 100 % | 10 % |" in low
     assert "| msn_vitb32 | esc50 | 41.25 ± 1.10 | 30.00 |" in low
@@ -102,3 +104,35 @@ def test_augpair_matrix_is_symmetric_when_one_order_given():
     matrix = mt.augpair_matrix(pd.DataFrame({"aug1": ["a", "a"], "aug2": ["b", "a"], "accuracy": ["60", "50"]}))
     assert matrix.loc["a", "b"] == matrix.loc["b", "a"] == 60.0 and matrix.loc["a", "a"] == 50.0
     assert pd.isna(matrix.loc["b", "b"])
+
+
+def test_columns_come_from_the_dataset_registry(monkeypatch):
+    """A task added to datasets.REGISTRY gets its column in 'other tasks' with its title, nothing else to edit."""
+    import importlib
+
+    import datasets
+    entry = datasets.DatasetSpec(datasets.adapt_folder, {"birds": datasets.TaskSpec(None, 3.0, title="Bird calls")},
+                                 "cache/birds")
+    monkeypatch.setitem(datasets.REGISTRY, "birds", entry)
+    fresh = importlib.reload(mt)
+    try:
+        assert fresh.OTHER_TASKS["birds"] == "Bird calls" and list(fresh.SEED_TASKS) == ["gtzan", "nsynth", "esc50"]
+    finally:
+        monkeypatch.delitem(datasets.REGISTRY, "birds")
+        importlib.reload(mt)
+
+
+def test_learning_curves_from_knn_monitor_rows(tmp_path):
+    """Runs with knn_acc rows (trainer.py train.monitor) get a learning-curve figure and a start/end table."""
+    for name, accs in (("msn", ["0.20", "0.30", "0.45"]), ("byola", ["0.50", "0.52", "0.61"])):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        pd.DataFrame({"step": [0, 3, 3, 6, 6], "epoch": [0, 1, 1, 2, 2], "loss": ["", "2.0", "", "1.5", ""],
+                      "knn_acc": [accs[0], "", accs[1], "", accs[2]], "seconds": [0.0, 1.0, 1.1, 2.0, 2.1]}
+                     ).to_csv(run / "log.csv", index=False)
+    out = mt.main(["--results", str(tmp_path / "absent.csv"), "--reference", str(REFERENCE), "--clar",
+                   str(tmp_path), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "demo.md")])
+    page = out.read_text()
+    assert "| byola | 50.0 | 61.0 | 2 | 2 |" in page and "| msn | 20.0 | 45.0 | 2 | 2 |" in page
+    assert "![learning curves](demo_figures/learning_curves.png)" in page
+    assert (tmp_path / "demo_figures" / "learning_curves.png").stat().st_size > 1000

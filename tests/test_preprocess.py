@@ -1,11 +1,14 @@
 """preprocess.py: every adapter on a tiny data set written in the real layout, bad files, resume, shards."""
 import json
+import os
 
 import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+import torch
 
+import datasets
 import preprocess
 from data import read_manifest
 from tests.conftest import SHARED
@@ -83,8 +86,8 @@ def test_gtzan_with_fault_filtered_lists_from_shared_data(tmp_path):
 
 def test_gtzan_without_lists_is_seeded_stratified_split(tmp_path):
     root = make_gtzan(tmp_path / "g", n=10)
-    clips = preprocess.adapt_gtzan(root)
-    again = preprocess.adapt_gtzan(root)
+    clips = datasets.adapt_gtzan(root).clips
+    again = datasets.adapt_gtzan(root).clips
     assert [(c.key, c.split) for c in clips] == [(c.key, c.split) for c in again]
     for genre in ("blues", "rock"):
         splits = [c.split for c in clips if c.label == genre]
@@ -135,7 +138,7 @@ def test_audioset_tree_with_segment_labels(tmp_path):
         '--PJHxphWEs, 30.000, 40.000, "/m/09x0r,/t/dd00088"\n')
     run("--dataset", "audioset", "--root", root, "--out", tmp_path / "c", "--labels", tmp_path / "labels.csv")
     df = read_manifest(tmp_path / "c")
-    assert len(df) == 2 and set(df.split) == {"train"}
+    assert len(df) == 2 and sorted(df.split) == ["train", "unlabelled"]  # a CSV of another name: split train
     assert sorted(df.label) == ["", "/m/09x0r;/t/dd00088"]
 
 
@@ -190,7 +193,7 @@ def test_interrupted_run_resumes_to_same_manifest(tmp_path, monkeypatch):
         calls["n"] += 1
         if calls["n"] == 4:
             # leave a half-written temp file behind, as a killed process would
-            (out / "logmel" / f".{job[2]}.npy.tmp999").write_bytes(b"\x93NUMPY half")
+            (out / "logmel" / f".{job[2]}.npy.tmp99999999").write_bytes(b"\x93NUMPY half")
             raise KeyboardInterrupt
         return real(job)
 
@@ -213,9 +216,11 @@ def test_pack_option_writes_a_memory_map_of_every_clip(tmp_path):
     root = make_esc50(tmp_path / "esc", n=4)
     run("--dataset", "esc50", "--root", root, "--out", tmp_path / "c", "--pack")
     df = read_manifest(tmp_path / "c")
-    packed = np.load(tmp_path / "c" / "packed" / "logmel.npy")
     index = np.load(tmp_path / "c" / "packed" / "index.npz")
+    (name,) = index["files"].tolist()  # one worker, one shard file
+    packed = np.fromfile(tmp_path / "c" / "packed" / name, dtype=np.float32).reshape(-1, 64)
     assert index["ids"].tolist() == df.id.tolist() and packed.shape == (4 * 101, 64)
+    assert index["offsets"].tolist() == [0, 101, 202, 303] and index["lengths"].tolist() == [101] * 4
     np.testing.assert_array_equal(packed[101:202].T, np.load(tmp_path / "c" / df.logmel[1]))
 
 
@@ -259,3 +264,211 @@ def test_layout_errors_are_clear(tmp_path):
         run("--dataset", "gtzan", "--root", tmp_path / "missing", "--out", tmp_path / "c")
     with pytest.raises(SystemExit, match="--shard"):
         run("--dataset", "folder", "--root", tmp_path / "empty", "--out", tmp_path / "c", "--shard", "4/3")
+
+# ---------------------------------------------------------------------------------------------- issue 10
+
+
+def test_mixed_formats_clashing_stems_and_skipped_files(tmp_path):
+    from tests.test_datasets import mixed_folder
+    root = mixed_folder(tmp_path / "f")
+    summary = run("--dataset", "folder", "--root", root, "--out", tmp_path / "c")
+    df = read_manifest(tmp_path / "c").set_index("source")
+    assert sorted(df.index) == ["birds/apple.aiff", "birds/clip.flac", "birds/clip.ogg", "birds/odd.dat",
+                                "birds/song.mp3", "birds/sun.au"]
+    assert df.loc["birds/clip.flac", "id"] == "birds__clip.flac" and df.loc["birds/clip.ogg", "id"] == "birds__clip.ogg"
+    assert df.loc["birds/sun.au", "id"] == "birds__sun" and df.loc["birds/sun.au", "duration"] == pytest.approx(0.3)
+    assert df.loc["birds/apple.aiff", "duration"] == pytest.approx(0.3)
+    assert (summary["written"], summary["skipped"], summary["not_audio"], summary["hidden"]) == (6, 2, 1, 3)
+    errors = pd.read_csv(tmp_path / "c" / "errors.csv").set_index("file")
+    assert sorted((k.split("/")[-1], v) for k, v in errors["kind"].items()) == [
+        (".DS_Store", "hidden"), ("._clip.flac", "hidden"), (".git", "hidden"), ("notes.txt", "not_audio"),
+        ("yt.m4a", "error"), ("yt.webm", "error")]
+    assert "ffmpeg" in errors.loc[str(root / "birds" / "yt.m4a"), "reason"]
+
+
+def test_existing_cache_keeps_its_ids_when_a_clashing_file_appears(tmp_path):
+    root = tmp_path / "f"
+    write_wav(root / "birds" / "clip.flac", format="FLAC")
+    run("--dataset", "folder", "--root", root, "--out", tmp_path / "c")
+    assert read_manifest(tmp_path / "c").id.tolist() == ["birds__clip"]
+    write_wav(root / "birds" / "clip.ogg", format="OGG")
+    summary = run("--dataset", "folder", "--root", root, "--out", tmp_path / "c")
+    df = read_manifest(tmp_path / "c").set_index("source")
+    assert (summary["written"], summary["already_done"]) == (1, 1)
+    assert df.loc["birds/clip.flac", "id"] == "birds__clip" and df.loc["birds/clip.ogg", "id"] == "birds__clip.ogg"
+    # a fresh cache of the same tree gives both the extension ids
+    run("--dataset", "folder", "--root", root, "--out", tmp_path / "fresh")
+    assert sorted(read_manifest(tmp_path / "fresh").id) == ["birds__clip.flac", "birds__clip.ogg"]
+
+
+def test_ids_that_still_clash_get_a_hash_and_never_abort(tmp_path):
+    root = tmp_path / "as"
+    write_wav(root / "x" / "a__b.wav")
+    write_wav(root / "x__a" / "b.wav")  # both slug to x__a__b
+    summary = run("--dataset", "audioset", "--root", root, "--out", tmp_path / "c")
+    ids = read_manifest(tmp_path / "c").set_index("source")["id"]
+    assert summary["written"] == 2 and ids["x/a__b.wav"] != ids["x__a/b.wav"]
+    assert all(i.startswith("x__a__b.wav-") and len(i) == len("x__a__b.wav") + 9 for i in ids)
+    clips = [preprocess.Clip(root / "k.wav", "k"), preprocess.Clip(root / "k.flac", "k")]
+    assert preprocess.assign_ids(clips, root, {"k.wav": "k"}) == ["k", "k.flac"]  # an old id is kept
+    (new,) = preprocess.assign_ids(clips[1:], root, {"gone.wav": "k"})  # 'k' was a removed clip's: its .npy is stale
+    assert new == "k-" + __import__("hashlib").sha1(b"k.flac").hexdigest()[:8]
+
+
+def test_gtzan_au_distribution_end_to_end(tmp_path):
+    from tests.test_datasets import write_gtzan_au
+    lists = SHARED / "data" / "gtzan_fault_filtered"
+    keys = [n.removesuffix(".wav") for n in (lists / "valid_filtered.txt").read_text().split()[:3]]
+    run("--dataset", "gtzan", "--root", write_gtzan_au(tmp_path / "g", keys), "--out", tmp_path / "c",
+        "--split-dir", lists)
+    df = read_manifest(tmp_path / "c")
+    assert df.id.tolist() == [k.replace("/", "__") for k in keys] and set(df.split) == {"valid"}
+    assert df.duration.tolist() == [pytest.approx(0.2)] * 3 and df.source[0].endswith(".au")
+    assert np.load(tmp_path / "c" / df.logmel[0]).shape == (64, 1 + 3200 // 160)
+
+
+def test_audioset_manifest_has_mids_display_names_and_splits(tmp_path):
+    from tests.test_datasets import write_audioset
+    root = write_audioset(tmp_path / "as", tmp_path / "as")
+    summary = run("--dataset", "audioset", "--root", root, "--out", tmp_path / "c")
+    df = read_manifest(tmp_path / "c").set_index("ytid")
+    assert summary["written"] == 6 and summary["not_audio"] == 4  # the 3 segment CSVs + class_labels_indices
+    assert df.loc["--PJHxphWEs", "label_names"] == "Speech;Gush" and df.loc["--PJHxphWEs", "split"] == "balanced_train"
+    assert sorted(df.split) == ["balanced_train"] * 2 + ["eval"] + ["unbalanced_train"] * 2 + ["unlabelled"]
+
+
+def test_truncated_wav_is_kept_with_a_warning(tmp_path):
+    path = write_wav(tmp_path / "f" / "c" / "cut.wav", seconds=5.0)
+    data = path.read_bytes()
+    path.write_bytes(data[:44 + 2 * 15040])  # header says 5 s, data ends at 0.94 s
+    summary = run("--dataset", "folder", "--root", tmp_path / "f", "--out", tmp_path / "o")
+    errors = pd.read_csv(tmp_path / "o" / "errors.csv")
+    assert summary["written"] == 1 and summary["warnings"] == 1 and summary["skipped"] == 0
+    assert errors.kind.tolist() == ["warning"]
+    assert errors.reason[0] == "loaded, truncated: header says 5.000 s, data ends at 0.940 s"
+    assert read_manifest(tmp_path / "o").duration[0] == pytest.approx(0.94)
+    assert run("--dataset", "folder", "--root", tmp_path / "f", "--out", tmp_path / "o")["warnings"] == 1  # resumed
+
+
+def test_unusable_out_and_full_disk_end_with_one_line(tmp_path, monkeypatch):
+    root = make_esc50(tmp_path / "esc", n=3)
+    (tmp_path / "file").write_text("x")
+    for out, message in [(tmp_path / "file", "file: exists and is not a folder"),
+                         ("/proc/audio-cache", "/proc/audio-cache: cannot write the cache there"),
+                         ("/sys/x/cache", "cannot write the cache there")]:
+        with pytest.raises(SystemExit, match=message) as err:
+            run("--dataset", "esc50", "--root", root, "--out", out)
+        assert "\n" not in str(err.value)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "logmel").write_text("x")
+    with pytest.raises(SystemExit, match="c/logmel: exists and is not a folder"):
+        run("--dataset", "esc50", "--root", root, "--out", tmp_path / "c")
+
+    def full_disk(array, path):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(preprocess, "_save_npy", full_disk)
+    with pytest.raises(SystemExit, match=r"1-1000-A-0.npy: No space left on device; the run stopped") as err:
+        run("--dataset", "esc50", "--root", root, "--out", tmp_path / "d")
+    assert "\n" not in str(err.value)
+    (root / "meta" / "esc50.csv").write_text("filename;fold\n")
+    with pytest.raises(SystemExit, match=r"esc50.csv: missing column\(s\)"):
+        run("--dataset", "esc50", "--root", root, "--out", tmp_path / "e")
+
+
+def test_shard_from_slurm_array_or_torchrun(tmp_path, monkeypatch):
+    assert preprocess.launcher_shard({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "4",
+                                      "SLURM_ARRAY_TASK_COUNT": "3"}) == "2/3"
+    assert preprocess.launcher_shard({"RANK": "3", "WORLD_SIZE": "4"}) == "4/4"
+    assert preprocess.launcher_shard({"RANK": "0", "WORLD_SIZE": "1"}) is None
+    root = make_esc50(tmp_path / "esc", n=5)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    assert run("--dataset", "esc50", "--root", root, "--out", tmp_path / "c")["written"] == 2  # clips 2 and 4
+    assert (tmp_path / "c" / "manifest.shard-2-of-2.csv").exists()
+    # --shard wins over the environment; 1/1 is a full run (the merge)
+    assert run("--dataset", "esc50", "--root", root, "--out", tmp_path / "c", "--shard", "1/2")["written"] == 3
+    assert run("--dataset", "esc50", "--root", root, "--out", tmp_path / "c", "--shard", "1/1")["written"] == 0
+    assert len(read_manifest(tmp_path / "c")) == 5
+
+
+def test_sharded_pack_written_by_workers_and_merged(tmp_path, monkeypatch):
+    import data
+    root = make_esc50(tmp_path / "esc", n=7)
+    monkeypatch.setattr(data, "SHARD_BYTES", 2 * 101 * 64 * 4)  # two 1 s clips per shard file
+    for k in (1, 2):
+        run("--dataset", "esc50", "--root", root, "--out", tmp_path / "c", "--pack", "--shard", f"{k}/2")
+    assert sorted(p.name for p in (tmp_path / "c" / "packed").glob("index*")) == [
+        "index.shard-1-of-2.npz", "index.shard-2-of-2.npz"]
+    (tmp_path / "c" / "packed" / ".logmel.npy.tmp99999999").write_bytes(b"x" * 100)  # a killed old --pack
+    (tmp_path / "c" / "packed" / "logmel-all-4242-001.bin").write_bytes(b"x" * 100)  # a killed run's shard
+    summary = run("--dataset", "esc50", "--root", root, "--out", tmp_path / "c", "--pack")
+    packed = tmp_path / "c" / "packed"
+    assert summary["written"] == 0 and sorted(p.name for p in packed.glob("index*")) == ["index.npz"]
+    assert not list(packed.glob(".*")) and not (packed / "logmel-all-4242-001.bin").exists()
+    index = np.load(packed / "index.npz")
+    assert sorted(index["files"]) == ["logmel-s1of2-" + f"{os.getpid()}-00{k}.bin" for k in (1, 2)] + [
+        "logmel-s2of2-" + f"{os.getpid()}-00{k}.bin" for k in (1, 2)]  # shard 1: 4 clips, shard 2: 3
+    df = read_manifest(tmp_path / "c")
+    assert index["ids"].tolist() == df.id.tolist() and index["shard"].tolist() == [0, 2, 0, 2, 1, 3, 1]
+    ds = data.LogMelCrops(tmp_path / "c", df, frames=None)
+    assert ds.packed is not None and len(ds.packed.maps) == 4
+    for i in range(7):
+        np.testing.assert_array_equal(ds[i][0][0].numpy(), np.load(tmp_path / "c" / df.logmel[i]))
+
+
+def test_float16_cache_halves_the_disk_and_stays_close(tmp_path):
+    import data
+    root = make_esc50(tmp_path / "esc", n=3)
+    run("--dataset", "esc50", "--root", root, "--out", tmp_path / "f32")
+    run("--dataset", "esc50", "--root", root, "--out", tmp_path / "f16", "--dtype", "float16", "--pack")
+    df = read_manifest(tmp_path / "f16")
+    half, full = np.load(tmp_path / "f16" / df.logmel[0]), np.load(tmp_path / "f32" / df.logmel[0])
+    assert half.dtype == np.float16 and half.nbytes * 2 == full.nbytes
+    assert np.abs(half.astype(np.float32) - full).max() <= 2 ** -11 * np.abs(full).max()  # float16 rounding
+    item = data.LogMelCrops(tmp_path / "f16", df, frames=96)[0][0]
+    assert item.dtype == torch.float32 and data.LogMelCrops(tmp_path / "f16", df).packed is not None
+    with pytest.raises(SystemExit, match="dtype: cache has 'float16', this run asks for 'float32'"):
+        run("--dataset", "esc50", "--root", root, "--out", tmp_path / "f16")
+
+
+def test_killed_pack_run_keeps_what_its_workers_packed(tmp_path, monkeypatch):
+    import data
+    root = make_esc50(tmp_path / "esc", n=6)
+    out = tmp_path / "c"
+    monkeypatch.setattr(preprocess, "PACK_INDEX_SECONDS", 0.0)  # save the pack index after every clip
+    real, calls = preprocess.process_clip, []
+
+    def killed_at_five(job):
+        calls.append(job[2])
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(preprocess, "process_clip", killed_at_five)
+    with pytest.raises(KeyboardInterrupt):
+        run("--dataset", "esc50", "--root", root, "--out", out, "--pack")
+    saved = data.read_pack_index(out / "packed" / "index.npz")
+    assert sorted(saved) == sorted(calls[:4])
+    monkeypatch.setattr(preprocess, "process_clip", real)
+    copied = []
+    monkeypatch.setattr(preprocess, "load_array", lambda cache, rel: copied.append(rel) or data.load_array(cache, rel))
+    assert run("--dataset", "esc50", "--root", root, "--out", out, "--pack")["written"] == 2
+    assert copied == []  # no second pass: the first four clips are still in the killed run's shard file
+    index = data.read_pack_index(out / "packed" / "index.npz")
+    assert {cid: index[cid] for cid in calls[:4]} == saved
+    df = read_manifest(out)
+    ds = data.LogMelCrops(out, df, frames=None)
+    for i in range(6):
+        np.testing.assert_array_equal(ds[i][0][0].numpy(), np.load(out / df.logmel[i]))
+
+
+def test_pack_added_to_an_existing_cache_copies_its_clips_once(tmp_path):
+    import data
+    root = make_esc50(tmp_path / "esc", n=3)
+    run("--dataset", "esc50", "--root", root, "--out", tmp_path / "c")
+    assert run("--dataset", "esc50", "--root", root, "--out", tmp_path / "c", "--pack")["written"] == 0
+    df = read_manifest(tmp_path / "c")
+    ds = data.LogMelCrops(tmp_path / "c", df, frames=None)
+    assert ds.packed is not None and len(ds.packed.maps) == 1
+    np.testing.assert_array_equal(ds[2][0][0].numpy(), np.load(tmp_path / "c" / df.logmel[2]))

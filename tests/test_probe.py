@@ -90,3 +90,30 @@ def test_split_accuracy_carves_a_validation_set_with_every_class():
     assert acc >= 0.99
     mask = probe.carve_validation(np.repeat(np.arange(4), 10), 0.1, np.random.default_rng(0))
     assert mask.sum() == 4 and len(np.unique(np.repeat(np.arange(4), 10)[mask])) == 4  # ceil(10 %), all classes
+
+
+def test_knn_accuracy_matches_a_hand_computation():
+    """3 training items, k = 2, T = 0.5. Test item a = [1, 0]: cosines 1 (class 0), 0.6 (class 1), 0 (class 1):
+    votes class 0: e^2 = 7.39 > class 1: e^1.2 = 3.32 -> 0. Test item b = [0, 1]: cosines 0 (class 0),
+    0.8 (class 1), 1 (class 1) -> the two nearest are class 1 -> 1."""
+    train_x = torch.tensor([[2.0, 0.0], [0.6, 0.8], [0.0, 3.0]])
+    train_y = torch.tensor([0, 1, 1])
+    test_x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert probe.knn_accuracy(train_x, train_y, test_x, torch.tensor([0, 1]), 2, k=2, temperature=0.5) == 1.0
+    assert probe.knn_accuracy(train_x, train_y, test_x, torch.tensor([1, 1]), 2, k=2, temperature=0.5) == 0.5
+    # k = 3, class 1 now has two voters for a: e^1.2 + e^0 = 4.32 < e^2 = 7.39, still class 0; a low temperature
+    # makes the nearest neighbour decide, a huge one makes it a plain majority vote (class 1 for both)
+    assert probe.knn_accuracy(train_x, train_y, test_x, torch.tensor([0, 1]), 2, k=3, temperature=0.5) == 1.0
+    assert probe.knn_accuracy(train_x, train_y, test_x, torch.tensor([1, 1]), 2, k=3, temperature=1e6) == 1.0
+
+
+def test_append_result_upgrades_a_file_written_before_the_newer_columns(tmp_path):
+    import csv
+    old = probe.RESULT_FIELDS[:-2]  # results.csv as linear_eval.py wrote it before best_epochs / not_converged
+    path = tmp_path / "results.csv"
+    path.write_text(",".join(old) + "\n" + ",".join(f"v{i}" for i in range(len(old))) + "\n")
+    probe.append_result(path, {k: "new" for k in probe.RESULT_FIELDS})
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == probe.RESULT_FIELDS and rows[0]["task"] == "v1" and rows[0]["not_converged"] == ""
+    assert rows[1]["not_converged"] == "new" and len(rows) == 2

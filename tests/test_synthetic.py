@@ -115,6 +115,20 @@ def test_mean_logmel_probe_is_far_from_perfect_but_time_aware_probe_does_better(
     assert results["time_aware"]["fold5"] == results["time_aware"]["folds"][4]
 
 
+def interrupt_at_clip(monkeypatch, n: int):
+    """Make synthetic.make_clip raise KeyboardInterrupt (a kill) on its n-th call; returns the real one."""
+    real_make_clip, calls = synthetic.make_clip, []
+
+    def failing_make_clip(*args):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real_make_clip(*args)
+
+    monkeypatch.setattr(synthetic, "make_clip", failing_make_clip)
+    return real_make_clip
+
+
 def test_complete_set_is_not_rewritten(tmp_path, tiny_size):
     root = generate_synthetic(tmp_path / "set", size=tiny_size)
     stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
@@ -134,15 +148,7 @@ def test_missing_or_truncated_clip_is_regenerated(tmp_path, tiny_size):
 
 def test_interrupted_generation_leaves_no_half_files_and_resumes(tmp_path, tiny_size, monkeypatch):
     reference = folder_bytes(generate_synthetic(tmp_path / "clean", size=tiny_size))
-    real_make_clip, calls = synthetic.make_clip, []
-
-    def failing_make_clip(*args):
-        calls.append(1)
-        if len(calls) == 17:
-            raise KeyboardInterrupt
-        return real_make_clip(*args)
-
-    monkeypatch.setattr(synthetic, "make_clip", failing_make_clip)
+    real_make_clip = interrupt_at_clip(monkeypatch, 17)
     with pytest.raises(KeyboardInterrupt):
         generate_synthetic(tmp_path / "cut", size=tiny_size)
     leftovers = list((tmp_path / "cut").rglob("*"))
@@ -151,6 +157,19 @@ def test_interrupted_generation_leaves_no_half_files_and_resumes(tmp_path, tiny_
     assert len(list((tmp_path / "cut" / "audio").iterdir())) == 16
     monkeypatch.setattr(synthetic, "make_clip", real_make_clip)
     assert folder_bytes(generate_synthetic(tmp_path / "cut", size=tiny_size)) == reference
+
+
+def test_interrupted_regeneration_of_an_existing_set_is_restartable(tmp_path, tiny_size, monkeypatch):
+    """A kill while a complete set is regenerated (other seed) used to leave 'exists and is not a synthetic set'."""
+    root = generate_synthetic(tmp_path / "set", size=tiny_size, seed=0)
+    reference = folder_bytes(generate_synthetic(tmp_path / "clean", size=tiny_size, seed=1))
+    real_make_clip = interrupt_at_clip(monkeypatch, 7)
+    with pytest.raises(KeyboardInterrupt):
+        generate_synthetic(root, size=tiny_size, seed=1)
+    assert (root / "meta" / synthetic.PARTIAL).exists() and not (root / "meta" / synthetic.MARKER).exists()
+    monkeypatch.setattr(synthetic, "make_clip", real_make_clip)
+    assert folder_bytes(generate_synthetic(root, size=tiny_size, seed=1)) == reference
+    assert not (root / "meta" / synthetic.PARTIAL).exists()
 
 
 def test_other_size_replaces_the_previous_clips(tmp_path, tiny_size, monkeypatch):

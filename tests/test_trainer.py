@@ -1,9 +1,11 @@
 """trainer.py, the core every pretraining script runs on: config rules, run folder, checkpoints, faults."""
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,3 +133,51 @@ def test_shared_keys_mean_the_same_in_every_method():
             assert name in cfg[section], (config, key)
         with pytest.raises(config_lib.ConfigError, match="moved to the top level"):
             module.resolve_config(config, ["train.seed=1"])
+
+
+def test_knn_monitor_logs_the_starting_point_and_every_epoch(tiny_cache, tmp_path):
+    result = pretrain_byola.main(tiny(tiny_cache, tmp_path / "run", f"train.monitor.cache={tiny_cache}",
+                                      "train.monitor.every=1", "train.monitor.k=5"))
+    with open(tmp_path / "run" / "log.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["knn_acc"]]
+    assert [(r["step"], r["epoch"]) for r in rows] == [("0", "0"), ("3", "1"), ("6", "2")]
+    assert all(0 <= float(r["knn_acc"]) <= 1 for r in rows)
+    assert result["monitor_knn_acc"] == pytest.approx(float(rows[-1]["knn_acc"]), abs=1e-5)
+    assert 0 < result["monitor_seconds"]
+    # the monitor never changes what training does: same weights with and without it
+    plain = pretrain_byola.main(tiny(tiny_cache, tmp_path / "plain"))
+    a = utils.load_checkpoint(tmp_path / "run" / "ckpt_last.pt")["modules"]["online"]
+    b = utils.load_checkpoint(tmp_path / "plain" / "ckpt_last.pt")["modules"]["online"]
+    assert plain["step"] == 6 and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_knn_monitor_equals_a_hand_computation_on_the_encoders_embeddings(tiny_cache):
+    """Monitor(encoder) == probe.knn_accuracy on embeddings computed by hand: the tiny cache has splits, so the
+    train split against the test split, whole clips normalised by the train split's scalar mean/std."""
+    import models
+    import probe
+    cfg = pretrain_byola.resolve_config("config/demo_byola.yaml", ["model.dim=256", "model.base=4",
+                                                                   "model.mlp_hidden=32"])
+    torch.manual_seed(0)
+    encoder = models.build_encoder(cfg).eval()
+    monitor = trainer.Monitor({"cache": str(tiny_cache), "every": 1, "k": 3, "temperature": 0.07}, "logmel",
+                              torch.device("cpu"))
+    df = data.read_manifest(tiny_cache)
+    mean, std = data.logmel_stats(tiny_cache, df[df["split"] == "train"], max_clips=1000)
+
+    def embed(split):
+        rows = df[df["split"] == split]
+        x = torch.stack([torch.from_numpy(np.load(tiny_cache / p)) for p in rows["logmel"]])[:, None]
+        return encoder.embed((x - mean) / std), torch.tensor(monitor.labels.encode(rows["label"]))
+    expected = probe.knn_accuracy(*embed("train"), *embed("test"), 4, k=3, temperature=0.07)
+    assert monitor(encoder) == pytest.approx(expected)
+    assert encoder.training  # left in train mode
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "config").glob("*.yaml")))
+def test_every_config_file_resolves_with_its_method(path):
+    import pretrain_clar
+    import pretrain_msn
+    method = pretrain_clar if "clar" in path else pretrain_byola if "byola" in path else pretrain_msn
+    cfg = method.resolve_config(path, [])
+    assert cfg["_meta"]["config_name"] == path.split("/")[-1][:-5] and cfg["train"]["epochs"] >= 1

@@ -51,3 +51,30 @@ def test_single_process_distributed_helpers_are_identities():
     assert utils.world_size() == 1 and utils.is_main()
     assert torch.equal(utils.all_reduce_sum(x.clone()), x) and torch.equal(utils.gather_with_grad(x), x)
     assert torch.equal(utils.gather_batch(x), x)
+
+
+def test_remove_stale_temps_keeps_a_live_writers_temp(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import utils
+    from utils import remove_stale_temps, temp_path
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / f".a.npy.tmp{live.pid}").write_bytes(b"in flight")
+        (tmp_path / ".b.npy.tmp99999999").write_bytes(b"killed")
+        (tmp_path / ".index.npz.tmp99999999.npz").write_bytes(b"killed")
+        (tmp_path / "c.npy").write_bytes(b"done")
+        other = tmp_path / ".d.npy.tmp99999999@another-node"  # a live writer elsewhere on a shared file system
+        other.write_bytes(b"in flight")
+        old = tmp_path / ".e.npy.tmp99999999@another-node"
+        old.write_bytes(b"left by a crashed node")
+        os.utime(old, (time.time() - 7200, time.time() - 7200))
+        assert remove_stale_temps(tmp_path) == 3
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f".a.npy.tmp{live.pid}", other.name, "c.npy"]
+        assert temp_path(tmp_path / "x.npy").name == f".x.npy.tmp{os.getpid()}@{utils.HOST}"
+    finally:
+        live.kill()
+        live.wait()

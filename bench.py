@@ -385,7 +385,7 @@ def scale_costs(root: Path, clips: int, frames: int, dtype: str, dim: int, worke
     """Seconds (and bytes) of each cost the issue lists, for one cache of `clips` clips."""
     import tracemalloc
 
-    from torch.utils.data import DataLoader, DistributedSampler
+    from torch.utils.data import DataLoader
 
     import data
     costs = {"pack (s)": make_scale_cache(root, clips, frames, dtype)}
@@ -395,8 +395,8 @@ def scale_costs(root: Path, clips: int, frames: int, dtype: str, dim: int, worke
     tracemalloc.start()
     start = time.perf_counter()
     dataset = data.LogMelCrops(root, df, frames=96, random_crop=True)
-    sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
-    loader = DataLoader(dataset, batch_size=64, sampler=sampler, num_workers=workers)
+    sampler = data.EpochBatches(len(dataset), 64, seed=0)  # the training core's global batches
+    loader = DataLoader(dataset, batch_sampler=sampler.epoch(0), num_workers=workers)
     batches = iter(loader)
     next(batches)
     costs["loader start-up (s)"] = time.perf_counter() - start
@@ -406,15 +406,14 @@ def scale_costs(root: Path, clips: int, frames: int, dtype: str, dim: int, worke
     costs["index peak (MB)"] = index_peak / 1e6
     costs["manifest frame (MB)"] = df.memory_usage(deep=True).sum() / 1e6
     start = time.perf_counter()
-    sampler.set_epoch(1)
-    order = list(sampler)
+    order = sampler.epoch(1)
     costs["sampler epoch (s)"] = time.perf_counter() - start
     start, seen = time.perf_counter(), 64
     for x, _ in batches:
         seen += len(x)
     costs["epoch of 96-frame crops (s)"] = time.perf_counter() - start
     costs["crops/s"] = (seen - 64) / costs["epoch of 96-frame crops (s)"]
-    assert seen == clips == len(order)
+    assert seen == 64 * len(sampler) == 64 * len(order)
     costs["embedding cache write (s)"] = write_embeddings(root / "embeddings", clips, dim)
     return costs
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 import random
 import re
@@ -161,26 +162,31 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 
 class CSVLog:
-    """Append rows to a CSV file; on resume, rows at or after `resume_step` are dropped first."""
+    """Append rows to a CSV file; on resume, rows at or after `resume_step` are dropped first (atomically), and
+    the columns are the file's followed by any new ones (a resumed run may log more, e.g. a monitor)."""
 
     def __init__(self, path: str | os.PathLike, fields: list[str], resume_step: int | None = None):
         self.path, self.fields = Path(path), fields
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             with open(self.path) as f:
-                kept = [r for r in csv.DictReader(f) if int(r["step"]) < resume_step]
-            with open(self.path, "w", newline="") as f:
-                writer = csv.DictWriter(f, fields)
-                writer.writeheader()
-                writer.writerows(kept)
-        elif resume_step is None or not self.path.exists():
+                reader = csv.DictReader(f)
+                kept = [r for r in reader if int(r["step"]) < resume_step]
+                self.fields = list(reader.fieldnames or []) + [k for k in fields if k not in (reader.fieldnames or [])]
+            text = io.StringIO()
+            writer = csv.DictWriter(text, self.fields, restval="")
+            writer.writeheader()
+            writer.writerows(kept)
+            atomic_write_text(text.getvalue(), self.path)
+        else:
             with open(self.path, "w", newline="") as f:
                 csv.DictWriter(f, fields).writeheader()
 
     def write(self, row: dict) -> None:
         with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.fields).writerow(
+            csv.DictWriter(f, self.fields, restval="").writerow(
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
 
 class NonFiniteLoss(RuntimeError):
     pass

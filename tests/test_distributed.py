@@ -19,6 +19,7 @@ import torch
 import pretrain_clar
 import pretrain_msn
 from tests.conftest import ROOT
+from tests.test_pretrain_byola import tiny as byola_tiny
 from tests.test_pretrain_clar import tiny_args as clar_tiny
 from tests.test_pretrain_msn import tiny as msn_tiny
 
@@ -102,6 +103,23 @@ def test_clar_two_processes_follow_the_one_process_trajectory(tiny_cache, tmp_pa
     a = torch.load(tmp_path / "one" / "ckpt_last.pt", weights_only=False)
     b = torch.load(tmp_path / "two" / "ckpt_last.pt", weights_only=False)
     assert_close_state(a["modules"]["net"], b["modules"]["net"], atol=1e-4)
+
+
+def test_byola_with_the_knn_monitor_runs_under_torchrun_and_resumes_in_one_process(tiny_cache, tmp_path):
+    """BYOL-A on the core under 2 gloo processes: global batch norm, DDP, the EMA target, the kNN monitor on
+    rank 0 (the starting point and every epoch); its checkpoint resumes in one process."""
+    out = tmp_path / "two"
+    torchrun("pretrain_byola.py", byola_tiny(tiny_cache, out, "train.epochs=1", f"train.monitor.cache={tiny_cache}",
+                                             "train.monitor.k=5"))
+    rows = read_rows(out / "log.csv")
+    assert [r["step"] for r in rows if r["knn_acc"]] == ["0", "3"] and [r["step"] for r in rows if r["loss"]] == [
+        "1", "2", "3"]
+    ckpt = torch.load(out / "ckpt_last.pt", weights_only=False)
+    assert ckpt["step"] == 3 and len(ckpt["per_process"]) == 2
+    memories = [s["state"]["views"]["mixup"]["memory"] for s in ckpt["per_process"]]
+    assert torch.equal(memories[0], memories[1])  # the views' state is the global batch's in every process
+    import pretrain_byola
+    assert pretrain_byola.main(byola_tiny(tiny_cache, out, "train.epochs=2") + ["--resume"])["step"] == 6
 
 
 def test_global_batch_norm_equals_batch_norm_of_the_whole_batch(tmp_path):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -64,7 +65,7 @@ MOVED = {
 }
 CHECKPOINT_KEYS = ("kind", "config", "git", "epoch", "step", "seconds", "encoder", "modules", "optimizers",
                    "per_process", "meta")
-LAST = "ckpt_last.pt"
+LAST, PREVIOUS, DIVERGED = "ckpt_last.pt", "ckpt_prev.pt", "ckpt_diverged.pt"
 
 
 def resolve_config(path: str, overrides: list[str], defaults: dict, validate: Callable[[dict], None] | None = None
@@ -269,6 +270,46 @@ def per_process_states(parts: Parts, env: Env) -> list[dict]:
     return states
 
 
+class LastGood:
+    """Which checkpoint is good. The loss is only seen one step after an update, so a checkpoint with finite but
+    diverged weights would pass every check when it is written: ckpt_last.pt becomes the last good one once a
+    step after it had a finite loss. Until then the one before it is kept as ckpt_prev.pt, and a non-finite loss
+    moves the suspect to ckpt_diverged.pt and puts ckpt_prev.pt back, so `--resume` starts from good weights."""
+
+    def __init__(self, out_dir: Path, resumed: bool):
+        self.out_dir, self.pending = out_dir, False
+        self.good = out_dir / LAST if resumed else None
+
+    def before_write(self) -> None:
+        last = self.out_dir / LAST
+        if last.exists() and not self.pending:
+            os.replace(last, self.out_dir / PREVIOUS)
+        self.pending = True
+
+    def confirm(self) -> None:
+        """A step after the latest checkpoint had a finite loss."""
+        if self.pending:
+            (self.out_dir / PREVIOUS).unlink(missing_ok=True)
+            self.pending, self.good = False, self.out_dir / LAST
+
+    def rollback(self) -> str:
+        """After a non-finite loss: set the suspect aside; returns where the last good checkpoint is."""
+        if not self.pending:
+            return f"last good checkpoint: {self.good or 'none written yet'}"
+        last, previous = self.out_dir / LAST, self.out_dir / PREVIOUS
+        os.replace(last, self.out_dir / DIVERGED)
+        self.pending = False
+        if previous.exists():
+            os.replace(previous, last)
+            return (f"the checkpoint written just before led straight to it and was moved to {DIVERGED}; "
+                    f"last good checkpoint: {last}")
+        self.good = None
+        return f"the only checkpoint led straight to it and was moved to {DIVERGED}; no good checkpoint"
+
+    def finish(self) -> None:
+        (self.out_dir / PREVIOUS).unlink(missing_ok=True)
+
+
 def non_finite_weights(parts: Parts) -> list[str]:
     """Names of the parameters and buffers that hold a NaN or an infinity."""
     return [f"{name}.{key}" for name, module in parts.modules.items()
@@ -401,7 +442,7 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
 
     if ckpt is None:
         watch()  # the starting point (random init), on the same axes as the curve
-    last_good = out_dir / LAST if ckpt else None
+    last_good = LastGood(out_dir, resumed=ckpt is not None)
     max_steps, epochs, history = cfg["train"]["max_steps"], cfg["train"]["epochs"], []
     step_times, flops = [], None
 
@@ -411,7 +452,9 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
             bad = non_finite_weights(parts)
             if bad:
                 raise utils.NonFiniteLoss(f"weights are not finite after step {step} ({', '.join(bad[:3])}); "
-                                          f"no checkpoint written (last good: {last_good or 'none'})")
+                                          f"no checkpoint written (last good: {last_good.good or 'none'})")
+            if name == LAST:
+                last_good.before_write()
             utils.atomic_torch_save(checkpoint(parts, cfg, kind, epoch, step, logger.seconds, states), out_dir / name)
         return out_dir / name
 
@@ -429,8 +472,10 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
                 values = parts.step(batch, step)  # returns Python floats: the device has finished the step
             step_times.append(time.perf_counter() - started)
             if not torch.isfinite(torch.tensor(values["loss"])):
-                raise utils.NonFiniteLoss(f"loss is {values['loss']} at step {step}; stopping "
-                                          f"(last good checkpoint: {last_good or 'none written yet'})")
+                where = last_good.rollback() if utils.is_main() else ""
+                raise utils.NonFiniteLoss(f"loss is {values['loss']} at step {step}; stopping ({where})")
+            if utils.is_main():
+                last_good.confirm()
             step, done_here = step + 1, done_here + 1
             row = {"step": step, "epoch": epoch + 1, **values}
             history.append(row)
@@ -447,7 +492,7 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
                 logger.extra({"step": step, "epoch": epoch, **extra})
             if epoch % mcfg["every"] == 0 or epoch == epochs:
                 watch()
-        last_good = save(LAST)
+        save(LAST)
         every = cfg["train"]["save_every"]
         if every and step == epoch * env.steps_per_epoch and (epoch % every == 0 or epoch == epochs):
             save(f"ckpt_epoch{epoch:03d}.pt")
@@ -461,9 +506,10 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
     if parts.finish is not None:
         results.update(parts.finish())
     if utils.is_main():
+        last_good.finish()
         utils.atomic_write_text(json.dumps(results, indent=2) + "\n", out_dir / "results.json")
         loss = history[-1]["loss"] if history else float("nan")
-        print(f"done: epoch {epoch}, step {step}, loss {loss:.4f}, checkpoint {last_good}")
+        print(f"done: epoch {epoch}, step {step}, loss {loss:.4f}, checkpoint {out_dir / LAST}")
     return {**results, "history": history, "out_dir": out_dir}
 
 

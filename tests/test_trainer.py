@@ -26,8 +26,9 @@ class Toy(torch.utils.data.Dataset):
         return (torch.tensor([float(i)]),)
 
 
-def toy_build(break_at: int | None = None):
-    """A method of one Linear(1, 1) whose step at `break_at` writes NaN weights but reports a finite loss."""
+def toy_build(break_at: int | None = None, nan_loss_from: int | None = None):
+    """A method of one Linear(1, 1) whose step at `break_at` writes NaN weights but reports a finite loss, and
+    whose loss is NaN from step `nan_loss_from` on (finite but diverged weights: seen one step late)."""
     def build(cfg, env):
         net = torch.nn.Linear(1, 1)
         opt = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -40,13 +41,15 @@ def toy_build(break_at: int | None = None):
             if step == break_at:
                 with torch.no_grad():
                     net.weight.fill_(float("nan"))
-            return {"loss": loss.item()}
+            diverged = nan_loss_from is not None and step >= nan_loss_from
+            return {"loss": float("nan") if diverged else loss.item()}
         return trainer.Parts(dataset=Toy(), batches=data.EpochBatches(6, 2, cfg["seed"]), modules={"net": net},
                              optimizers={"sgd": opt}, encoder=net, step=step, log_keys=["loss"])
     return build
 
 
 def toy_cfg(tmp_path, **train):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "toy.yaml"
     path.write_text("seed: 0\n")
     overrides = [f"train.out_dir={tmp_path / 'run'}", "optim.batch_size=2", "train.epochs=2", "data.num_workers=0",
@@ -74,6 +77,24 @@ def test_a_checkpoint_is_never_written_with_diverged_weights(tmp_path):
         trainer.train("toy", toy_cfg(tmp_path), toy_build(break_at=5))
     ckpt = utils.load_checkpoint(tmp_path / "run" / "ckpt_last.pt")
     assert ckpt["step"] == 3 and torch.isfinite(ckpt["modules"]["net"]["weight"]).all()
+
+
+def test_a_checkpoint_that_leads_straight_to_a_nan_loss_is_set_aside(tmp_path):
+    """Regression (issue 9 fault injection: optim.lr=1e6 on the demo MSN, then --resume hit NaN at once): the
+    epoch-2 checkpoint holds finite weights, but the first step after it has a NaN loss. It is moved to
+    ckpt_diverged.pt and the epoch-1 checkpoint, which a finite step followed, is ckpt_last.pt again."""
+    with pytest.raises(utils.NonFiniteLoss, match=r"loss is nan at step 6.*moved to ckpt_diverged.pt.*ckpt_last.pt"):
+        trainer.train("toy", toy_cfg(tmp_path, epochs=3), toy_build(nan_loss_from=6))
+    run = tmp_path / "run"
+    assert utils.load_checkpoint(run / "ckpt_last.pt")["step"] == 3
+    assert utils.load_checkpoint(run / "ckpt_diverged.pt")["step"] == 6 and not (run / "ckpt_prev.pt").exists()
+    # the only checkpoint is the suspect: nothing is left to resume from by mistake
+    with pytest.raises(utils.NonFiniteLoss, match="only checkpoint led straight to it.*no good checkpoint"):
+        trainer.train("toy", toy_cfg(tmp_path / "b", epochs=3), toy_build(nan_loss_from=3))
+    assert not (tmp_path / "b" / "run" / "ckpt_last.pt").exists()
+    # a healthy run leaves ckpt_last.pt only
+    trainer.train("toy", toy_cfg(tmp_path / "c", epochs=3), toy_build())
+    assert sorted(p.name for p in (tmp_path / "c" / "run").glob("ckpt*")) == ["ckpt_last.pt"]
 
 
 def test_out_dir_that_is_a_file_and_stale_temp_files(tmp_path):

@@ -52,6 +52,7 @@ COMMON = {
     "optim": {"batch_size": 256, "lr": 1e-4},  # batch_size: the GLOBAL batch, split over torchrun processes
     "train": {"epochs": 100, "max_steps": None, "device": "auto", "out_dir": None, "amp": True, "compile": False,
               "log_every": 10, "save_every": 0,
+              "ckpt_seconds": 60,  # ckpt_last.pt at an epoch end once this long since the last one (0: every epoch)
               "count_flops": False,  # count the model FLOPs of the run's first step (results.json; bench.py gpu)
               "monitor": {"cache": None, "every": 1, "k": 20, "temperature": 0.07}},  # kNN monitor (Monitor)
 }
@@ -458,6 +459,15 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
             utils.atomic_torch_save(checkpoint(parts, cfg, kind, epoch, step, logger.seconds, states), out_dir / name)
         return out_dir / name
 
+    def save_last(last_write: float, final: bool) -> float:
+        """ckpt_last.pt at the end of the run, and at an epoch end once train.ckpt_seconds have passed since
+        the last write (tiny epochs would otherwise spend their time writing checkpoints)."""
+        if final or time.time() - last_write >= cfg["train"]["ckpt_seconds"]:
+            save(LAST)
+            return time.time()
+        return last_write
+
+    last_write = time.time()
     while epoch < epochs and (max_steps is None or step < max_steps):
         skip = step - epoch * env.steps_per_epoch
         bar = tqdm(epoch_loader(parts, env, epoch, skip), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
@@ -492,7 +502,7 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
                 logger.extra({"step": step, "epoch": epoch, **extra})
             if epoch % mcfg["every"] == 0 or epoch == epochs:
                 watch()
-        save(LAST)
+        last_write = save_last(last_write, final=epoch == epochs or (max_steps is not None and step >= max_steps))
         every = cfg["train"]["save_every"]
         if every and step == epoch * env.steps_per_epoch and (epoch % every == 0 or epoch == epochs):
             save(f"ckpt_epoch{epoch:03d}.pt")

@@ -53,7 +53,7 @@ def toy_cfg(tmp_path, **train):
     path = tmp_path / "toy.yaml"
     path.write_text("seed: 0\n")
     overrides = [f"train.out_dir={tmp_path / 'run'}", "optim.batch_size=2", "train.epochs=2", "data.num_workers=0",
-                 *[f"train.{k}={v}" for k, v in train.items()]]
+                 "train.ckpt_seconds=0", *[f"train.{k}={v}" for k, v in train.items()]]
     return trainer.resolve_config(str(path), overrides, {})
 
 
@@ -95,6 +95,20 @@ def test_a_checkpoint_that_leads_straight_to_a_nan_loss_is_set_aside(tmp_path):
     # a healthy run leaves ckpt_last.pt only
     trainer.train("toy", toy_cfg(tmp_path / "c", epochs=3), toy_build())
     assert sorted(p.name for p in (tmp_path / "c" / "run").glob("ckpt*")) == ["ckpt_last.pt"]
+
+
+def test_ckpt_last_is_written_every_ckpt_seconds_and_at_the_end(tmp_path, monkeypatch):
+    writes = []
+    real = utils.atomic_torch_save
+    monkeypatch.setattr(utils, "atomic_torch_save", lambda obj, path: writes.append(obj["step"]) or real(obj, path))
+    trainer.train("toy", toy_cfg(tmp_path / "a", epochs=4), toy_build())
+    assert writes == [3, 6, 9, 12]  # ckpt_seconds=0: every epoch
+    writes.clear()
+    trainer.train("toy", toy_cfg(tmp_path / "b", epochs=4, ckpt_seconds=3600), toy_build())
+    assert writes == [12]  # tiny epochs: only the end of the run
+    writes.clear()
+    trainer.train("toy", toy_cfg(tmp_path / "c", epochs=4, ckpt_seconds=3600, max_steps=5), toy_build())
+    assert writes == [5]  # a max_steps stop is written
 
 
 def test_out_dir_that_is_a_file_and_stale_temp_files(tmp_path):

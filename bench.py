@@ -221,7 +221,7 @@ METHODS = {  # name: (script, full config, small config)
     "CLAR": ("pretrain_clar.py", "config/clar.yaml", "config/demo_clar.yaml"),
     "BYOL-A": ("pretrain_byola.py", "config/byola.yaml", "config/demo_byola.yaml"),
 }
-NO_EXTRAS = {"CLAR": ["train.final_probe=false", "train.eval_every=100000"]}
+NO_EXTRAS = {"MSN": ["model.pretrained=null"], "CLAR": ["train.final_probe=false", "train.eval_every=100000"]}
 
 
 def make_train_cache(root: Path, clips: int) -> Path:
@@ -250,9 +250,8 @@ def run_method(name: str, config: str, overrides: list[str], out: Path) -> dict:
     script = METHODS[name][0]
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, script, "--config", config, f"train.out_dir={out}", "train.log_every=1",
-               "train.save_every=0", "model.pretrained=null" if name == "MSN" else "", *NO_EXTRAS.get(name, []),
-               *overrides]
-    done = subprocess.run([c for c in command if c], capture_output=True, text=True)
+               "train.save_every=0", *NO_EXTRAS.get(name, []), *overrides]
+    done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": (done.stdout + done.stderr).strip().splitlines()[-1:]}
     results = json.loads((out / "results.json").read_text())

@@ -540,15 +540,19 @@ def build_audiontt(model_cfg: dict) -> AudioNTT2022:
 
 @torch.no_grad()
 def embed_dataset(encoder: nn.Module, dataset, long: str = "chunk", pool: str = "cls", batch_size: int = 32,
-                  workers: int = 0, device: str | torch.device = "cpu", desc: str = "embed"):
-    """encoder.embed over a dataset in order (items: the input, or a tuple whose first element is), with a
-    progress bar -> float32 numpy [N, D]. The encoder is left in eval mode on `device`."""
+                  workers: int = 0, device: str | torch.device = "cpu", desc: str = "embed",
+                  norm: tuple[float, float] | None = None):
+    """encoder.embed over a dataset in order (items: the input, or a tuple whose first element is), inputs
+    standardised as (x - mean) / std when `norm` is given, with a progress bar -> float32 numpy [N, D]. The
+    encoder is left in eval mode on `device`."""
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     encoder.eval().to(device)
-    out = [encoder.embed((x[0] if isinstance(x, (list, tuple)) else x).to(device), long=long, pool=pool).float().cpu()
+    mean, std = norm or (0.0, 1.0)
+    out = [encoder.embed(((x[0] if isinstance(x, (list, tuple)) else x).to(device) - mean) / std, long=long,
+                         pool=pool).float().cpu()
            for x in tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True, leave=False)]
     return torch.cat(out).numpy()
 

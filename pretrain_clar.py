@@ -123,6 +123,7 @@ def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
     samples = int(round(cfg["model"]["clip_seconds"] * SAMPLE_RATE))
     true_labels = labels.encode(train_df["label"])
     targets = training_targets(true_labels, cfg["mode"], cfg["label_fraction"], cfg["data"]["label_seed"])
+    probe_df = train_df  # the final probe sees every training clip with its true label
     if cfg["mode"] == "supervised":  # CE only: unlabelled clips carry no signal
         keep = np.flatnonzero(targets >= 0)
         train_df, targets = train_df.iloc[keep].reset_index(drop=True), targets[keep]
@@ -162,7 +163,7 @@ def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
                    **online, "probe_test_acc": None}
         if not (cfg["train"]["final_probe"] and utils.is_main()):
             return results
-        probe_train = data.WaveClips(cache, load_splits(cfg)[0], labels, samples)  # every clip, its true label
+        probe_train = data.WaveClips(cache, probe_df, labels, samples)
         train_x = models.embed_dataset(net.encoder, probe_train, batch_size=64, device=env.device)
         test_x = models.embed_dataset(net.encoder, test_set, batch_size=64, device=env.device)
         net.train()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -43,6 +44,7 @@ from tqdm import tqdm
 
 import config as config_lib
 import data
+import models
 import utils
 
 # Keys every method's config has, with the same meaning everywhere (README "Configs").
@@ -198,14 +200,11 @@ class Monitor:
         self.train_set, self.test_set = make(df[is_train]), make(df[is_test])
         self.seconds, self.last = 0.0, None
 
-    @torch.no_grad()
     def embed(self, encoder: nn.Module, clips) -> tuple[torch.Tensor, torch.Tensor]:
-        features, labels = [], []
-        for x, y in DataLoader(clips, batch_size=64):
-            x = (x - self.mean) / self.std if self.kind == "logmel" else x
-            features.append(encoder.embed(x.to(self.device)).float().cpu())
-            labels.append(y)
-        return torch.cat(features), torch.cat(labels)
+        """Embeddings [N, D] and label indices [N] of a monitor split (log-mels standardised by the train stats)."""
+        norm = (self.mean, self.std) if self.kind == "logmel" else None
+        x = models.embed_dataset(encoder, clips, batch_size=64, device=self.device, desc="monitor", norm=norm)
+        return torch.from_numpy(x), torch.from_numpy(clips.targets)
 
     def __call__(self, encoder: nn.Module) -> float:
         """kNN accuracy (0-1) of the encoder's current weights; the encoder is back in train mode afterwards."""
@@ -481,7 +480,7 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
             else:
                 values = parts.step(batch, step)  # returns Python floats: the device has finished the step
             step_times.append(time.perf_counter() - started)
-            if not torch.isfinite(torch.tensor(values["loss"])):
+            if not math.isfinite(values["loss"]):
                 where = last_good.rollback() if utils.is_main() else ""
                 raise utils.NonFiniteLoss(f"loss is {values['loss']} at step {step}; stopping ({where})")
             if utils.is_main():
@@ -555,9 +554,4 @@ def cli(kind: str, defaults: dict, build: Callable[[dict, Env], Parts], doc: str
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-
-
-def env_for_tests(cfg: dict, device: str = "cpu") -> Env:
-    """A one-process Env (tests and benchmarks that call a method's build() directly)."""
-    return Env(cfg, 0, 1, torch.device(device), steps_per_epoch=1)
 

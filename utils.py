@@ -189,14 +189,7 @@ class CSVLog:
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
-
-
-def check_finite(loss: torch.Tensor, step: int, last_checkpoint: str | os.PathLike | None) -> None:
-    """Stop the run with a message naming the step and the last good checkpoint (DINO-style)."""
-    if not torch.isfinite(loss).all():
-        where = f"last good checkpoint: {last_checkpoint}" if last_checkpoint else "no checkpoint written yet"
-        raise NonFiniteLoss(f"loss is {loss.item()} at step {step}; stopping ({where})")
+    """Training stopped on a non-finite loss or non-finite weights (trainer.py names the step and checkpoint)."""
 
 # ----------------------------------------------------------------------------- distributed
 

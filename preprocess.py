@@ -11,6 +11,7 @@ Writes (see data.py for how it is read; the data sets and their adapters are dat
     OUT/wave/<id>.npy       float32 [L] 16 kHz mono (with --waveform)
     OUT/packed/             with --pack: shard files each worker appends its log-mels to, and index.npz
     OUT/preprocess.json     every parameter and the package versions
+    OUT/preprocess.lock     while a run writes: its host and pid (a second writer of the cache stops; see lock_cache)
     OUT/errors.csv          file, reason, kind: every file that is not a clip of the cache (kind error: skipped;
                             warning: kept, e.g. truncated; hidden, not_audio, excluded: not clips)
 
@@ -45,7 +46,7 @@ from tqdm import tqdm
 from audio import SAMPLE_RATE, AudioError, LogMel, LogMelConfig, load_audio, truncation_warning
 from data import MANIFEST_COLUMNS, PACKED_DIR, PackWriter, load_array, read_pack_index, write_pack_index
 from datasets import REGISTRY, Clip, DatasetLayoutError
-from utils import remove_stale_temps, temp_path
+from utils import FolderLock, LockHeld, lock_holder, remove_stale_temps, temp_path
 
 DATASETS = tuple(REGISTRY)
 KINDS = ("error", "warning", "not_audio", "hidden", "excluded")  # errors.csv 'kind'; only 'error' skips a clip
@@ -412,18 +413,34 @@ def summary_line(out: Path, summary: dict, suffix: str) -> str:
             + (f", {summary['x_realtime']}x real time" if summary["written"] else ""))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    shard = parse_shard(args.shard or launcher_shard())
-    if args.root is None:
-        if args.dataset != "synthetic":
-            raise SystemExit(f"--root is required for --dataset {args.dataset}")
-        args.root = Path("data") / f"synthetic-{args.size}"
-    root, out = args.root, args.out
-    if args.dataset != "synthetic" and not root.is_dir():
-        raise SystemExit(f"{root}: data set folder not found")
-    params = run_params(args)
-    prepare_out(out)
+def lock_name(shard: tuple[int, int] | None) -> str:
+    return f"preprocess.shard-{shard[0]}-of-{shard[1]}.lock" if shard else "preprocess.lock"
+
+
+def lock_cache(out: Path, shard: tuple[int, int] | None) -> FolderLock:
+    """Hold the cache's writer lock (utils.FolderLock): one run per shard, and a full run (which merges and
+    deletes the shards' files) only while no shard run is live. Another writer ends this run with one line
+    naming the holder (host, pid); the lock of a run that died is taken over with a warning."""
+    lock = FolderLock(out / lock_name(shard))
+    try:
+        warning = lock.acquire()
+    except LockHeld as err:
+        raise SystemExit(f"{out}: another preprocess.py is writing this cache ({err}); wait for it to end, "
+                         "or use another --out") from None
+    others = [out / lock_name(None)] if shard else sorted(out.glob("preprocess.shard-*-of-*.lock"))
+    for path in others:
+        holder = lock_holder(path)
+        if holder:
+            lock.release()
+            raise SystemExit(f"{out}: another preprocess.py is writing this cache ({path}: held by {holder}); "
+                             "wait for it to end, or use another --out")
+    if warning:
+        print(warning, file=sys.stderr)
+    return lock
+
+
+def build(args: argparse.Namespace, shard, root: Path, out: Path, params: dict) -> dict:
+    """The run proper, under the cache's lock (main)."""
     check_params(out, params, args.force)
     clips, adapter_skips = find_clips(args)
     earlier = sorted(out.glob("manifest*.csv"))
@@ -471,6 +488,22 @@ def main(argv: list[str] | None = None) -> dict:
                "x_realtime": round(audio_seconds / seconds, 1) if seconds > 0 and audio_seconds else 0.0}
     print(summary_line(out, summary, suffix))
     return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    shard = parse_shard(args.shard or launcher_shard())
+    if args.root is None:
+        if args.dataset != "synthetic":
+            raise SystemExit(f"--root is required for --dataset {args.dataset}")
+        args.root = Path("data") / f"synthetic-{args.size}"
+    root, out = args.root, args.out
+    if args.dataset != "synthetic" and not root.is_dir():
+        raise SystemExit(f"{root}: data set folder not found")
+    params = run_params(args)
+    prepare_out(out)
+    with lock_cache(out, shard):
+        return build(args, shard, root, out, params)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ single process and work unchanged under torchrun (they read only what torch.dist
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import io
 import os
@@ -135,6 +136,100 @@ def _alive(pid: int) -> bool:
     except (PermissionError, OverflowError):
         return pid < 2**22  # another user's process (or an impossible pid: not alive)
     return True
+
+
+class LockHeld(RuntimeError):
+    """Another writer holds a FolderLock; str(err) names the lock file and its holder (host, pid, start)."""
+
+
+class FolderLock:
+    """An exclusive writer's lock: a lock file holding 'host=<host> pid=<pid> started=<time>', locked with
+    fcntl.flock while held, so the kernel frees it when the holder dies however it dies (kill -9).
+
+    acquire() raises LockHeld when a live process holds the file (or when it names another machine, whose
+    processes cannot be checked from here); a file left by a dead process of this machine is taken over, and
+    acquire() returns a warning that says so. release() deletes the file. Use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path, self.fd, self.warning = Path(path), None, None
+
+    def acquire(self) -> str | None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = _read_fd(fd)
+                os.close(fd)
+                raise LockHeld(f"{self.path}: held by {_holder(text)}") from None
+            try:
+                same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:  # released (and deleted) between our open and our flock: retry
+                same_file = False
+            if same_file:
+                break
+            os.close(fd)
+        old = _read_fd(fd)
+        if old and _lock_fields(old).get("host") != HOST:
+            os.close(fd)
+            raise LockHeld(f"{self.path}: held by {_holder(old)} (another machine: if that run is gone, "
+                           f"delete {self.path})")
+        if old:
+            self.warning = (f"warning: {self.path}: took over the lock of {_holder(old)}, "
+                            "which is no longer running")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"host={HOST} pid={os.getpid()} started={time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode(), 0)
+        os.fsync(fd)
+        self.fd = fd
+        return self.warning
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> FolderLock:
+        if self.fd is None:
+            self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lock_holder(path: str | os.PathLike) -> str | None:
+    """'host H, pid P, started T' of the live holder of lock file `path` (FolderLock), else None. A file that
+    names another machine counts as held (its process cannot be checked from here)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        text = _read_fd(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(text)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return _holder(text) if text and _lock_fields(text).get("host") != HOST else None
+    finally:
+        os.close(fd)
+
+
+def _read_fd(fd: int) -> str:
+    return os.pread(fd, 512, 0).decode(errors="replace").strip()
+
+
+def _lock_fields(text: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in text.split() if "=" in part)
+
+
+def _holder(text: str) -> str:
+    fields = _lock_fields(text)
+    if "pid" not in fields:
+        return f"an unknown writer ({text[:80]!r})"
+    return f"host {fields.get('host', '?')}, pid {fields['pid']}, started {fields.get('started', '?')}"
 
 
 def file_sha256(path: str | os.PathLike) -> str:

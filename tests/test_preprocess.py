@@ -1,6 +1,8 @@
 """preprocess.py: every adapter on a tiny data set written in the real layout, bad files, resume, shards."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -10,8 +12,9 @@ import torch
 
 import datasets
 import preprocess
+import utils
 from data import read_manifest
-from tests.conftest import SHARED
+from tests.conftest import ROOT, SHARED
 
 
 def tone(freq=440.0, sr=16000, seconds=0.5, amp=0.3):
@@ -472,3 +475,56 @@ def test_pack_added_to_an_existing_cache_copies_its_clips_once(tmp_path):
     ds = data.LogMelCrops(tmp_path / "c", df, frames=None)
     assert ds.packed is not None and len(ds.packed.maps) == 1
     np.testing.assert_array_equal(ds[2][0][0].numpy(), np.load(tmp_path / "c" / df.logmel[2]))
+
+
+HOLD_LOCK = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+import preprocess
+lock = preprocess.lock_cache(Path(sys.argv[2]), None)
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_second_writer_stops_naming_the_holder_and_a_dead_holders_lock_is_taken_over(tmp_path, capsys):
+    root, out = make_esc50(tmp_path / "esc", n=2), tmp_path / "cache"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(ROOT), str(out)], stdout=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        second = subprocess.run([sys.executable, "preprocess.py", "--dataset", "esc50", "--root", str(root),
+                                 "--out", str(out), "--pack", "--workers", "1"], cwd=ROOT, capture_output=True,
+                                text=True, env=env)
+        assert second.returncode == 1
+        assert second.stderr.count("\n") == 1 and "another preprocess.py is writing this cache" in second.stderr
+        assert f"host {utils.HOST}, pid {holder.pid}, started " in second.stderr
+        assert sorted(p.name for p in out.rglob("*")) == ["logmel", "preprocess.lock", "wave"]  # nothing written
+        with pytest.raises(SystemExit, match=f"pid {holder.pid}"):  # a shard run stops too
+            run("--dataset", "esc50", "--root", root, "--out", out, "--shard", "1/2")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"pid={holder.pid} " in (out / "preprocess.lock").read_text()  # kill -9 left its lock file
+    assert run("--dataset", "esc50", "--root", root, "--out", out, "--pack")["written"] == 2
+    err = capsys.readouterr().err
+    assert f"took over the lock of host {utils.HOST}, pid {holder.pid}" in err and "no longer running" in err
+    assert not (out / "preprocess.lock").exists()  # released at the end
+
+
+def test_full_run_waits_for_live_shards_and_other_machines_locks_are_kept(tmp_path):
+    root, out = make_esc50(tmp_path / "esc", n=2), tmp_path / "cache"
+    out.mkdir()
+    with utils.FolderLock(out / "preprocess.shard-2-of-2.lock"):  # a live shard run (here: this process)
+        with pytest.raises(SystemExit, match=r"preprocess.shard-2-of-2.lock: held by host .*, pid "):
+            run("--dataset", "esc50", "--root", root, "--out", out)
+        assert run("--dataset", "esc50", "--root", root, "--out", out, "--shard", "1/2")["written"] == 1
+    (out / "preprocess.lock").write_text("host=node-7 pid=4242 started=2026-01-01T00:00:00\n")
+    with pytest.raises(SystemExit, match=r"held by host node-7, pid 4242, .*another machine: if that run is gone, "
+                                         r"delete .*preprocess.lock"):
+        run("--dataset", "esc50", "--root", root, "--out", out)
+    (out / "preprocess.lock").unlink()
+    assert run("--dataset", "esc50", "--root", root, "--out", out)["written"] == 1  # merges shard 1's clip

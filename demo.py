@@ -55,7 +55,7 @@ def steps(track: str) -> list[list[str]]:
     for name, script, config, overrides in recipes:
         run = f"runs/{track}/{name.split('_', 1)[1]}"
         train.append([script, "--config", config, *overrides, f"train.out_dir={run}", f"data.cache={cache}",
-                      f"train.monitor.cache={cache}"])
+                      f"train.monitor.cache={cache}", "--overwrite"])  # every number is measured in this run
         evaluated = [(f"{run}/ckpt_last.pt", name)]
         if config not in twins:
             evaluated.append((f"random:{config}", f"{name}-random"))

@@ -7,6 +7,7 @@ single process and work unchanged under torchrun (they read only what torch.dist
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import hashlib
 import io
@@ -17,7 +18,9 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -64,39 +67,68 @@ def git_commit() -> str:
 
 
 def _write_error(path: Path, err: Exception) -> OSError:
-    """A one-line error naming the file and, when the disk is the cause, the free space left on it."""
+    """A one-line error naming the file and, when the disk is the cause, "no space left on device" and the free
+    space left on it (torch reports a full disk only as "unexpected pos")."""
+    full = getattr(err, "errno", None) == errno.ENOSPC or "unexpected pos" in str(err)
     try:
         free = shutil.disk_usage(path.parent).free / 2**30
         where = f"; {free:.2f} GiB free on the disk of {path.parent}"
     except OSError:
         where = ""
-    return OSError(f"{path}: could not be written ({type(err).__name__}: {err}){where}")
+    cause = "no space left on device: " if full else ""
+    return OSError(f"{path}: could not be written ({cause}{type(err).__name__}: {err}){where}")
 
 
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temp file in the same folder, then rename: readers never see half a file. A failed
-    write (full disk: torch says only "unexpected pos") removes its temp file and names the file and disk."""
+def open_new(path: Path):
+    """The file object an atomic write fills (binary). One place for every atomic write, so tests can inject a
+    fault inside a write (a full disk, a kill after N bytes) by replacing it."""
+    return open(path, "wb")
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None],
+                 before_replace: Callable[[], None] | None = None) -> None:
+    """write(f) into a temp file in the same folder, flushed and fsync'd, then renamed onto `path`: at every
+    instant `path` is either its old complete content or its new complete content. `before_replace` runs once
+    the new content is complete on disk, just before the rename (trainer.LastGood retires the old checkpoint
+    there, never earlier). A failed write (a full disk) removes its temp and names the file and the disk."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
-        torch.save(obj, tmp)
+        with open_new(tmp) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:
         tmp.unlink(missing_ok=True)
         raise _write_error(path, err) from None
+    _fsync_folder(path.parent)
+
+
+def atomic_torch_save(obj, path: str | os.PathLike, before_replace: Callable[[], None] | None = None) -> None:
+    """torch.save through atomic_write: readers never see half a file."""
+    atomic_write(path, lambda f: torch.save(obj, f), before_replace)
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise _write_error(path, err) from None
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "host"

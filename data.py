@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from audio import LOG_SILENCE, fix_length
-from utils import temp_path
+from utils import atomic_write
 
 MANIFEST_COLUMNS = ["id", "logmel", "wave", "label", "split", "fold", "duration", "source"]
 
@@ -185,13 +185,11 @@ def write_pack_index(folder: Path, name: str, entries: dict[str, tuple[str, int,
     ids = [cid for cid in ids if cid in entries]
     files = sorted({entries[cid][0] for cid in ids})
     number = {f: i for i, f in enumerate(files)}
-    tmp = temp_path(folder / name)
-    with open(tmp, "wb") as f:
-        np.savez(f, ids=np.array(ids, dtype=str), files=np.array(files, dtype=str),
-                 shard=np.array([number[entries[c][0]] for c in ids], dtype=np.int32),
-                 offsets=np.array([entries[c][1] for c in ids], dtype=np.int64),
-                 lengths=np.array([entries[c][2] for c in ids], dtype=np.int32), n_mels=n_mels, dtype=dtype)
-    os.replace(tmp, folder / name)
+    atomic_write(folder / name, lambda f: np.savez(
+        f, ids=np.array(ids, dtype=str), files=np.array(files, dtype=str),
+        shard=np.array([number[entries[c][0]] for c in ids], dtype=np.int32),
+        offsets=np.array([entries[c][1] for c in ids], dtype=np.int64),
+        lengths=np.array([entries[c][2] for c in ids], dtype=np.int32), n_mels=n_mels, dtype=dtype))
 
 
 def read_pack_index(path: Path) -> dict[str, tuple[str, int, int]]:

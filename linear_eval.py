@@ -43,7 +43,6 @@ import importlib.metadata
 import inspect
 import json
 import math
-import os
 import re
 import sys
 import zlib
@@ -63,7 +62,7 @@ from config import ConfigError, apply_overrides, load_config
 from data import LabelMap, load_array, read_manifest, select, stratified_subset
 from datasets import REGISTRY, all_tasks, find_task
 from probe import append_result, carve_validation, fit_linear_probe, mean_ci95
-from utils import file_sha256, git_commit, remove_stale_temps, temp_path
+from utils import atomic_write, file_sha256, git_commit, remove_stale_temps
 
 DEFAULTS = {
     "data": {name: entry.cache for name, entry in REGISTRY.items()},  # default cache folders (datasets.py)
@@ -346,9 +345,7 @@ def task_embeddings(encoder: nn.Module, info: dict, task: Task, cfg: dict, devic
         raise ValueError(f"{info['model']}: non-finite embeddings on {task.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent)
-    tmp = temp_path(path, ".npy")  # np.save adds .npy to any other name
-    np.save(tmp, X)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.save(f, X))
     print(f"embeddings: {path} {X.shape}")
     return X
 
@@ -481,5 +478,5 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, OSError) as err:  # OSError: FileNotFoundError, a full disk (one line)
         sys.exit(f"linear_eval.py: error: {err}")

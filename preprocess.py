@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -46,7 +47,7 @@ from tqdm import tqdm
 from audio import SAMPLE_RATE, AudioError, LogMel, LogMelConfig, load_audio, truncation_warning
 from data import MANIFEST_COLUMNS, PACKED_DIR, PackWriter, load_array, read_pack_index, write_pack_index
 from datasets import REGISTRY, Clip, DatasetLayoutError
-from utils import FolderLock, LockHeld, lock_holder, remove_stale_temps, temp_path
+from utils import FolderLock, LockHeld, atomic_write, atomic_write_text, lock_holder, remove_stale_temps, temp_path
 
 DATASETS = tuple(REGISTRY)
 KINDS = ("error", "warning", "not_audio", "hidden", "excluded")  # errors.csv 'kind'; only 'error' skips a clip
@@ -106,13 +107,7 @@ def _init_worker(params: dict, out: str, pack_tag: str | None) -> None:
 
 
 def _save_npy(array: np.ndarray, path: Path) -> None:
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed write (full disk) leaves no temp behind
+    atomic_write(path, lambda f: np.save(f, array), sync=False)  # a failed write (full disk) leaves no temp
 
 
 def process_clip(job: tuple[Clip, str, str]) -> tuple[str, dict | str]:
@@ -130,8 +125,8 @@ def process_clip(job: tuple[Clip, str, str]) -> tuple[str, dict | str]:
         if params["waveform"]:
             _save_npy(wave, out / "wave" / f"{cid}.npy")
         pack = _WORKER["pack"].append(logmel) if _WORKER["pack"] else None
-    except OSError as err:
-        return "fatal", f"{err.filename or out}: {err.strerror or err}"
+    except OSError as err:  # utils.atomic_write's error names the file; others have a filename
+        return "fatal", f"{err.filename}: {err.strerror}" if err.filename else str(err)
     return "ok", {"duration": len(wave) / params["sample_rate"], "pack": pack,
                   "warning": truncation_warning(clip.source)}
 
@@ -176,15 +171,11 @@ def check_params(out: Path, params: dict, force: bool) -> None:
 
 
 def write_csv_atomic(rows: list[dict], path: Path, columns: list[str]) -> None:
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(text.getvalue(), path)
 
 
 def read_rows(paths: list[Path]) -> dict[str, dict]:
@@ -454,9 +445,7 @@ def build(args: argparse.Namespace, shard, root: Path, out: Path, params: dict) 
         (out / PACKED_DIR).mkdir(exist_ok=True)
     remove_stale_files(out, pack_tag)
     meta = {"params": params, "versions": versions(), "root": str(root.resolve()), "command": sys.argv}
-    tmp = temp_path(out / "preprocess.json")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, out / "preprocess.json")
+    atomic_write_text(json.dumps(meta, indent=2), out / "preprocess.json")
 
     suffix = f".shard-{shard[0]}-of-{shard[1]}" if shard else ""
     jobs = list(zip(clips, ids))
@@ -510,4 +499,4 @@ if __name__ == "__main__":
     try:
         main()
     except OSError as err:  # anything not caught where it happens: still one line naming the file
-        sys.exit(f"preprocess.py: error: {err.filename or ''}: {err.strerror or err}")
+        sys.exit(f"preprocess.py: error: {f'{err.filename}: {err.strerror}' if err.filename else err}")

@@ -100,26 +100,29 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None],
-                 before_replace: Callable[[], None] | None = None) -> None:
+                 before_replace: Callable[[], None] | None = None, sync: bool = True) -> None:
     """write(f) into a temp file in the same folder, flushed and fsync'd, then renamed onto `path`: at every
     instant `path` is either its old complete content or its new complete content. `before_replace` runs once
     the new content is complete on disk, just before the rename (trainer.LastGood retires the old checkpoint
-    there, never earlier). A failed write (a full disk) removes its temp and names the file and the disk."""
+    there, never earlier). A failed write (a full disk) removes its temp and names the file and the disk.
+    sync=False skips the fsyncs (cache clips: an interrupted run redoes them; a kill still leaves no half file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
         with open_new(tmp) as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         if before_replace is not None:
             before_replace()
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:
         tmp.unlink(missing_ok=True)
         raise _write_error(path, err) from None
-    _fsync_folder(path.parent)
+    if sync:
+        _fsync_folder(path.parent)
 
 
 def atomic_torch_save(obj, path: str | os.PathLike, before_replace: Callable[[], None] | None = None) -> None:

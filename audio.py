@@ -9,6 +9,7 @@ preprocessing run can skip the clip, record the reason and carry on.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -104,10 +105,12 @@ class LogMelConfig:
 
 
 class LogMel(torch.nn.Module):
-    """waveform [..., L] -> ln(mel power + eps) [..., n_mels, 1 + L // hop].
+    """waveform [..., L] -> ln(mel power + eps) [..., n_mels, 1 + L // hop], for every L >= 0.
 
     Centred STFT with reflect padding, periodic Hann, power 2; Slaney mel scale with Slaney area
-    normalisation (= librosa/nnAudio, what EVAR and BYOL-A v2 use) unless mel_scale="htk".
+    normalisation (= librosa/nnAudio, what EVAR and BYOL-A v2 use) unless mel_scale="htk". Reflect padding
+    needs more than n_fft // 2 samples: a shorter wave (even 0 samples) is taken as the clip followed by silence
+    (n_fft // 2 + 1 zeros appended, which its 1 + L // hop frames see and which nothing reflects).
     """
 
     def __init__(self, cfg: LogMelConfig | None = None):
@@ -125,11 +128,15 @@ class LogMel(torch.nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         # = torchaudio MelSpectrogram(power=2) (tested); re^2 + im^2 is ~4x faster than |S|.pow(2) on CPU
         shape = wave.shape
-        spec = torch.stft(wave.float().reshape(-1, shape[-1]), self.cfg.n_fft, self.cfg.hop_length,
-                          self.cfg.win_length, self.window, center=True, pad_mode="reflect", return_complex=True)
+        frames = 1 + shape[-1] // self.cfg.hop_length
+        flat = wave.float().reshape(math.prod(shape[:-1]), shape[-1])
+        if shape[-1] <= self.cfg.n_fft // 2:  # too short to reflect: the clip followed by silence (docstring)
+            flat = torch.nn.functional.pad(flat, (0, self.cfg.n_fft // 2 + 1))
+        spec = torch.stft(flat, self.cfg.n_fft, self.cfg.hop_length, self.cfg.win_length, self.window, center=True,
+                          pad_mode="reflect", return_complex=True)
         power = spec.real.square() + spec.imag.square()  # [N, n_fft // 2 + 1, frames]
         mel = torch.matmul(power.transpose(1, 2), self.fbank).transpose(1, 2)
-        return torch.log(mel + LOG_EPS).reshape(*shape[:-1], self.cfg.n_mels, -1)
+        return torch.log(mel[..., :frames] + LOG_EPS).reshape(*shape[:-1], self.cfg.n_mels, frames)
 
 
 def fix_length(wave: np.ndarray | torch.Tensor, length: int, offset: int = 0, value: float = 0.0):

@@ -12,6 +12,9 @@ validator's .to(device) picks CPU or CUDA). Log-mel encoders get audio.LogMel (t
 and the scalar normalisation that travels with the model (portable.py: MSN's RunningNorm state, BYOL-A v2's
 precomputed statistics), not a task's statistics as linear_eval.py (EVAR) uses.
 
+Audio with NaN or inf is a ValueError naming the sounds; a sound shorter than one frame (MIN_SAMPLES = 1024
+samples, 64 ms; even 0 samples) is right-padded with zeros to it and still gets the shapes below (check_audio).
+
 Scene embedding: encoder.embed(whole clip, long="chunk", pool="cls"), the embedding linear_eval.py probes.
 Timestamp embeddings, every clip length, a regular hop <= 50 ms, first timestamp within one hop of 0, the
 last within one hop of the end and never past it:
@@ -36,6 +39,7 @@ import portable
 from audio import SAMPLE_RATE
 
 WINDOW_HOP_MS = 50           # timestamps of the windowed encoders (ViT, ResNet)
+MIN_SAMPLES = 1024           # one frame (a log-mel window, 64 ms): shorter audio is right-padded with zeros to it
 FRAME_STEP = 4               # log-mel frames per AudioNTT2022 frame (two 2x max-pools)
 BATCH = 64                   # encoder inputs (clips or windows) per forward pass
 
@@ -73,9 +77,18 @@ def _device(model: HearModel) -> torch.device:
     return next(model.encoder.parameters()).device
 
 
-def _check(audio: torch.Tensor) -> None:
+def check_audio(audio: torch.Tensor) -> torch.Tensor:
+    """HEAR audio [n_sounds, n_samples] checked and made usable: a ValueError names a wrong shape or the sounds
+    with NaN or inf samples (they would give NaN embeddings); a sound shorter than one frame (MIN_SAMPLES,
+    even 0 samples) is right-padded with zeros to one frame (its timestamps still come from its own length)."""
     if audio.ndim != 2:
         raise ValueError(f"audio must be [n_sounds, n_samples], got shape {tuple(audio.shape)}")
+    bad = (~torch.isfinite(audio)).any(dim=1).nonzero().flatten().tolist()
+    if bad:
+        listed = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        raise ValueError(f"audio has NaN or inf samples in {len(bad)} of {len(audio)} sounds (index {listed}); "
+                         "HEAR audio must be finite, in [-1, 1]")
+    return F.pad(audio, (0, MIN_SAMPLES - audio.shape[1])) if audio.shape[1] < MIN_SAMPLES else audio
 
 
 def _embed(model: HearModel, x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +99,7 @@ def _embed(model: HearModel, x: torch.Tensor) -> torch.Tensor:
 
 def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
     """HEAR get_scene_embeddings: audio [n, samples] at 16 kHz -> float32 [n, scene_embedding_size]."""
-    _check(audio)
+    audio = check_audio(audio)
     with torch.no_grad():
         x = model.frontend(audio.to(_device(model), torch.float32))
         if model.arch == "audiontt2022" and x.shape[-1] < FRAME_STEP:  # its two pools need 4 frames
@@ -112,8 +125,8 @@ def centred_windows(x: torch.Tensor, step: int, count: int, width: int, value: f
 def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[torch.Tensor, torch.Tensor]:
     """HEAR get_timestamp_embeddings: audio [n, samples] at 16 kHz -> (float32 [n, T, timestamp_embedding_size],
     timestamps in ms [n, T]); see the module docstring for how each encoder family makes its frames."""
-    _check(audio)
-    n, n_samples, device = audio.shape[0], audio.shape[1], _device(model)
+    n, n_samples, device = audio.shape[0], audio.shape[1], _device(model)  # timestamps: the sound's own length
+    audio = check_audio(audio)
     with torch.no_grad():
         x = model.frontend(audio.to(device, torch.float32))
         hop = model.frontend.hop  # samples per input step (log-mel frame or sample)

@@ -341,8 +341,10 @@ def task_embeddings(encoder: nn.Module, info: dict, task: Task, cfg: dict, devic
     dataset = UnitClips(task.cache, task.df, kind, unit_samples, random_crop, mean, std, hop=task.hop)
     X = models.embed_dataset(encoder, dataset, ecfg["long"], ecfg["pool"], ecfg["batch_size"], ecfg["workers"],
                            device, desc=f"embed {task.name}")
-    if not np.isfinite(X).all():
-        raise ValueError(f"{info['model']}: non-finite embeddings on {task.name}")
+    bad = task.df["id"][~np.isfinite(X).all(axis=1)].tolist()
+    if bad:  # a NaN or inf in a cached clip (or a diverged encoder): name the clips, never probe NaN
+        raise ValueError(f"{info['model']}: non-finite embeddings on {task.name} for {len(bad)} of {len(X)} clips "
+                         f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); check those clips' cache files")
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent)
     atomic_write(path, lambda f: np.save(f, X))

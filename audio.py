@@ -50,14 +50,19 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, min_seconds: floa
 
     Channels are averaged (EVAR/BYOL-A: mono = mean of channels), then resampled with torchaudio.
     Raises AudioError for an unreadable, empty, too short (< `min_seconds` after resampling) or
-    non-finite clip.
+    non-finite clip, and for a file whose header does not parse (guessed_format_reason).
     """
     if not os.path.isfile(path):
         raise AudioError(path, "missing (no such file)")
     if os.path.getsize(path) == 0:
         raise AudioError(path, "empty file (0 bytes)")
     try:
-        data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            if f.format == "RAW":
+                raise AudioError(path, guessed_format_reason(f))
+            data, file_sr = f.read(dtype="float32", always_2d=True), f.samplerate
+    except AudioError:
+        raise
     except Exception as err:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise AudioError(path, f"unreadable ({reason})") from None
@@ -70,6 +75,14 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, min_seconds: floa
     if len(wave) < min_seconds * sr:
         raise AudioError(path, f"too short ({len(wave) / sr:.3f} s < {min_seconds} s)")
     return wave
+
+
+def guessed_format_reason(f: sf.SoundFile) -> str:
+    """The errors.csv reason for a file whose header did not parse: libsndfile then guesses a headerless (RAW)
+    format from the extension alone (.au/.snd: u-law at 8000 Hz, .vox: VOX ADPCM, .gsm: GSM 6.10), which
+    decodes any bytes as noise. Such a file is skipped, never decoded by guessing."""
+    return (f"header does not parse (damaged or not a {os.path.splitext(f.name)[1]} file); libsndfile would guess "
+            f"headerless {f.subtype} at {f.samplerate} Hz from the extension, so it is not decoded")
 
 
 def truncation_warning(path: str | os.PathLike) -> str | None:

@@ -5,7 +5,7 @@
     python preprocess.py --dataset audioset --root /data/audioset --out cache/audioset --shard 3/8 --pack
 
 Writes (see data.py for how it is read; the data sets and their adapters are datasets.REGISTRY's):
-    OUT/manifest.csv        id, logmel, wave, label, split, fold, duration, source, <data set extras>
+    OUT/manifest.csv        id, logmel, wave, label, split, fold, duration, source, source_key, <data set extras>
     OUT/logmel/<id>.npy     float32 (or --dtype float16) [64, T] log-mel, SPEC A1 (16 kHz, n_fft 1024, hop 160,
                             60-7800 Hz, Slaney)
     OUT/wave/<id>.npy       float32 [L] 16 kHz mono (with --waveform)
@@ -16,7 +16,9 @@ Writes (see data.py for how it is read; the data sets and their adapters are dat
                             warning: kept, e.g. truncated; hidden, not_audio, excluded: not clips)
 
 Clips are processed in parallel; every file is written atomically (temp + rename), so an interrupted run
-leaves no half-written array and a second run resumes where it stopped. A broken clip is skipped and
+leaves no half-written array and a second run resumes where it stopped. A clip is reused only while its
+source_key matches (the source's size, mtime and sha256, the feature parameters, the synthetic generator's
+seed: cache_key); an edited or regenerated source is recomputed and counted. A broken clip is skipped and
 reported in errors.csv; it never aborts the run, nor does an id clash (assign_ids). `--shard K/N` (or the
 SLURM array / torchrun environment) processes every N-th clip (K = 1..N) so that several machines can share a
 large set; a later run without --shard merges the shards' results.
@@ -47,9 +49,19 @@ from tqdm import tqdm
 from audio import SAMPLE_RATE, AudioError, LogMel, LogMelConfig, load_audio, truncation_warning
 from data import MANIFEST_COLUMNS, PACKED_DIR, PackWriter, load_array, read_pack_index, write_pack_index
 from datasets import REGISTRY, Clip, DatasetLayoutError
-from utils import FolderLock, LockHeld, atomic_write, atomic_write_text, lock_holder, remove_stale_temps, temp_path
+from utils import (
+    FolderLock,
+    LockHeld,
+    atomic_write,
+    atomic_write_text,
+    file_sha256,
+    lock_holder,
+    remove_stale_temps,
+    temp_path,
+)
 
 DATASETS = tuple(REGISTRY)
+KEY_COLUMN = "source_key"  # manifest column: what the clip's features were computed from (cache_key)
 KINDS = ("error", "warning", "not_audio", "hidden", "excluded")  # errors.csv 'kind'; only 'error' skips a clip
 PACK_INDEX_SECONDS = 120.0  # --pack: save the pack index this often during a run (a kill loses at most this)
 
@@ -94,6 +106,51 @@ def assign_ids(clips: list[Clip], root: Path, previous: dict[str, str]) -> list[
     return ids
 
 
+# ----------------------------------------------------------------------------- what a cached clip is keyed on
+
+
+def feature_key(params: dict, seed: int | None = None) -> str:
+    """A digest of what determines a clip's features besides its source file: the feature parameters, and the
+    generator's seed for a generated (synthetic) set."""
+    keyed = {k: params[k] for k in ("sample_rate", "logmel", "log_offset", "dtype")}
+    if seed is not None:
+        keyed["generator_seed"] = int(seed)
+    return hashlib.sha1(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def source_stamp(path: Path) -> str:
+    """'size:mtime_ns' of a source file (a stat, no read)."""
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def cache_key(features: str, stamp: str, digest: str = "") -> str:
+    """A clip's source_key: 'features:size:mtime_ns:sha256[:16]' (the digest empty where it was not computed)."""
+    return f"{features}:{stamp}:{digest}"
+
+
+def fresh_key(key: str, source: Path, features: str, feature_file: Path) -> str | None:
+    """The clip's source_key, updated, when its cached features still belong to its source; None when stale.
+
+    Same features digest and same size + mtime: fresh. Another mtime with the same size: the bytes are
+    hashed and compared (a copy or a `touch` keeps the clip). A row without a key (caches before keys):
+    fresh when its feature file is newer than the source (as make). Not detected: a rewrite of the same size
+    within the file system's mtime resolution (as make and rsync)."""
+    try:
+        stamp, built = source_stamp(source), feature_file.stat().st_mtime_ns
+    except OSError:
+        return None
+    if not key:
+        return cache_key(features, stamp) if built >= os.stat(source).st_mtime_ns else None
+    parts = key.split(":")
+    if len(parts) != 4 or parts[0] != features:
+        return None
+    if f"{parts[1]}:{parts[2]}" == stamp:
+        return key
+    if parts[3] and parts[1] == stamp.split(":")[0] and file_sha256(source)[:16] == parts[3]:
+        return cache_key(features, stamp, parts[3])
+    return None
+
 # ----------------------------------------------------------------------------- per-clip work
 
 _WORKER: dict = {}
@@ -116,9 +173,12 @@ def process_clip(job: tuple[Clip, str, str]) -> tuple[str, dict | str]:
     clip, out, cid = job
     params, out = _WORKER["params"], Path(out)
     try:
-        wave = load_audio(clip.source, params["sample_rate"], params["min_seconds"])
+        stamp, digest = source_stamp(clip.source), file_sha256(clip.source)[:16]  # before the read: a later
+        wave = load_audio(clip.source, params["sample_rate"], params["min_seconds"])  # edit shows as stale
     except AudioError as err:
         return "error", err.reason
+    except OSError as err:
+        return "error", f"unreadable ({err.strerror or err})"
     logmel = _WORKER["logmel"](torch.from_numpy(wave)).numpy().astype(params["dtype"])
     try:
         _save_npy(logmel, out / "logmel" / f"{cid}.npy")
@@ -128,23 +188,26 @@ def process_clip(job: tuple[Clip, str, str]) -> tuple[str, dict | str]:
     except OSError as err:  # utils.atomic_write's error names the file; others have a filename
         return "fatal", f"{err.filename}: {err.strerror}" if err.filename else str(err)
     return "ok", {"duration": len(wave) / params["sample_rate"], "pack": pack,
-                  "warning": truncation_warning(clip.source)}
+                  "warning": truncation_warning(clip.source), "key": cache_key(params["features"], stamp, digest)}
 
 
-def manifest_row(clip: Clip, cid: str, root: Path, duration: float, waveform: bool) -> dict:
+def manifest_row(clip: Clip, cid: str, root: Path, duration: float, waveform: bool, key: str) -> dict:
     return {"id": cid, "logmel": f"logmel/{cid}.npy", "wave": f"wave/{cid}.npy" if waveform else "",
             "label": clip.label, "split": clip.split, "fold": "" if clip.fold is None else clip.fold,
-            "duration": round(duration, 4), "source": source_name(clip.source, root), **clip.extras}
+            "duration": round(duration, 4), "source": source_name(clip.source, root), KEY_COLUMN: key,
+            **clip.extras}
 
 # ----------------------------------------------------------------------------- run bookkeeping
 
 
 def run_params(args: argparse.Namespace) -> dict:
     logmel = LogMelConfig(mel_scale=args.mel_scale)
-    return {"dataset": args.dataset, "sample_rate": SAMPLE_RATE, "logmel": logmel.to_dict(),
-            "log_offset": "ln(mel + 1.1920929e-07)", "waveform": bool(args.waveform), "dtype": args.dtype,
-            "min_seconds": args.min_seconds, "size": args.size if args.dataset == "synthetic" else None,
-            "split_dir": str(args.split_dir) if args.split_dir else None}
+    params = {"dataset": args.dataset, "sample_rate": SAMPLE_RATE, "logmel": logmel.to_dict(),
+              "log_offset": "ln(mel + 1.1920929e-07)", "waveform": bool(args.waveform), "dtype": args.dtype,
+              "min_seconds": args.min_seconds, "size": args.size if args.dataset == "synthetic" else None,
+              "split_dir": str(args.split_dir) if args.split_dir else None}
+    params["features"] = feature_key(params, args.seed if args.dataset == "synthetic" else None)  # per clip
+    return params
 
 
 def versions() -> dict:
@@ -163,7 +226,7 @@ def check_params(out: Path, params: dict, force: bool) -> None:
     except (ValueError, KeyError, TypeError):
         raise SystemExit(f"{path}: unreadable (not the JSON preprocess.py writes); use another --out, or "
                          "--force to rebuild the cache") from None
-    diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
+    diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v and k != "features"}
     if diff:
         lines = "\n".join(f"  {k}: cache has {a!r}, this run asks for {b!r}" for k, (a, b) in diff.items())
         raise SystemExit(f"{path}: this cache was built with other parameters:\n{lines}\n"
@@ -283,22 +346,31 @@ def find_clips(args: argparse.Namespace) -> tuple[list[Clip], dict[str, tuple[st
     return found.clips, {str(s.path): (s.reason, s.kind) for s in found.skipped}
 
 
-def plan(jobs, out: Path, root: Path, args, done_rows: dict, known: dict) -> tuple[dict, dict, list, int]:
-    """Split the jobs into resumed rows, known errors and clips to process."""
-    rows, errors, todo, resumed = {}, {}, [], 0
+def plan(jobs, out: Path, root: Path, args, done_rows: dict, known: dict, features: str
+         ) -> tuple[dict, dict, list, int, list[str]]:
+    """Split the jobs into resumed rows, known errors and clips to process; the ids among those to process
+    whose cached features are stale (fresh_key: source edited or replaced, other features or generator seed)."""
+    rows, errors, todo, resumed, stale = {}, {}, [], 0, []
     for clip, cid in jobs:
-        source = str(clip.source)
-        logmel_done = (out / "logmel" / f"{cid}.npy").exists()
+        source, logmel = str(clip.source), out / "logmel" / f"{cid}.npy"
+        logmel_done = logmel.exists()
         wave_done = not args.waveform or (out / "wave" / f"{cid}.npy").exists()
         same = cid in done_rows and done_rows[cid]["source"] == source_name(clip.source, root)
-        if same and logmel_done and wave_done:
-            rows[cid], resumed = {**done_rows[cid]}, resumed + 1
-        elif logmel_done and wave_done and not args.force and cid not in done_rows:
+        key = None
+        if logmel_done and wave_done and (same or (not args.force and cid not in done_rows)):
+            key = fresh_key(done_rows[cid].get(KEY_COLUMN) or "" if same else "", clip.source, features, logmel)
+            if key is None:
+                stale.append(cid)
+            elif not same:  # finished before an interruption: hashed now, as if it had been written by this run
+                key = cache_key(features, source_stamp(clip.source), file_sha256(clip.source)[:16])
+        if key is not None and same:
+            rows[cid], resumed = {**done_rows[cid], KEY_COLUMN: key}, resumed + 1
+        elif key is not None:
             info = sf.info(source)  # finished before an interruption: header only, no decoding
             samples = math.ceil(info.frames * SAMPLE_RATE / info.samplerate)  # = torchaudio's resampled length
-            rows[cid] = manifest_row(clip, cid, root, samples / SAMPLE_RATE, args.waveform)
+            rows[cid] = manifest_row(clip, cid, root, samples / SAMPLE_RATE, args.waveform, key)
             resumed += 1
-        elif known.get(source, ("", ""))[1] == "error":
+        elif known.get(source, ("", ""))[1] == "error" and cid not in stale:
             errors[source] = known[source]
             continue
         elif not clip.source.exists():
@@ -309,7 +381,7 @@ def plan(jobs, out: Path, root: Path, args, done_rows: dict, known: dict) -> tup
             continue
         if known.get(source, ("", ""))[1] == "warning":  # a resumed clip keeps its warning
             errors[source] = known[source]
-    return rows, errors, todo, resumed
+    return rows, errors, todo, resumed, stale
 
 
 def process_all(todo, out: Path, root: Path, args, params: dict, pack_tag: str | None, rows, errors,
@@ -335,7 +407,7 @@ def process_all(todo, out: Path, root: Path, args, params: dict, pack_tag: str |
                     errors[str(clip.source)] = (value, "error")
                     tqdm.write(f"skipped {clip.source}: {value}")
                     continue
-                rows[cid] = manifest_row(clip, cid, root, value["duration"], args.waveform)
+                rows[cid] = manifest_row(clip, cid, root, value["duration"], args.waveform, value["key"])
                 audio_seconds, written = audio_seconds + value["duration"], written + 1
                 if value["pack"]:
                     packed[cid] = value["pack"]
@@ -373,6 +445,18 @@ def pack_saver(out: Path, shard, ids: list[str], params: dict, packed: dict):
     return save
 
 
+def drop_from_packs(out: Path, ids: set[str]) -> None:
+    """Remove `ids` from every pack index of the cache (their packed log-mels are stale); a later --pack run
+    packs them again, and until then data.open_packed falls back to the per-clip files."""
+    for path in sorted((out / PACKED_DIR).glob("index*.npz")):
+        entries = read_pack_index(path)
+        if ids & set(entries):
+            with np.load(path) as index:
+                n_mels, dtype = int(index["n_mels"]), str(index["dtype"])
+            kept = {cid: e for cid, e in entries.items() if cid not in ids}
+            write_pack_index(out / PACKED_DIR, path.name, kept, list(entries), n_mels, dtype)
+
+
 def finish_pack(out: Path, ids: list[str], rows: dict, packed: dict, params: dict, shard, pack_tag: str) -> None:
     """Write this run's pack index: entries of earlier indexes and of this run's workers; a clip with none
     (done before without --pack, or by a killed run before its index was saved) is appended from its file."""
@@ -398,7 +482,8 @@ def summary_line(out: Path, summary: dict, suffix: str) -> str:
     extra = ", ".join(f"{summary[k]} {label}" for k, label in [
         ("warnings", "loaded with a warning"), ("not_audio", "not audio"), ("hidden", "hidden"),
         ("excluded", "outside the data set's layout or lists")] if summary[k])
-    return (f"{out}: {summary['written']} clips written, {summary['already_done']} already done, "
+    recomputed = f" ({summary['recomputed']} of them recomputed: stale)" if summary["recomputed"] else ""
+    return (f"{out}: {summary['written']} clips written{recomputed}, {summary['already_done']} already done, "
             f"{summary['skipped']} skipped" + (f", {extra}" if extra else "")
             + f" (see {out / f'errors{suffix}.csv'}), {summary['seconds']} s"
             + (f", {summary['x_realtime']}x real time" if summary["written"] else ""))
@@ -452,7 +537,11 @@ def build(args: argparse.Namespace, shard, root: Path, out: Path, params: dict) 
     if shard:
         jobs = jobs[shard[0] - 1::shard[1]]
     known = {} if args.force else read_errors(sorted(out.glob("errors*.csv")))
-    rows, errors, todo, resumed = plan(jobs, out, root, args, done_rows, known)
+    rows, errors, todo, resumed, outdated = plan(jobs, out, root, args, done_rows, known, params["features"])
+    if outdated:
+        drop_from_packs(out, set(outdated))  # a pack must never serve the old features of a recomputed clip
+        print(f"{len(outdated)} cached clips are stale (source edited or replaced, or another generator seed): "
+              "recomputing them")
     start, packed, order = time.time(), {}, [cid for _, cid in jobs]
     save_pack = pack_saver(out, shard, order, params, packed) if args.pack else None
     written, audio_seconds = process_all(todo, out, root, args, params, pack_tag if args.pack else None, rows,
@@ -461,9 +550,9 @@ def build(args: argparse.Namespace, shard, root: Path, out: Path, params: dict) 
         finish_pack(out, order, rows, packed, params, shard, pack_tag)
     seconds = time.time() - start
 
-    extra_columns = sorted({k for r in rows.values() for k in r} - set(MANIFEST_COLUMNS))
+    extra_columns = sorted({k for r in rows.values() for k in r} - set(MANIFEST_COLUMNS) - {KEY_COLUMN})
     write_csv_atomic([rows[cid] for cid in order if cid in rows], out / f"manifest{suffix}.csv",
-                     MANIFEST_COLUMNS + extra_columns)
+                     MANIFEST_COLUMNS + [KEY_COLUMN] + extra_columns)
     errors = {**adapter_skips, **errors}
     write_csv_atomic([{"file": f, "reason": r, "kind": k} for f, (r, k) in errors.items()],
                      out / f"errors{suffix}.csv", ["file", "reason", "kind"])
@@ -471,7 +560,7 @@ def build(args: argparse.Namespace, shard, root: Path, out: Path, params: dict) 
         for stale in list(out.glob("manifest.shard-*.csv")) + list(out.glob("errors.shard-*.csv")):
             stale.unlink()
     kinds = Counter(k for _, k in errors.values())
-    summary = {"written": written, "already_done": resumed, "skipped": kinds["error"],
+    summary = {"written": written, "recomputed": len(outdated), "already_done": resumed, "skipped": kinds["error"],
                "warnings": kinds["warning"], "not_audio": kinds["not_audio"], "hidden": kinds["hidden"],
                "excluded": kinds["excluded"], "seconds": round(seconds, 2),
                "x_realtime": round(audio_seconds / seconds, 1) if seconds > 0 and audio_seconds else 0.0}

@@ -183,7 +183,8 @@ class FolderLock:
 
     acquire() raises LockHeld when a live process holds the file (or when it names another machine, whose
     processes cannot be checked from here); a file left by a dead process of this machine is taken over, and
-    acquire() returns a warning that says so. release() deletes the file. Use as a context manager."""
+    acquire() returns a warning that says so. release() deletes the file. Use as a context manager. On a file
+    system without flock (some cluster mounts) the file's host and pid alone decide."""
 
     def __init__(self, path: str | os.PathLike):
         self.path, self.fd, self.warning = Path(path), None, None
@@ -191,12 +192,7 @@ class FolderLock:
     def acquire(self) -> str | None:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                text = _read_fd(fd)
-                os.close(fd)
-                raise LockHeld(f"{self.path}: held by {_holder(text)}") from None
+            locked = _flock(fd, fcntl.LOCK_EX)
             try:
                 same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:  # released (and deleted) between our open and our flock: retry
@@ -205,10 +201,10 @@ class FolderLock:
                 break
             os.close(fd)
         old = _read_fd(fd)
-        if old and _lock_fields(old).get("host") != HOST:
+        held = _live_holder(old, locked)
+        if held:
             os.close(fd)
-            raise LockHeld(f"{self.path}: held by {_holder(old)} (another machine: if that run is gone, "
-                           f"delete {self.path})")
+            raise LockHeld(f"{self.path}: held by {held}")
         if old:
             self.warning = (f"warning: {self.path}: took over the lock of {_holder(old)}, "
                             "which is no longer running")
@@ -234,22 +230,45 @@ class FolderLock:
 
 
 def lock_holder(path: str | os.PathLike) -> str | None:
-    """'host H, pid P, started T' of the live holder of lock file `path` (FolderLock), else None. A file that
-    names another machine counts as held (its process cannot be checked from here)."""
+    """'host H, pid P, started T' of the live holder of lock file `path` (FolderLock), else None."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
-        text = _read_fd(fd)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _holder(text)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return _holder(text) if text and _lock_fields(text).get("host") != HOST else None
+        locked = _flock(fd, fcntl.LOCK_SH)
+        if locked:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        return _live_holder(_read_fd(fd), locked)
     finally:
         os.close(fd)
+
+
+def _flock(fd: int, kind: int) -> bool | None:
+    """flock without waiting: True (locked), False (another process holds it), None (no flock here)."""
+    try:
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # ENOLCK, ENOSYS, EOPNOTSUPP: a file system without locks
+        return None
+    return True
+
+
+def _live_holder(text: str, locked: bool | None) -> str | None:
+    """Who holds a lock file with content `text`, given our flock attempt on it (see _flock); None: nobody.
+    A file naming another machine counts as held: its process cannot be checked from here."""
+    fields = _lock_fields(text)
+    if locked is False:
+        return _holder(text)
+    if not text:
+        return None
+    if fields.get("host") != HOST:
+        return f"{_holder(text)} (another machine: if that run is gone, delete the lock file)"
+    pid = int(fields["pid"]) if fields.get("pid", "").isdigit() else 0
+    if locked is None and pid and pid != os.getpid() and _alive(pid):
+        return _holder(text)
+    return None
 
 
 def _read_fd(fd: int) -> str:

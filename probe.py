@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy import stats
 
-from utils import atomic_write_text, remove_stale_temps
+from utils import append_text, atomic_write_text, remove_stale_temps
 
 # The results CSV: one row per evaluation (linear_eval.py, synthetic.py --check), read by results/make_tables.py.
 RESULT_FIELDS = ["date", "task", "model", "ckpt_sha256", "config", "long", "pool", "label_fraction", "shots",
@@ -195,8 +195,7 @@ def append_result(path: str | os.PathLike, row: dict) -> None:
         csv.DictWriter(upgraded, RESULT_FIELDS, restval="").writerows(old_rows)
         atomic_write_text(upgraded.getvalue(), path)
     writer.writerow(row)
-    with open(path, "a", newline="") as f:  # one small O_APPEND write
-        f.write(text.getvalue())
+    append_text(text.getvalue(), path)  # one small O_APPEND write; a full disk leaves no half row
 
 
 def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,

@@ -134,6 +134,26 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+_write_fd = os.write  # append_text's write: tests replace it to inject a full disk
+
+
+def append_text(text: str, path: str | os.PathLike) -> None:
+    """Append `text` (a few CSV rows) to `path` in one O_APPEND write. A failed write (a full disk) cuts the file
+    back to where it was, so no half row is left for the next append to run into, and names the file."""
+    path, data = Path(path), text.encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            if _write_fd(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, "short write")
+        except OSError as err:
+            os.ftruncate(fd, size)
+            raise _write_error(path, err) from None
+    finally:
+        os.close(fd)
+
+
 HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "host"
 OTHER_HOST_TEMP_SECONDS = 3600  # another machine's temp (a shared file system) is stale after an hour
 
@@ -332,9 +352,10 @@ class CSVLog:
                 csv.DictWriter(f, fields).writeheader()
 
     def write(self, row: dict) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.fields, restval="").writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        text = io.StringIO()
+        csv.DictWriter(text, self.fields, restval="").writerow(
+            {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        append_text(text.getvalue(), self.path)
 
 
 class NonFiniteLoss(RuntimeError):

@@ -120,3 +120,34 @@ def test_full_disk_during_preprocess_stops_in_one_line_leaves_no_temp_and_resume
     monkeypatch.setattr(utils, "open_new", real)  # space freed: the same command resumes
     summary = preprocess.main(["--dataset", "esc50", "--root", str(root), "--out", str(out), "--workers", "1"])
     assert summary["written"] == 2 and summary["already_done"] == 2 and summary["skipped"] == 0
+
+
+def test_full_disk_inside_an_append_leaves_no_half_row_and_names_the_file(tmp_path, monkeypatch):
+    """The training log and the results CSV grow by appends: a full disk half way through a row cuts the file
+    back (the next append would otherwise run into the half row) and says so with the path."""
+    import csv
+
+    import probe
+    log = utils.CSVLog(tmp_path / "log.csv", ["step", "loss"])
+    log.write({"step": 1, "loss": 0.5})
+    probe.append_result(tmp_path / "results.csv", {k: "1" for k in probe.RESULT_FIELDS})
+    before = {name: (tmp_path / name).read_bytes() for name in ("log.csv", "results.csv")}
+    real = utils._write_fd
+
+    def half_then_full(fd, data):
+        real(fd, data[:len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(utils, "_write_fd", half_then_full)
+    for name, append in [("log.csv", lambda: log.write({"step": 2, "loss": 0.25})),
+                         ("results.csv", lambda: probe.append_result(tmp_path / "results.csv",
+                                                                     {k: "2" for k in probe.RESULT_FIELDS}))]:
+        with pytest.raises(OSError, match=rf"{name}: could not be written \(no space left on device"):
+            append()
+        assert (tmp_path / name).read_bytes() == before[name]
+    monkeypatch.setattr(utils, "_write_fd", real)  # space freed: the next rows follow whole rows
+    log.write({"step": 3, "loss": 0.125})
+    rows = list(csv.DictReader((tmp_path / "log.csv").read_text().splitlines()))
+    assert rows == [{"step": "1", "loss": "0.5"}, {"step": "3", "loss": "0.125"}]
+    assert len(list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv", "results.csv"]

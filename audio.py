@@ -190,7 +190,8 @@ class ClarFeatureConfig:
 
 
 class ClarFeatures(torch.nn.Module):
-    """wave [B, L] -> [B, 3, n_mels, 1 + L // hop]: stacked (10 log10 |S|^2, angle(S), 10 log10 mel power).
+    """wave [B, L] -> [B, 3, n_mels, 1 + L // hop]: stacked (10 log10 |S|^2, angle(S), 10 log10 mel power), for
+    every L >= 0 (a wave of at most n_fft // 2 samples is the clip followed by silence, as in LogMel).
 
     Centred STFT with reflect padding and a periodic Hann window, batched on the wave's device. Mel:
     Slaney scale and area normalisation (as A1), f_min..f_max. With the paper's 16 ms window about 13 of the
@@ -223,6 +224,9 @@ class ClarFeatures(torch.nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
+        frames = 1 + wave.shape[-1] // cfg.hop_length
+        if wave.shape[-1] <= cfg.n_fft // 2:  # too short to reflect: the clip followed by silence (as LogMel)
+            wave = torch.nn.functional.pad(wave, (0, cfg.n_fft // 2 + 1))
         with torch.autocast(wave.device.type, enabled=False):
             spec = torch.stft(wave.float(), cfg.n_fft, cfg.hop_length, cfg.win_length, self.window, center=True,
                               pad_mode="reflect", return_complex=True)  # [B, n_freqs, T]
@@ -234,7 +238,7 @@ class ClarFeatures(torch.nn.Module):
                 spec = self._log_frequency_stft(wave.float())
             magnitude_db = 10 * torch.log10((spec.real ** 2 + spec.imag ** 2).clamp_min(cfg.amin))
             mel_db = 10 * torch.log10(mel.clamp_min(cfg.amin))
-            return torch.stack([magnitude_db, torch.angle(spec), mel_db], dim=1)
+            return torch.stack([magnitude_db, torch.angle(spec), mel_db], dim=1)[..., :frames]
 
     def _log_frequency_stft(self, wave: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg

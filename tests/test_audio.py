@@ -116,3 +116,16 @@ def test_logmel_of_audio_shorter_than_half_a_window_is_the_clip_followed_by_sile
     torch.testing.assert_close(logmel, padded[..., :1 + length // 160], atol=1e-4, rtol=0)
     if length == 0:
         assert torch.equal(logmel, torch.full((2, 64, 1), LOG_SILENCE))
+
+
+@pytest.mark.parametrize("freq_scale", ["linear", "log"])
+@pytest.mark.parametrize("length", [0, 10, 128])
+def test_clar_features_of_a_clip_shorter_than_half_a_window_are_the_clip_followed_by_silence(freq_scale, length):
+    from audio import ClarFeatureConfig, ClarFeatures
+    features = ClarFeatures(ClarFeatureConfig(freq_scale=freq_scale))
+    torch.manual_seed(length)
+    wave = torch.rand(2, length) * 2 - 1
+    out = features(wave)
+    padded = features(torch.nn.functional.pad(wave, (0, 2048 - length)))
+    assert out.shape == (2, 3, 128, 1 + length // 128) and torch.isfinite(out).all()
+    torch.testing.assert_close(out, padded[..., :1 + length // 128], atol=1e-3, rtol=0)

@@ -510,6 +510,9 @@ def lock_cache(out: Path, shard: tuple[int, int] | None) -> FolderLock:
             lock.release()
             raise SystemExit(f"{out}: another preprocess.py is writing this cache ({path}: held by {holder}); "
                              "wait for it to end, or use another --out")
+    if not shard:  # no shard run is live: a killed one's lock file goes (as the shards' manifests will)
+        for path in others:
+            path.unlink(missing_ok=True)
     if warning:
         print(warning, file=sys.stderr)
     return lock

@@ -527,4 +527,6 @@ def test_full_run_waits_for_live_shards_and_other_machines_locks_are_kept(tmp_pa
                                          r"delete the lock file"):
         run("--dataset", "esc50", "--root", root, "--out", out)
     (out / "preprocess.lock").unlink()
+    (out / "preprocess.shard-2-of-2.lock").write_text(f"host={utils.HOST} pid=999999999 started=x\n")  # killed
     assert run("--dataset", "esc50", "--root", root, "--out", out)["written"] == 1  # merges shard 1's clip
+    assert not list(out.glob("*.lock"))  # the killed shard's lock file went with the shards' manifests

@@ -434,8 +434,10 @@ class ClarNet(nn.Module):
     """CLAR's training net: encoder + projection head + classifier on z (modes with CE) + an online linear head
     on the detached h (the paper's learning-speed curves).
 
-    per_view_projection=True runs the projection head on each view separately, as CLAR's shared_step does,
-    so a projection batch norm sees one view at a time; the default (False) projects both views in one pass.
+    Each view goes through the encoder and the projection head on its own, as CLAR's shared_step does
+    (`h1 = forward(aud1); h2 = forward(aud2); z1 = projection(h1); z2 = projection(h2)`), so every batch norm
+    layer sees one view's statistics. model_cfg["joint_views"] = True runs both views as one batch of 2B
+    through encoder and projection (batch norm statistics over both views), an option that changes the loss.
     """
 
     def __init__(self, encoder: nn.Module, model_cfg: dict, n_classes: int, with_classifier: bool):
@@ -443,15 +445,19 @@ class ClarNet(nn.Module):
         self.encoder = encoder
         self.projection = ProjectionHead(encoder.embed_dim, model_cfg["proj_hidden"], model_cfg["proj_dim"],
                                          model_cfg["proj_batch_norm"])
-        self.per_view = model_cfg.get("proj_per_view", False)
+        self.joint_views = bool(model_cfg.get("joint_views", False))
         self.classifier = nn.Linear(model_cfg["proj_dim"], n_classes) if with_classifier else None
         self.online = nn.Linear(encoder.embed_dim, n_classes)
 
     def forward(self, wave1: torch.Tensor, wave2: torch.Tensor):
         """Both views [B, L] -> z1, z2 [B, proj_dim], classifier logits of each view (or None), online logits."""
         n = wave1.shape[0]
-        h = self.encoder(torch.cat([wave1, wave2]))
-        z = torch.cat([self.projection(h[:n]), self.projection(h[n:])]) if self.per_view else self.projection(h)
+        if self.joint_views:
+            h = self.encoder(torch.cat([wave1, wave2]))
+            z = self.projection(h)
+        else:
+            h1, h2 = self.encoder(wave1), self.encoder(wave2)
+            h, z = torch.cat([h1, h2]), torch.cat([self.projection(h1), self.projection(h2)])
         logits = self.classifier(z) if self.classifier is not None else None
         online = self.online(h[:n].detach())
         return z[:n], z[n:], (logits[:n] if logits is not None else None), \
@@ -511,17 +517,32 @@ class BYOLMLP(nn.Sequential):
 
 class BYOLNet(nn.Module):
     """BYOL's online net: encoder -> projector -> predictor. Its EMA target is `target_copy()`: encoder ->
-    projector, the same parameter names without the predictor (models.ema_update matches them by name)."""
+    projector, the same parameter names without the predictor (models.ema_update matches them by name).
 
-    def __init__(self, encoder: nn.Module, hidden: int = 4096, out_dim: int = 256, predictor: bool = True):
+    forward(*views) runs each view through the net on its own, so every batch norm layer normalises one view
+    with that view's batch statistics, as byol-pytorch's BYOL.forward (one online and one target call per
+    view; byol-a byol_a/byol_pytorch.diff). joint_views=True instead runs all views as ONE concatenated batch
+    (batch norm statistics over both views; fewer, larger kernel calls), an option that changes the loss."""
+
+    def __init__(self, encoder: nn.Module, hidden: int = 4096, out_dim: int = 256, predictor: bool = True,
+                 joint_views: bool = False):
         super().__init__()
         self.encoder, self.projector = encoder, BYOLMLP(encoder.embed_dim, hidden, out_dim)
         self.predictor = BYOLMLP(out_dim, hidden, out_dim) if predictor else None
+        self.joint_views = joint_views
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def single(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, 1, F, T] -> the prediction (online) or the projection (target) [B, out_dim]."""
         z = self.projector(self.encoder(x))
         return self.predictor(z) if self.predictor is not None else z
+
+    def forward(self, *views: torch.Tensor):
+        """One view [B, 1, F, T] -> [B, out_dim]; several views -> a tuple, one output per view."""
+        if len(views) == 1:
+            return self.single(views[0])
+        if self.joint_views:
+            return self.single(torch.cat(views)).split([len(v) for v in views])
+        return tuple(self.single(v) for v in views)
 
     def target_copy(self) -> BYOLNet:
         """A frozen copy of encoder + projector with this net's current weights."""

@@ -5,7 +5,7 @@ Representations"; nttcslab/byol-a v2; SPEC B2): the method the seed compares MSN
     torchrun --nproc_per_node 4 pretrain_byola.py --config config/byola.yaml data.cache=cache/audioset
 
 Per clip: a random crop of model.crop_frames (96) frames of the cached log-mel, normalised with a scalar mean and
-std over up to data.norm_clips (10,000) training clips (PrecomputedNorm). Two views, each MixupBYOLA (ratio
+std over one such crop of each of up to data.norm_clips (10,000) training clips (PrecomputedNorm, calc_norm_stats). Two views, each MixupBYOLA (ratio
 0.2, log-mixup-exp) -> RandomResizeCrop (virtual crop 1.0-1.5, frequency and time scale 0.6-1.5) ->
 RandomLinearFader, then NormalizeBatch over both views together (augment.BYOLAViews). The online net
 (models.AudioNTT2022 -> projector -> predictor) predicts the EMA target's projection of the other view, each

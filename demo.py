@@ -96,6 +96,9 @@ def summary(results_csv: str, track: str) -> str:
         lines.append(f"| {name} | {mine:.1f} ± {ci[name] or '-'} | {twin if twin is not None else '-'} "
                      f"| {diff(twin)} | {diff(mean_logmel)} | {diff(time_aware)} |")
     lines.append(f"\nhand-crafted probes: mean log-mel {mean_logmel} %, time-aware {time_aware} % (chance 10 %)")
+    if OFFICIAL in acc:
+        lines.append(f"\n{OFFICIAL}: nttcslab/byol-a's released AudioNTT2020-BYOLA-64x96d512.pth (pretrained by NTT on "
+                     "AudioSet, not trained here; `--byola-weights`), through the same probe; no twin row of its own.")
     return "\n".join(lines)
 
 

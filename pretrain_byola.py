@@ -5,13 +5,13 @@ Representations"; nttcslab/byol-a v2; SPEC B2): the method the seed compares MSN
     torchrun --nproc_per_node 4 pretrain_byola.py --config config/byola.yaml data.cache=cache/audioset
 
 Per clip: a random crop of model.crop_frames (96) frames of the cached log-mel, normalised with a scalar mean and
-std over one such crop of each of up to data.norm_clips (10,000) training clips (PrecomputedNorm, calc_norm_stats). Two views, each MixupBYOLA (ratio
-0.2, log-mixup-exp) -> RandomResizeCrop (virtual crop 1.0-1.5, frequency and time scale 0.6-1.5) ->
-RandomLinearFader, then NormalizeBatch over both views together (augment.BYOLAViews). The online net
-(models.AudioNTT2022 -> projector -> predictor) predicts the EMA target's projection of the other view, each
-view through each net on its own (byol-pytorch; byol.joint_views=true: one 2B batch);
-losses.byol_loss is 2 - 2 cos for each of the two pairs. Adam (lr 1e-4), EMA decay 0.99 after every step.
-linear_eval.py evaluates the ONLINE encoder, the one BYOL-A saves. Config, run folder, loop, checkpoints,
+std over one such crop of each of up to data.norm_clips (10,000) training clips (PrecomputedNorm,
+calc_norm_stats). Two views, each MixupBYOLA (ratio 0.2, log-mixup-exp) -> RandomResizeCrop (virtual crop
+1.0-1.5, frequency and time scale 0.6-1.5) -> RandomLinearFader, then NormalizeBatch over both views together
+(augment.BYOLAViews). The online net (models.AudioNTT2022 -> projector -> predictor) predicts the EMA target's
+projection of the other view, each view through each net on its own (byol-pytorch; byol.joint_views=true: one
+2B batch); losses.byol_loss is 2 - 2 cos for each of the two pairs. Adam (lr 1e-4), EMA decay 0.99 after every
+step. linear_eval.py evaluates the ONLINE encoder, the one BYOL-A saves. Config, run folder, loop, checkpoints,
 resume and torchrun are trainer.py's.
 """
 from __future__ import annotations

@@ -327,13 +327,16 @@ class WaveClips(_CacheDataset):
 
 
 def logmel_stats(cache: str | os.PathLike, df: pd.DataFrame, max_clips: int = 10000,
-                 seed: int = 0) -> tuple[float, float]:
-    """Scalar mean and std (ddof 0) over up to `max_clips` log-mels, as BYOL-A v2 PrecomputedNorm."""
+                 seed: int = 0, frames: int | None = None) -> tuple[float, float]:
+    """Scalar mean and std (ddof 0) over up to `max_clips` randomly chosen clips, as BYOL-A v2 calc_norm_stats
+    (train_v2.py): with `frames`, over one random crop of that many frames per clip (crop_frames: what the
+    training step sees; short clips padded with log-mel silence), else over whole clips."""
     rng = np.random.default_rng(seed)
     rows = rng.permutation(len(df))[:max_clips]
     total = total_sq = count = 0.0
     for r in rows:
-        x = load_array(cache, df["logmel"].iloc[r]).astype(np.float64)
+        x = load_array(cache, df["logmel"].iloc[r])
+        x = (x if frames is None else crop_frames(x, frames, True, rng)).astype(np.float64)
         total, total_sq, count = total + x.sum(), total_sq + (x * x).sum(), count + x.size
     mean = total / count
     return float(mean), float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))

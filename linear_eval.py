@@ -4,6 +4,7 @@
     python linear_eval.py --ckpt random:config/msn.yaml --task gtzan          # the random-init baseline
     python linear_eval.py --ckpt encoder.pt --task esc50                      # an export.py encoder file
     python linear_eval.py --ckpt hear:hearbaseline --task esc50               # any HEAR module (HEAR API)
+    python linear_eval.py --ckpt byola:AudioNTT2020-BYOLA-64x96d512.pth --task nsynth  # published BYOL-A (official.py)
     python linear_eval.py --ckpt CKPT --task nsynth --label-fraction 0.01 --seeds 0,1,2
     python linear_eval.py --ckpt CKPT --task cache/synth_small --folds 5 eval.long=chunk probe.lr=3e-5
 
@@ -57,6 +58,7 @@ from torch.utils.data import Dataset
 
 import data
 import models
+import official
 from audio import LOG_SILENCE, SAMPLE_RATE, fix_length, resample
 from config import ConfigError, apply_overrides, load_config
 from data import LabelMap, load_array, read_manifest, select, stratified_subset
@@ -252,8 +254,8 @@ def load_hear(spec: str) -> tuple[nn.Module, dict]:
 
 
 def load_encoder(ckpt: str, random_seed: int = 0) -> tuple[nn.Module, dict]:
-    """A checkpoint or export.py file, `random:<config.yaml>` or `hear:MODULE[:WEIGHTS]` -> (encoder in eval mode,
-    info: model, ckpt_sha256, config)."""
+    """A checkpoint or export.py file, `random:<config.yaml>`, `hear:MODULE[:WEIGHTS]` or `byola:<official BYOL-A
+    weight file>` -> (encoder in eval mode, info: model, ckpt_sha256, config)."""
     if ckpt.startswith("hear:"):
         return load_hear(ckpt)
     if ckpt.startswith("random:"):
@@ -265,6 +267,13 @@ def load_encoder(ckpt: str, random_seed: int = 0) -> tuple[nn.Module, dict]:
         text = json.dumps({k: v for k, v in cfg.items() if k != "_meta"}, sort_keys=True)
         sha = "random-" + hashlib.sha256(f"{text}|seed={random_seed}".encode()).hexdigest()
         return encoder.eval(), {"model": f"{name}-random", "ckpt_sha256": sha, "config": name}
+    if ckpt.startswith(official.PREFIX):  # a published BYOL-A weight file, read as export.py would
+        path = ckpt[len(official.PREFIX):]
+        bundle = official.byola_bundle(path)
+        encoder = models.build_encoder(bundle["config"])
+        encoder.load_state_dict(bundle["encoder"])
+        name = bundle["config"]["_meta"]["config_name"]
+        return encoder.eval(), {"model": name, "ckpt_sha256": bundle["source"]["sha256"], "config": name}
     encoder, state = models.load_encoder_file(ckpt)  # a training checkpoint or an export.py file
     name = state["config"].get("_meta", {}).get("config_name", Path(ckpt).stem)
     return encoder.eval(), {"model": name, "ckpt_sha256": file_sha256(ckpt), "config": name}
@@ -427,7 +436,8 @@ def parse_args(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--ckpt", required=True,
-                        help="checkpoint or export.py file, random:<config.yaml>, or hear:MODULE[:WEIGHTS]")
+                        help="checkpoint or export.py file, random:<config.yaml>, hear:MODULE[:WEIGHTS] or "
+                             "byola:<official BYOL-A .pth>")
     parser.add_argument("--task", required=True, help=f"{', '.join(TASKS)} or a cache folder")
     shots = parser.add_mutually_exclusive_group()
     shots.add_argument("--label-fraction", type=float, help="stratified fraction of the training labels")

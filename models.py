@@ -434,8 +434,10 @@ class ClarNet(nn.Module):
     """CLAR's training net: encoder + projection head + classifier on z (modes with CE) + an online linear head
     on the detached h (the paper's learning-speed curves).
 
-    per_view_projection=True runs the projection head on each view separately, as CLAR's shared_step does,
-    so a projection batch norm sees one view at a time; the default (False) projects both views in one pass.
+    Each view goes through the encoder and the projection head on its own, as CLAR's shared_step does
+    (`h1 = forward(aud1); h2 = forward(aud2); z1 = projection(h1); z2 = projection(h2)`), so every batch norm
+    layer sees one view's statistics. model_cfg["joint_views"] = True runs both views as one batch of 2B
+    through encoder and projection (batch norm statistics over both views), an option that changes the loss.
     """
 
     def __init__(self, encoder: nn.Module, model_cfg: dict, n_classes: int, with_classifier: bool):
@@ -443,15 +445,19 @@ class ClarNet(nn.Module):
         self.encoder = encoder
         self.projection = ProjectionHead(encoder.embed_dim, model_cfg["proj_hidden"], model_cfg["proj_dim"],
                                          model_cfg["proj_batch_norm"])
-        self.per_view = model_cfg.get("proj_per_view", False)
+        self.joint_views = bool(model_cfg.get("joint_views", False))
         self.classifier = nn.Linear(model_cfg["proj_dim"], n_classes) if with_classifier else None
         self.online = nn.Linear(encoder.embed_dim, n_classes)
 
     def forward(self, wave1: torch.Tensor, wave2: torch.Tensor):
         """Both views [B, L] -> z1, z2 [B, proj_dim], classifier logits of each view (or None), online logits."""
         n = wave1.shape[0]
-        h = self.encoder(torch.cat([wave1, wave2]))
-        z = torch.cat([self.projection(h[:n]), self.projection(h[n:])]) if self.per_view else self.projection(h)
+        if self.joint_views:
+            h = self.encoder(torch.cat([wave1, wave2]))
+            z = self.projection(h)
+        else:
+            h1, h2 = self.encoder(wave1), self.encoder(wave2)
+            h, z = torch.cat([h1, h2]), torch.cat([self.projection(h1), self.projection(h2)])
         logits = self.classifier(z) if self.classifier is not None else None
         online = self.online(h[:n].detach())
         return z[:n], z[n:], (logits[:n] if logits is not None else None), \
@@ -464,6 +470,50 @@ class ClarNet(nn.Module):
 # Linear-BN-ReLU-Linear, an EMA target of encoder + projector, loss 2 - 2 cos per view pair.
 
 
+def conv_blocks(n_blocks: int, channels: int) -> nn.Sequential:
+    """n_blocks x [Conv2d 3x3 (pad 1) -> BatchNorm2d -> ReLU -> MaxPool2d(2)], 1 input channel, one flat Sequential
+    (state_dict keys features.0/1 for block 1, features.4/5 for block 2, ...: the BYOL-A weight files' keys)."""
+    layers = []
+    for i in range(n_blocks):
+        layers += [nn.Conv2d(1 if i == 0 else channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
+                   nn.MaxPool2d(2)]
+    return nn.Sequential(*layers)
+
+
+def conv_frames(features: torch.Tensor) -> torch.Tensor:
+    """CNN output [B, C, F', T'] -> per-frame vectors [B, T', F' * C], the channel index running fastest (BYOL-A)."""
+    return features.permute(0, 3, 2, 1).flatten(2)
+
+
+class AudioNTT2020(nn.Module):
+    """BYOL-A v1 encoder (Niizumi et al. 2021; nttcslab/byol-a byol_a/models.py, the released
+    AudioNTT2020-BYOLA-64x96d{512,1024,2048} weights): log-mel [B, 1, F, T] -> Conv(3x3, 64)-BN-ReLU-MaxPool(2)
+    x3 -> per frame [64 * F/8] -> Linear(64 F/8, d)-ReLU-Dropout(0.3)-Linear(d, d)-ReLU -> max_t + mean_t -> [B, d].
+    Built for the published weights (official.py); the package trains v2 (AudioNTT2022)."""
+
+    input_kind = "logmel"
+
+    def __init__(self, n_mels: int = 64, dim: int = 512, base: int = 64, dropout: float = 0.3):
+        super().__init__()
+        self.features = conv_blocks(3, base)
+        self.fc = nn.Sequential(nn.Linear(base * (n_mels // 8), dim), nn.ReLU(), nn.Dropout(dropout),
+                                nn.Linear(dim, dim), nn.ReLU())
+        self.embed_dim = dim
+
+    def frames(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 1, F, T] -> per-frame features [B, T/8, dim]."""
+        return self.fc(conv_frames(self.features(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = self.frames(x)
+        return frames.max(dim=1).values + frames.mean(dim=1)
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor, long: str = "chunk", pool: str = "cls") -> torch.Tensor:
+        """As AudioNTT2022.embed: the whole normalised log-mel at once (T >= 8), max + mean over frames."""
+        return self(x)
+
+
 class AudioNTT2022(nn.Module):
     """Log-mel [B, 1, F, T] -> Conv(1->c, 3x3)-BN-ReLU-MaxPool(2) x2 -> per frame [c * F/4] (1024 at F 64,
     c 64) -> MLP c*F/4 -> hidden -> (dim - c*F/4) with ReLU and dropout 0.3 -> [CNN features, MLP output]
@@ -474,9 +524,7 @@ class AudioNTT2022(nn.Module):
     def __init__(self, n_mels: int = 64, dim: int = 3072, base: int = 64, mlp_hidden: int = 2048,
                  dropout: float = 0.3):
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, base, 3, padding=1), nn.BatchNorm2d(base), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(base, base, 3, padding=1), nn.BatchNorm2d(base), nn.ReLU(), nn.MaxPool2d(2))
+        self.features = conv_blocks(2, base)
         self.conv_dim = base * (n_mels // 4)
         if dim <= self.conv_dim:
             raise ValueError(f"AudioNTT2022: dim {dim} must exceed the CNN's per-frame size {self.conv_dim}")
@@ -486,8 +534,7 @@ class AudioNTT2022(nn.Module):
 
     def frames(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 1, F, T] -> per-frame features [B, T/4, dim]; a frame's CNN part is ordered (mel, channel)."""
-        x = self.features(x)                       # [B, C, F/4, T/4]
-        x = x.permute(0, 3, 2, 1).flatten(2)       # [B, T/4, F/4 * C], the channel index running fastest
+        x = conv_frames(self.features(x))          # [B, T/4, F/4 * C], the channel index running fastest
         return torch.cat([x, self.fc(x)], dim=-1)  # [B, T/4, dim]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -511,17 +558,32 @@ class BYOLMLP(nn.Sequential):
 
 class BYOLNet(nn.Module):
     """BYOL's online net: encoder -> projector -> predictor. Its EMA target is `target_copy()`: encoder ->
-    projector, the same parameter names without the predictor (models.ema_update matches them by name)."""
+    projector, the same parameter names without the predictor (models.ema_update matches them by name).
 
-    def __init__(self, encoder: nn.Module, hidden: int = 4096, out_dim: int = 256, predictor: bool = True):
+    forward(*views) runs each view through the net on its own, so every batch norm layer normalises one view
+    with that view's batch statistics, as byol-pytorch's BYOL.forward (one online and one target call per
+    view; byol-a byol_a/byol_pytorch.diff). joint_views=True instead runs all views as ONE concatenated batch
+    (batch norm statistics over both views; fewer, larger kernel calls), an option that changes the loss."""
+
+    def __init__(self, encoder: nn.Module, hidden: int = 4096, out_dim: int = 256, predictor: bool = True,
+                 joint_views: bool = False):
         super().__init__()
         self.encoder, self.projector = encoder, BYOLMLP(encoder.embed_dim, hidden, out_dim)
         self.predictor = BYOLMLP(out_dim, hidden, out_dim) if predictor else None
+        self.joint_views = joint_views
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def single(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, 1, F, T] -> the prediction (online) or the projection (target) [B, out_dim]."""
         z = self.projector(self.encoder(x))
         return self.predictor(z) if self.predictor is not None else z
+
+    def forward(self, *views: torch.Tensor):
+        """One view [B, 1, F, T] -> [B, out_dim]; several views -> a tuple, one output per view."""
+        if len(views) == 1:
+            return self.single(views[0])
+        if self.joint_views:
+            return self.single(torch.cat(views)).split([len(v) for v in views])
+        return tuple(self.single(v) for v in views)
 
     def target_copy(self) -> BYOLNet:
         """A frozen copy of encoder + projector with this net's current weights."""
@@ -574,7 +636,8 @@ def load_encoder_file(path) -> tuple[nn.Module, dict]:
 
 
 def build_encoder(cfg: dict) -> nn.Module:
-    """The encoder named by cfg["model"]["arch"]: vit_b_32 | vit_audio | resnet18_2d | resnet18_1d | audiontt2022."""
+    """The encoder named by cfg["model"]["arch"]: vit_b_32 | vit_audio | resnet18_2d | resnet18_1d | audiontt2022 |
+    audiontt2020 (BYOL-A v1, for the published weights)."""
     arch = cfg["model"]["arch"]
     if arch in ("vit_b_32", "vit_audio"):
         return build_vit(cfg["model"])
@@ -582,5 +645,8 @@ def build_encoder(cfg: dict) -> nn.Module:
         return build_resnet(cfg["model"])
     if arch == "audiontt2022":
         return build_audiontt(cfg["model"])
-    raise ValueError(f"unknown model.arch {arch!r}; expected vit_b_32, vit_audio, resnet18_2d, resnet18_1d or "
-                     "audiontt2022")
+    if arch == "audiontt2020":
+        m = cfg["model"]
+        return AudioNTT2020(m.get("n_mels", 64), m.get("dim", 512), m.get("base", 64), m.get("dropout", 0.3))
+    raise ValueError(f"unknown model.arch {arch!r}; expected vit_b_32, vit_audio, resnet18_2d, resnet18_1d, "
+                     "audiontt2022 or audiontt2020")

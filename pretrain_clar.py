@@ -48,7 +48,7 @@ DEFAULTS = {
         "arch": "resnet18_2d", "width": 64, "kernel_1d": 9, "clip_seconds": 1.0,
         "features": ClarFeatureConfig().to_dict(),
         "proj_hidden": 512, "proj_dim": 128, "proj_batch_norm": False,
-        "proj_per_view": False,  # True: project each view on its own (per-view projection BN, CLAR's shared_step)
+        "joint_views": False,  # True: both views through encoder + projection as one 2B batch (BN over both)
     },
     "augment": {
         "names": ["fade", "time_mask"], "p": 1.0, "max_semitones": 15.0, "snr_db": [0.0, 20.0],

@@ -79,6 +79,21 @@ def test_logmel_stats_match_numpy(tiny_cache):
     assert mean == pytest.approx(everything.mean()) and std == pytest.approx(everything.std())
 
 
+def test_logmel_stats_over_training_crops_as_byola_calc_norm_stats(tiny_cache):
+    """BYOL-A v2 calc_norm_stats: mean/std over one random crop of the training length per chosen clip."""
+    df = data.read_manifest(tiny_cache)
+    rng = np.random.default_rng(3)
+    crops = []
+    for r in rng.permutation(len(df))[:10]:
+        x = np.load(tiny_cache / df.logmel.iloc[r])
+        start = int(rng.integers(0, x.shape[-1] - 20 + 1))
+        crops.append(x[:, start:start + 20])
+    crops = np.stack(crops).astype(np.float64)
+    mean, std = data.logmel_stats(tiny_cache, df, max_clips=10, seed=3, frames=20)
+    assert mean == pytest.approx(crops.mean()) and std == pytest.approx(crops.std())
+    assert (mean, std) != pytest.approx(data.logmel_stats(tiny_cache, df, max_clips=10, seed=3))  # not whole clips
+
+
 def test_packed_cache_gives_the_same_items(tiny_cache):
     df = data.read_manifest(tiny_cache)
     labels = data.LabelMap.from_labels(df.label)

@@ -144,7 +144,8 @@ def test_export_is_portable_and_embeds_exactly_as_the_checkpoint(runs, tmp_path,
     msn, byola, clar = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("msn", "byola", "clar1d"))
     state = torch.load(runs["msn"], weights_only=False)["per_process"][0]["state"]["views"]["norm"]
     assert msn["norm"] == {"source": "running", "mean": state["mu"], "std": math.sqrt(state["var"])}
-    mean, std = data.logmel_stats(cache, df, 10000, 0)  # BYOL-A v2's statistics over the training clips, by hand
+    crop = byola["config"]["model"]["crop_frames"]  # BYOL-A v2's statistics over training-length crops, by hand
+    mean, std = data.logmel_stats(cache, df, 10000, 0, frames=crop)
     assert byola["norm"] == {"source": "precomputed", "mean": mean, "std": std}
     assert msn["logmel"] == LogMelConfig().to_dict() and clar["logmel"] is None
     assert clar["norm"] == {"source": "none", "mean": 0.0, "std": 1.0}

@@ -108,7 +108,7 @@ def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
     views = augment.MSNViews(cfg["aug"], m["focal_views"], stats, seed=cfg["seed"])
     run = MSN(env, views, online_net, target_net, prototypes, online, target, optimizer)
     return trainer.Parts(
-        dataset=dataset, batches=data.EpochBatches(len(dataset), cfg["optim"]["batch_size"], cfg["seed"]),
+        dataset=dataset, batches=data.training_batches(dataset, cfg["data"], cfg["optim"]["batch_size"], cfg["seed"]),
         modules={"online": online_net, "target": target_net, "prototypes": prototypes},
         optimizers={"adamw": optimizer}, encoder=target_net.encoder,
         step=lambda batch, step: train_step(run, batch, step),

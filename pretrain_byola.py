@@ -59,7 +59,7 @@ class BYOLA:
 def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
     """Data and its normalisation statistics, the online net and its EMA target, Adam and the two views."""
     cache = cfg["data"]["cache"]
-    df = data.read_manifest(cache)
+    df = data.read_manifest(cache, data.TRAIN_COLUMNS)
     if cfg["data"]["split"] is not None:
         df = data.select(df, split=cfg["data"]["split"])
     dataset = data.LogMelCrops(cache, df, frames=cfg["model"]["crop_frames"], random_crop=True)

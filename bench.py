@@ -543,8 +543,11 @@ def worker_private_mb(loader_iter) -> float:
     """Mean private anonymous memory (MB) of a DataLoader iterator's worker processes (0 without workers)."""
     values = []
     for w in getattr(loader_iter, "_workers", []):
-        with open(f"/proc/{w.pid}/smaps_rollup") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        try:
+            with open(f"/proc/{w.pid}/smaps_rollup") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except FileNotFoundError:  # a worker that has just exited
+            continue
         values.append(int(fields["Anonymous"].split()[0]) / 1024)
     return float(np.mean(values)) if values else 0.0
 
@@ -568,10 +571,14 @@ def loader_rate(root: Path, order: str, read: str, workers: int, seconds: float,
                              prefetch_factor=4 if workers else None))
     next(loader)
     seen, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        seen += len(next(loader)[0])
+    memory = 0.0
+    for batches_seen, (logmel, _) in enumerate(loader, 1):
+        seen += len(logmel)
+        if batches_seen % 20 == 0:
+            memory = max(memory, worker_private_mb(loader))  # the workers are gone once the epoch ends
+        if time.perf_counter() - start > seconds:
+            break
     rate = seen / (time.perf_counter() - start)
-    memory = worker_private_mb(loader)
     del loader
     return rate, memory
 

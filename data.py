@@ -237,6 +237,7 @@ class Packed:
 
     def __init__(self, maps: list[np.ndarray], file: np.ndarray, offsets: np.ndarray, lengths: np.ndarray):
         self.maps, self.file, self.offsets, self.lengths = maps, file, offsets, lengths
+        self.arrays = [np.asarray(m) for m in maps]  # plain views of the maps: slicing them costs less
         self._fds: dict[int, int] = {}  # per process: opened lazily, so that forked workers open their own
         self._pid = -1
 
@@ -258,7 +259,7 @@ class Packed:
 
     def clip(self, i: int) -> np.ndarray:
         offset = self.offsets[i]
-        return self.maps[self.file[i]][offset:offset + self.lengths[i]].T
+        return self.arrays[self.file[i]][offset:offset + self.lengths[i]].T
 
     def _fd(self, shard: int) -> int:
         if self._pid != os.getpid():

@@ -61,7 +61,7 @@ class BYOLA:
 def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
     """Data and its normalisation statistics, the online net and its EMA target, Adam and the two views."""
     cache = cfg["data"]["cache"]
-    df = data.read_manifest(cache)
+    df = data.read_manifest(cache, data.TRAIN_COLUMNS)
     if cfg["data"]["split"] is not None:
         df = data.select(df, split=cfg["data"]["split"])
     dataset = data.LogMelCrops(cache, df, frames=cfg["model"]["crop_frames"], random_crop=True)
@@ -80,7 +80,7 @@ def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
     views = augment.BYOLAViews(cfg["aug"], shape, stats, seed=cfg["seed"])
     run = BYOLA(env, views, online_net, target_net, online, target, optimizer)
     return trainer.Parts(
-        dataset=dataset, batches=data.EpochBatches(len(dataset), cfg["optim"]["batch_size"], cfg["seed"]),
+        dataset=dataset, batches=data.training_batches(dataset, cfg["data"], cfg["optim"]["batch_size"], cfg["seed"]),
         modules={"online": online_net, "target": target_net}, optimizers={"adam": optimizer},
         encoder=online_net.encoder, step=lambda batch, step: train_step(run, batch, step), log_keys=["loss"],
         state={"views": views}, meta={"norm_stats": stats})

@@ -86,7 +86,7 @@ def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
     (the head's: msn_train.py L176-178) see the global batch, the online net is DDP-wrapped and the prototypes'
     gradient is summed over processes in train_step (SPEC B1)."""
     m, cache = cfg["msn"], cfg["data"]["cache"]
-    df = data.read_manifest(cache)
+    df = data.read_manifest(cache, data.TRAIN_COLUMNS)
     if cfg["data"]["split"] is not None:
         df = data.select(df, split=cfg["data"]["split"])
     dataset = data.LogMelCrops(cache, df, frames=cfg["model"]["crop_frames"], random_crop=True)
@@ -108,7 +108,7 @@ def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
     views = augment.MSNViews(cfg["aug"], m["focal_views"], stats, seed=cfg["seed"])
     run = MSN(env, views, online_net, target_net, prototypes, online, target, optimizer)
     return trainer.Parts(
-        dataset=dataset, batches=data.EpochBatches(len(dataset), cfg["optim"]["batch_size"], cfg["seed"]),
+        dataset=dataset, batches=data.training_batches(dataset, cfg["data"], cfg["optim"]["batch_size"], cfg["seed"]),
         modules={"online": online_net, "target": target_net, "prototypes": prototypes},
         optimizers={"adamw": optimizer}, encoder=target_net.encoder,
         step=lambda batch, step: train_step(run, batch, step),

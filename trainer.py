@@ -52,7 +52,10 @@ import utils
 # Keys every method's config has, with the same meaning everywhere (README "Configs").
 COMMON = {
     "seed": 0,
-    "data": {"cache": "cache/synth_small", "num_workers": 4},
+    "data": {"cache": "cache/synth_small", "num_workers": 4,
+             # log-mel packs: epoch order random (per clip) | block (blocks of consecutive clips; a pack larger
+             # than RAM) | auto (block when the pack exceeds half the RAM); data.training_batches, docs/scale.md
+             "order": "auto", "block_clips": 256, "open_blocks": 8},
     "optim": {"batch_size": 256, "lr": 1e-4},  # batch_size: the GLOBAL batch, split over torchrun processes
     "train": {"epochs": 100, "max_steps": None, "device": "auto", "out_dir": None, "amp": True, "compile": False,
               "log_every": 10, "save_every": 0,

@@ -6,10 +6,10 @@ STAMP := .venv/.installed
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-hear.txt
+# requirements-lock.txt: the exact versions CI tests (every package, hearbaseline included), installed as they are
+$(STAMP): requirements-lock.txt
 	python3 -m venv .venv
-	.venv/bin/pip install --disable-pip-version-check -q -r requirements.txt 2>&1 | grep -v "is ignored: it is neither" || true
-	.venv/bin/pip install --disable-pip-version-check -q --no-deps -r requirements-hear.txt 2>&1 | grep -v "is ignored: it is neither" || true
+	.venv/bin/pip install --disable-pip-version-check -q --no-deps -r requirements-lock.txt 2>&1 | grep -v "is ignored: it is neither" || true
 	$(PY) -c "import torch, torchvision, torchaudio, soundfile, hearbaseline; print('torch', torch.__version__)"
 	touch $(STAMP)
 

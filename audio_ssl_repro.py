@@ -136,6 +136,9 @@ class ClarFeatureConfig:
     freq_scale: str = "linear"
     amin: float = 1e-10  # power floor of the log: 10 log10(max(|S|^2, amin))
 
+    def to_dict(self) -> dict:
+        return asdict(self)
+
 
 class ClarFeatures(nn.Module):
     """wave [B, L] -> [B, 3, n_mels, 1 + L // hop]: stacked (10 log10 |S|^2, angle(S), 10 log10 mel power) of a
@@ -394,6 +397,8 @@ class ResNet18Nd(nn.Module):
 
     def __init__(self, dim: int, in_channels: int, width: int = 64, kernel: int = 3):
         super().__init__()
+        if dim not in (1, 2):
+            raise ValueError(f"dim must be 1 or 2, got {dim}")
         conv, norm = (nn.Conv1d, nn.BatchNorm1d) if dim == 1 else (nn.Conv2d, nn.BatchNorm2d)
         self.conv1 = conv(in_channels, width, 7, 2, 3, bias=False)
         self.bn1 = norm(width)
@@ -407,6 +412,9 @@ class ResNet18Nd(nn.Module):
             in_ch = out_ch
         self.pool = nn.AdaptiveAvgPool1d(1) if dim == 1 else nn.AdaptiveAvgPool2d(1)
         self.out_dim = 8 * width
+        for m in self.modules():  # torchvision's initialisation (the training code builds its nets from here)
+            if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

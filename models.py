@@ -18,6 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# shared with the one-file encoder module (what an installed encoder runs): position embeddings, chunking, ResNets
+from audio_ssl_repro import ResNet18Nd, resize_pos_embed, sincos_pos_embed, split_chunks  # noqa: F401
+
 # ============================================================================ ViT encoders (MSN)
 # Two ViTs with one interface. Both return the CLS token after the final LayerNorm (MSN, SPEC B1) and
 # drop tokens MSN-style when asked: after the position embeddings, ONE torch.randperm(N)[:floor(N(1-p))]
@@ -31,32 +34,6 @@ import torch.nn.functional as F
 # is used unchanged.
 
 
-def sincos_pos_embed(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
-    """Fixed 2-D sin-cos position embeddings [grid_h * grid_w, dim] (MAE): half the channels encode the
-    row (frequency) index, half the column (time) index, each as sin/cos at geometric frequencies."""
-    if dim % 4:
-        raise ValueError(f"sin-cos position embeddings need a width divisible by 4, got {dim}")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
-    rows, cols = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64),
-                                torch.arange(grid_w, dtype=torch.float64), indexing="ij")
-    parts = []
-    for pos in (rows.reshape(-1), cols.reshape(-1)):
-        angle = pos[:, None] * omega[None]
-        parts += [angle.sin(), angle.cos()]
-    return torch.cat(parts, dim=1).float()
-
-
-def resize_pos_embed(pos: torch.Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> torch.Tensor:
-    """pos [1, 1 + gh*gw, D] (CLS first) on `src_grid` -> [1, 1 + dh*dw, D]; patch part bicubic-resized
-    (msn deit.py interpolate_pos_encoding), returned unchanged when the grids agree."""
-    if tuple(src_grid) == tuple(dst_grid):
-        return pos
-    cls, patches = pos[:, :1], pos[:, 1:]
-    grid = patches.reshape(1, *src_grid, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=dst_grid, mode="bicubic", align_corners=False).to(pos.dtype)
-    return torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(1, dst_grid[0] * dst_grid[1], -1)], dim=1)
-
-
 def drop_tokens(x: torch.Tensor, patch_drop: float) -> torch.Tensor:
     """MSN token dropping: x [B, 1 + N, D] -> [B, 1 + floor(N (1 - patch_drop)), D], CLS kept at index 0,
     one permutation (torch CPU RNG) for the whole batch."""
@@ -65,19 +42,6 @@ def drop_tokens(x: torch.Tensor, patch_drop: float) -> torch.Tensor:
     n = x.shape[1] - 1
     keep = torch.randperm(n)[:int(n * (1 - patch_drop))].to(x.device)
     return torch.cat([x[:, :1], x[:, 1:][:, keep]], dim=1)
-
-
-def split_chunks(x: torch.Tensor, frames: int) -> torch.Tensor:
-    """x [B, C, F, T] -> [B * n, C, F, frames]: consecutive chunks, the last one aligned to the clip's end (so
-    no chunk is mostly padding); a clip shorter than `frames` is one right-zero-padded chunk."""
-    length = x.shape[-1]
-    if length <= frames:
-        return F.pad(x, (0, frames - length))
-    starts = list(range(0, length - frames + 1, frames))
-    if starts[-1] + frames < length:
-        starts.append(length - frames)
-    chunks = torch.stack([x[..., s:s + frames] for s in starts], dim=1)  # [B, n, C, F, frames]
-    return chunks.flatten(0, 1)
 
 
 class _ViT(nn.Module):
@@ -301,58 +265,6 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
 # audio.ClarFeatures, so evaluation code only ever feeds waves.
 
 RESNET_MODEL_DEFAULTS = {"width": 64, "kernel_1d": 9, "clip_seconds": 1.0, "features": {}}
-
-
-class BasicBlockNd(nn.Module):
-    """ResNet basic block (two kxk convs + identity or 1x1-conv shortcut) in 1-D or 2-D."""
-
-    def __init__(self, dim: int, in_ch: int, out_ch: int, stride: int = 1, kernel: int = 3):
-        super().__init__()
-        conv, norm = (nn.Conv1d, nn.BatchNorm1d) if dim == 1 else (nn.Conv2d, nn.BatchNorm2d)
-        self.conv1 = conv(in_ch, out_ch, kernel, stride, kernel // 2, bias=False)
-        self.bn1 = norm(out_ch)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv(out_ch, out_ch, kernel, 1, kernel // 2, bias=False)
-        self.bn2 = norm(out_ch)
-        self.downsample = None
-        if stride != 1 or in_ch != out_ch:
-            self.downsample = nn.Sequential(conv(in_ch, out_ch, 1, stride, bias=False), norm(out_ch))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + identity)
-
-
-class ResNet18Nd(nn.Module):
-    """ResNet18 trunk in 1-D or 2-D: x [B, C, (F,) T] -> [B, 8 * width] (global average pool)."""
-
-    def __init__(self, dim: int, in_channels: int, width: int = 64, kernel: int = 3):
-        super().__init__()
-        if dim not in (1, 2):
-            raise ValueError(f"dim must be 1 or 2, got {dim}")
-        conv, norm = (nn.Conv1d, nn.BatchNorm1d) if dim == 1 else (nn.Conv2d, nn.BatchNorm2d)
-        self.conv1 = conv(in_channels, width, 7, 2, 3, bias=False)
-        self.bn1 = norm(width)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = (nn.MaxPool1d if dim == 1 else nn.MaxPool2d)(3, 2, 1)
-        widths = [width, 2 * width, 4 * width, 8 * width]
-        in_ch = width
-        for i, out_ch in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            blocks = [BasicBlockNd(dim, in_ch, out_ch, stride, kernel), BasicBlockNd(dim, out_ch, out_ch, 1, kernel)]
-            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-            in_ch = out_ch
-        self.pool = nn.AdaptiveAvgPool1d(1) if dim == 1 else nn.AdaptiveAvgPool2d(1)
-        self.out_dim = 8 * width
-        for m in self.modules():  # torchvision's initialisation
-            if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.pool(x).flatten(1)
 
 
 class ClarEncoder(nn.Module):

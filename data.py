@@ -85,6 +85,30 @@ def select(df: pd.DataFrame, split: str | list[str] | None = None, folds: list[i
     return df[mask].reset_index(drop=True)
 
 
+def assign_splits(labels: list[str], percent: tuple[int, int, int], seed: int = 0) -> list[str]:
+    """train / valid / test for each clip of a data set that has no split of its own (preprocess.py --split), in
+    `percent` (summing to 100), stratified: each class's clips, in the given order, are shuffled by
+    numpy.random.default_rng(seed) (classes in sorted order) and the first round(n * test / 100) go to test, the
+    next round(n * valid / 100) to valid, the rest to train. Unlabelled clips ("") all go to train: they can
+    only serve pretraining, and `data.split=train` keeps pretraining off the valid and test clips."""
+    if len(percent) != 3 or sum(percent) != 100 or min(percent) < 0:
+        raise ValueError(f"split percentages train,valid,test must be three numbers >= 0 summing to 100, "
+                         f"got {','.join(map(str, percent))}")
+    out = ["train"] * len(labels)
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
+    for label in sorted(by_label):
+        if label == "":
+            continue
+        idx = [by_label[label][j] for j in rng.permutation(len(by_label[label]))]
+        n_test, n_valid = round(len(idx) * percent[2] / 100), round(len(idx) * percent[1] / 100)
+        for k, i in enumerate(idx):
+            out[i] = "test" if k < n_test else "valid" if k < n_test + n_valid else "train"
+    return out
+
+
 @dataclass
 class LabelMap:
     """Class name <-> index, sorted by name so that every process and run agrees."""

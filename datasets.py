@@ -384,11 +384,16 @@ def adapt_audioset(root: Path, labels: Path | None = None, **_) -> Found:
 
 
 def adapt_folder(root: Path, **_) -> Found:
-    """<class>/<file>: label = the class folder's name, no split or fold."""
-    files, skipped = scan(root, depth=2)
+    """Your own folder of audio, at any depth: label = the first folder under `root` (<class>/.../<file>); files
+    directly in `root` are unlabelled (label ""). No split or fold: preprocess.py --split assigns them."""
+    files, skipped = scan(root)
     if not files:
-        raise DatasetLayoutError(f"{root}: no <class>/<file> audio found")
-    return Found([Clip(p, f"{p.parent.name}/{p.stem}", p.parent.name) for p in files], skipped)
+        raise DatasetLayoutError(f"{root}: no audio found")
+    clips = []
+    for p in files:
+        rel = p.relative_to(root)
+        clips.append(Clip(p, rel.with_suffix("").as_posix(), rel.parts[0] if len(rel.parts) > 1 else ""))
+    return Found(clips, skipped)
 
 
 def adapt_synthetic(root: Path, size: str = "small", seed: int = 0, **_) -> Found:

@@ -153,3 +153,16 @@ def test_epoch_batches_are_a_seeded_permutation_without_the_last_partial_batch()
     assert len(set(flat)) == 9 and set(flat) <= set(range(10))
     assert batches.epoch(0) == epoch0 and batches.epoch(1) != epoch0
     assert data.EpochBatches(10, 3, seed=5).epoch(0) != epoch0
+
+
+def test_assign_splits_is_stratified_seeded_and_keeps_unlabelled_clips_in_train():
+    labels = ["a"] * 10 + ["b"] * 4 + [""] * 3
+    splits = data.assign_splits(labels, (70, 10, 20), seed=0)
+    count = lambda label, split: sum(lab == label and s == split for lab, s in zip(labels, splits))
+    assert [count("a", s) for s in ("train", "valid", "test")] == [7, 1, 2]   # round(10 * 0.2), round(10 * 0.1)
+    assert [count("b", s) for s in ("train", "valid", "test")] == [3, 0, 1]   # round(0.8) = 1, round(0.4) = 0
+    assert splits[14:] == ["train"] * 3
+    assert splits == data.assign_splits(labels, (70, 10, 20), seed=0)
+    assert splits != data.assign_splits(labels, (70, 10, 20), seed=1)
+    with pytest.raises(ValueError, match="summing to 100, got 70,10,10"):
+        data.assign_splits(labels, (70, 10, 10))

@@ -435,6 +435,8 @@ class ClarEncoder(nn.Module):
         if arch == "resnet18_2d":
             self.features = ClarFeatures(ClarFeatureConfig(**(features or {})))
             self.resnet = ResNet18Nd(2, 3, width, 3)
+        elif arch != "resnet18_1d":
+            raise ValueError(f"ClarEncoder arch must be resnet18_2d or resnet18_1d, got {arch!r}")
         else:
             self.features = None
             self.resnet = ResNet18Nd(1, 1, width, kernel_1d)

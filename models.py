@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # shared with the one-file encoder module (what an installed encoder runs): position embeddings, chunking, ResNets
+import audio_ssl_repro as portable_encoders
 from audio_ssl_repro import ResNet18Nd, resize_pos_embed, sincos_pos_embed, split_chunks  # noqa: F401
 
 # ============================================================================ ViT encoders (MSN)
@@ -267,30 +268,17 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
 RESNET_MODEL_DEFAULTS = {"width": 64, "kernel_1d": 9, "clip_seconds": 1.0, "features": {}}
 
 
-class ClarEncoder(nn.Module):
+class ClarEncoder(portable_encoders.ClarEncoder):
     """CLAR encoder on 16 kHz waves [B, L] -> [B, embed_dim] (embed_dim = 8 * width, 512 in the paper).
 
     arch "resnet18_2d": audio.ClarFeatures [B, 3, F, T] -> 2-D ResNet18 (kernel 3, torchvision layout).
     arch "resnet18_1d": the wave [B, 1, L] -> 1-D ResNet18 (kernel `kernel_1d` in the blocks).
+    The network and `embed` are audio_ssl_repro's (what an exported encoder runs); training adds channels-last.
     """
-
-    input_kind = "wave"
 
     def __init__(self, arch: str, width: int = 64, kernel_1d: int = 9, clip_seconds: float = 1.0,
                  features: dict | None = None):
-        super().__init__()
-        from audio import SAMPLE_RATE, ClarFeatureConfig, ClarFeatures
-
-        self.arch, self.clip_samples = arch, int(round(clip_seconds * SAMPLE_RATE))
-        if arch == "resnet18_2d":
-            self.features = ClarFeatures(ClarFeatureConfig(**(features or {})))
-            self.resnet = ResNet18Nd(2, 3, width, 3)
-        elif arch == "resnet18_1d":
-            self.features = None
-            self.resnet = ResNet18Nd(1, 1, width, kernel_1d)
-        else:
-            raise ValueError(f"ClarEncoder arch must be resnet18_2d or resnet18_1d, got {arch!r}")
-        self.embed_dim = self.resnet.out_dim
+        super().__init__(arch, width, kernel_1d, clip_seconds, features)
         self.channels_last = False
 
     def use_channels_last(self) -> ClarEncoder:
@@ -306,19 +294,6 @@ class ClarEncoder(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.resnet(x)
-
-    def embed(self, x: torch.Tensor, long: str = "chunk", pool: str = "cls") -> torch.Tensor:
-        """[B, L] -> [B, embed_dim]. long="chunk": a wave longer than the training clip is cut into clip-length
-        chunks (the last one aligned to the end) whose embeddings are averaged; any other value embeds the
-        whole wave at once (the nets are fully convolutional). `pool` is unused (always average pooling)."""
-        length, clip = x.shape[-1], self.clip_samples
-        if long != "chunk" or length <= clip:
-            return self(x)
-        starts = list(range(0, length - clip + 1, clip))
-        if starts[-1] + clip < length:
-            starts.append(length - clip)
-        chunks = torch.stack([x[:, s:s + clip] for s in starts], dim=1)  # [B, n, clip]
-        return self(chunks.flatten(0, 1)).view(x.shape[0], len(starts), -1).mean(1)
 
 
 def build_resnet(model_cfg: dict) -> ClarEncoder:

@@ -1,6 +1,6 @@
 """Your own data, end to end, with the commands README.md shows (issue 20): a folder of audio with and without
-labels -> preprocess.py --split -> pretraining on the train split (data.split=train) -> linear_eval.py on the
-folder's cache -> export.py -> audio_ssl_repro, each run as a command."""
+labels -> preprocess.py --split -> pretraining on the train split (BYOL-A data.split=train; CLAR its split keys,
+unlabelled clips included) -> linear_eval.py on the folder's cache -> export.py -> audio_ssl_repro, as commands."""
 from __future__ import annotations
 
 import csv
@@ -38,13 +38,18 @@ def test_a_folder_of_audio_to_a_probe_and_an_encoder_file(tmp_path):
         sf.write(tmp_path / "audio" / f"field{i}.flac", (0.1 * rng.standard_normal(16000)).astype(np.float32), 16000)
     cache, run = tmp_path / "cache", tmp_path / "runs" / "mine"
     command("preprocess.py", "--dataset", "folder", "--root", tmp_path / "audio", "--out", cache, "--split", "60,20,20",
-            "--workers", "1")
+            "--waveform", "--workers", "1")
     df = data.read_manifest(cache)
     assert len(df) == 24 and (df["split"] == "train").sum() == 16
     assert set(df.loc[df["label"] == "", "split"]) == {"train"}
     out = command("pretrain_byola.py", "--config", "config/demo_byola.yaml", f"data.cache={cache}", "data.split=train",
                   f"train.out_dir={run}", "train.epochs=1", "optim.batch_size=8")
     assert "byola: 16 clips" in out  # the train split only: 12 labelled + 4 unlabelled
+    out = command("pretrain_clar.py", "--config", "config/demo_clar.yaml", f"data.cache={cache}", "encoder=1d",
+                  "data.train_folds=null", "data.test_folds=null", "data.train_split=train", "data.test_split=test",
+                  f"train.out_dir={tmp_path / 'runs' / 'clar'}", "train.max_steps=2", "optim.batch_size=8",
+                  "train.final_probe=false")
+    assert "clar: 16 clips" in out and "loss nan" not in out  # unlabelled clips train the contrastive loss only
     command("linear_eval.py", "--ckpt", run / "ckpt_last.pt", "--task", cache, "--results", tmp_path / "results.csv",
             "probe.epochs=20")
     with open(tmp_path / "results.csv") as f:

@@ -1,7 +1,7 @@
 """Audio I/O and feature extraction: the one place where waveforms become features.
 
     wave = load_audio("clip.flac")              # mono float32 numpy [L] at 16 kHz
-    logmel = LogMel()(torch.from_numpy(wave))   # float32 [64, T], SPEC A1
+    logmel = LogMel()(torch.from_numpy(wave))   # float32 [64, T], the seed's front end, EVAR evar/ar_base.py
 
 Every loader error is an `AudioError` whose message names the file and the problem, so a
 preprocessing run can skip the clip, record the reason and carry on.
@@ -39,7 +39,7 @@ class AudioError(Exception):
 
 
 def resample(wave: torch.Tensor, orig_sr: int, new_sr: int = SAMPLE_RATE) -> torch.Tensor:
-    """Resample the last axis with torchaudio's windowed-sinc resampler (SPEC A1)."""
+    """Resample the last axis with torchaudio's windowed-sinc resampler (the seed's front end, EVAR evar/ar_base.py)."""
     if orig_sr == new_sr:
         return wave
     return _resampler(orig_sr, new_sr)(wave)

@@ -3,7 +3,7 @@
 The cache is the contract between preprocessing and everything else:
 
     CACHE/manifest.csv      one row per clip: id, logmel, wave, label, split, fold, duration, source, extras
-    CACHE/logmel/<id>.npy   float32 [64, T] log-mel (SPEC A1)
+    CACHE/logmel/<id>.npy   float32 [64, T] log-mel (the seed's front end, EVAR evar/ar_base.py)
     CACHE/wave/<id>.npy     float32 [L] 16 kHz waveform (only with preprocess.py --waveform)
 
     df = read_manifest("cache/esc50")
@@ -18,7 +18,7 @@ time-major into shard files CACHE/packed/logmel-*.bin of up to 2 GiB, [sum T, F]
 CACHE/packed/index.npz (ids, shard, offsets, lengths, files, n_mels, dtype); LogMelCrops then slices those
 memory maps instead of opening a file per clip (see `bench.py loader` and `bench.py scale`). Log-mels may be
 float16 (preprocess.py --dtype float16); every dataset returns float32.
-Cropping follows SPEC B3 (EVAR): shorter clips are zero-padded on the right; longer ones are
+Cropping follows EVAR (nttcslab/eval-audio-repr data.py): shorter clips are zero-padded on the right; longer ones are
 cropped at random for training and from the start for evaluation.
 """
 from __future__ import annotations
@@ -43,10 +43,10 @@ MANIFEST_COLUMNS = ["id", "logmel", "wave", "label", "split", "fold", "duration"
 
 def cache_params(folder: str | os.PathLike) -> dict:
     """The cache's preprocess.json params; without the file (a cache written by hand), 16 kHz and hop 160
-    (SPEC A1) with a printed warning, and data set None (not checked)."""
+    (the seed's front end, EVAR evar/ar_base.py) with a printed warning, and data set None (not checked)."""
     path = Path(folder) / "preprocess.json"
     if not path.is_file():
-        print(f"warning: {path}: not found; assuming 16000 Hz and log-mel hop 160 (SPEC A1), data set not checked",
+        print(f"warning: {path}: not found; assuming 16000 Hz and log-mel hop 160, data set not checked",
               file=sys.stderr)
         return {"dataset": None, "sample_rate": 16000, "logmel": {"hop_length": 160}}
     try:
@@ -157,7 +157,7 @@ def load_array(cache: str | os.PathLike, relpath: str) -> np.ndarray:
 
 def crop_frames(logmel: np.ndarray, frames: int, random_crop: bool,
                 rng: np.random.Generator | None = None) -> np.ndarray:
-    """Crop or right-pad [F, T] to [F, frames]; the crop start is random or 0 (SPEC B3).
+    """Crop or right-pad [F, T] to [F, frames]; the crop start is random or 0 (nttcslab/eval-audio-repr).
 
     Padding is log-mel silence (LOG_SILENCE), as if the waveform had been zero-padded (EVAR).
     """
@@ -335,7 +335,7 @@ class LogMelCrops(_CacheDataset):
 
 
 class WaveClips(_CacheDataset):
-    """(wave [samples] float32 tensor, label index) items of a fixed length (SPEC B3 crop/pad)."""
+    """(wave [samples] float32 tensor, label index) items of a fixed length (nttcslab/eval-audio-repr crop/pad)."""
 
     column = "wave"
 
@@ -384,7 +384,7 @@ class EpochBatches:
 
 
 class RatioBatches:
-    """Global batches with a fixed labelled/unlabelled ratio (CLAR's stratified sampling, SPEC A3).
+    """Global batches with a fixed labelled/unlabelled ratio (CLAR's stratified sampling, CLAR paper, arXiv 2010.09542).
 
     Each epoch both pools are shuffled with (seed, epoch). A batch of `batch_size` holds
     round(batch_size * n_labelled / n) labelled clips (at least one if any) and the rest unlabelled; a pool

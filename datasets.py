@@ -7,7 +7,7 @@
     dataset, task = find_task("esc10")   # ("esc50", TaskSpec(where={"esc10": True}, unit_seconds=5.0, ...))
 
 preprocess.py turns the clips into a cache, linear_eval.py takes its tasks (row filter, unit length, label
-column; SPEC B3) and default cache folders from here, results/make_tables.py the tasks' titles. A new data
+column; EVAR code) and default cache folders from here, results/make_tables.py the tasks' titles. A new data
 set is one `adapt_<name>` function plus one REGISTRY entry.
 
 Audio is every file libsndfile reads, whatever its extension (`scan`): known extensions are taken as audio,
@@ -407,7 +407,7 @@ def adapt_synthetic(root: Path, size: str = "small", seed: int = 0, **_) -> Foun
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """An evaluation task (SPEC B3): rows where column == value for each item of `where`, clips cut to
+    """An evaluation task (nttcslab/eval-audio-repr): rows where column == value for each item of `where`, clips cut to
     `unit_seconds`, classes from `label`; `title` is its column name in results/README.md."""
 
     where: dict | None

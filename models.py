@@ -23,10 +23,10 @@ import audio_ssl_repro as portable_encoders
 from audio_ssl_repro import ResNet18Nd, resize_pos_embed, sincos_pos_embed, split_chunks  # noqa: F401
 
 # ============================================================================ ViT encoders (MSN)
-# Two ViTs with one interface. Both return the CLS token after the final LayerNorm (MSN, SPEC B1) and
+# Two ViTs with one interface. Both return the CLS token after the final LayerNorm (MSN, facebookresearch/msn) and
 # drop tokens MSN-style when asked: after the position embeddings, ONE torch.randperm(N)[:floor(N(1-p))]
 # shared by the whole batch, kept in permutation order, CLS always first (msn deit.py L213-233).
-#   vit_b_32   torchvision vit_b_32 behind a learnable 1x1 Conv2d 1 -> 3 channels (SPEC A2); views are
+#   vit_b_32   torchvision vit_b_32 behind a learnable 1x1 Conv2d 1 -> 3 channels (the MSN-audio seed); views are
 #              224x224 / 96x96 resized crops of the log-mel; pos-embeds bicubic-interpolated for 96.
 #   vit_audio  patches the [64, T] log-mel directly with a [pf, pt] patch (square, or frequency-band
 #              strips such as [4, 16] / [64, 2]); fixed 2-D sin-cos or learned pos-embeds.
@@ -80,7 +80,7 @@ class _ViT(nn.Module):
 
 
 class ViTB32(_ViT):
-    """torchvision vit_b_32 on 1-channel "images": Conv2d(1, 3, 1) stem, no classifier (SPEC A2).
+    """torchvision vit_b_32 on 1-channel "images": Conv2d(1, 3, 1) stem, no classifier (the MSN-audio seed).
 
     Training views are resized crops (224 / 96). embed(): "resize" = the whole [64, T] bilinearly resized
     to image_size x image_size (no antialias, as the training crops); "pad" = the seed's zero padding:
@@ -258,7 +258,7 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
 
 
 # ============================================================================ ResNet18 1D / 2D (CLAR)
-# CLAR encoders (SPEC A3 / B4). One ResNet18 written once for 1-D and 2-D: at width 64 and kernel 3 the 2-D
+# CLAR encoders (CLAR paper; CLAR code). One ResNet18 written once for 1-D and 2-D: at width 64 and kernel 3 the 2-D
 # net is torchvision's resnet18 without its classifier (same parameter names, so its state_dict loads); the
 # 1-D net swaps every conv, pool and batch norm for its 1-D version (kernel 9 in the blocks, as the CLAR
 # code) and reads the raw waveform. Both end in adaptive average pooling to 8 * width (512 at width 64).
@@ -305,7 +305,7 @@ def build_resnet(model_cfg: dict) -> ClarEncoder:
 class ProjectionHead(nn.Module):
     """CLAR projection 512 -> 512 -> 128: Linear, ReLU, Linear (paper); batch_norm=True adds the code's BN.
 
-    Returns the un-normalised projection; NT-Xent normalises it, the classifier reads it as is (SPEC A3).
+    Returns the un-normalised projection; NT-Xent normalises it, the classifier reads it as is (CLAR paper).
     """
 
     def __init__(self, in_dim: int = 512, hidden: int = 512, out_dim: int = 128, batch_norm: bool = False):
@@ -346,7 +346,7 @@ class ClarNet(nn.Module):
 
 # ============================================================================ AudioNTT2022 and BYOL (BYOL-A v2)
 # BYOL-A v2 (Niizumi et al. 2023; nttcslab/byol-a v2/byol_a2/models.py): a 2-block CNN, a per-frame MLP, the
-# CNN features and the MLP output stacked per frame, then temporal pooling max_t + mean_t (a SUM, SPEC B3).
+# CNN features and the MLP output stacked per frame, then temporal pooling max_t + mean_t (a SUM, EVAR code).
 # BYOL (Grill et al. 2020; lucidrains byol-pytorch as v2 uses it): MLP projector and predictor
 # Linear-BN-ReLU-Linear, an EMA target of encoder + projector, loss 2 - 2 cos per view pair.
 

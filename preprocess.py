@@ -6,7 +6,7 @@
 
 Writes (see data.py for how it is read; the data sets and their adapters are datasets.REGISTRY's):
     OUT/manifest.csv        id, logmel, wave, label, split, fold, duration, source, <data set extras>
-    OUT/logmel/<id>.npy     float32 (or --dtype float16) [64, T] log-mel, SPEC A1 (16 kHz, n_fft 1024, hop 160,
+    OUT/logmel/<id>.npy     float32 (or --dtype float16) [64, T] log-mel, EVAR front end (16 kHz, n_fft 1024, hop 160,
                             60-7800 Hz, Slaney)
     OUT/wave/<id>.npy       float32 [L] 16 kHz mono (with --waveform)
     OUT/packed/             with --pack: shard files each worker appends its log-mels to, and index.npz

@@ -1,4 +1,4 @@
-"""CLAR pretraining (Al-Tahan and Mohsenzadeh 2021; SPEC A3, B4): supervised, self-supervised or CLAR.
+"""CLAR pretraining (Al-Tahan and Mohsenzadeh 2021; haideraltahan/CLAR code): supervised, self-supervised or CLAR.
 
     python pretrain_clar.py --config config/demo_clar.yaml                       # -> runs/demo_clar
     python pretrain_clar.py --config config/demo_clar.yaml mode=selfsupervised encoder=1d label_fraction=0.1

@@ -1,4 +1,4 @@
-"""data.py: manifest reading, split/fold selection, crops and padding (SPEC B3), label-fraction subsets."""
+"""data.py: manifest reading, split/fold selection, crops and padding (EVAR code), label-fraction subsets."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""The CLAR paper's three studies (Al-Tahan and Mohsenzadeh 2021, Sec. 6-8; SPEC A3), one command each.
+"""The CLAR paper's three studies (Al-Tahan and Mohsenzadeh 2021, Sec. 6-8), one command each.
 
     python clar_studies.py augpairs --config config/clar.yaml [--augs fade,time_mask,...] [--encoders 1d,2d]
     python clar_studies.py representation --config config/clar.yaml [--caches cache/speechcommands,cache/esc50]

@@ -3,7 +3,7 @@
 The cache is the contract between preprocessing and everything else:
 
     CACHE/manifest.csv      one row per clip: id, logmel, wave, label, split, fold, duration, source, extras
-    CACHE/logmel/<id>.npy   float32 [64, T] log-mel (SPEC A1)
+    CACHE/logmel/<id>.npy   float32 [64, T] log-mel (the seed's front end, EVAR evar/ar_base.py)
     CACHE/wave/<id>.npy     float32 [L] 16 kHz waveform (only with preprocess.py --waveform)
 
     df = read_manifest("cache/esc50")
@@ -18,7 +18,7 @@ time-major into shard files CACHE/packed/logmel-*.bin of up to 2 GiB, [sum T, F]
 CACHE/packed/index.npz (ids, shard, offsets, lengths, files, n_mels, dtype); LogMelCrops then slices those
 memory maps instead of opening a file per clip (see `bench.py loader` and `bench.py scale`). Log-mels may be
 float16 (preprocess.py --dtype float16); every dataset returns float32.
-Cropping follows SPEC B3 (EVAR): shorter clips are zero-padded on the right; longer ones are
+Cropping follows EVAR (nttcslab/eval-audio-repr data.py): shorter clips are zero-padded on the right; longer ones are
 cropped at random for training and from the start for evaluation.
 """
 from __future__ import annotations
@@ -44,10 +44,10 @@ MANIFEST_COLUMNS = ["id", "logmel", "wave", "label", "split", "fold", "duration"
 
 def cache_params(folder: str | os.PathLike) -> dict:
     """The cache's preprocess.json params; without the file (a cache written by hand), 16 kHz and hop 160
-    (SPEC A1) with a printed warning, and data set None (not checked)."""
+    (the seed's front end, EVAR evar/ar_base.py) with a printed warning, and data set None (not checked)."""
     path = Path(folder) / "preprocess.json"
     if not path.is_file():
-        print(f"warning: {path}: not found; assuming 16000 Hz and log-mel hop 160 (SPEC A1), data set not checked",
+        print(f"warning: {path}: not found; assuming 16000 Hz and log-mel hop 160, data set not checked",
               file=sys.stderr)
         return {"dataset": None, "sample_rate": 16000, "logmel": {"hop_length": 160}}
     try:
@@ -91,6 +91,30 @@ def select(df: pd.DataFrame, split: str | list[str] | None = None, folds: list[i
     for column, value in (where or {}).items():
         mask &= df[column].astype(str) == str(value)
     return df[mask].reset_index(drop=True)
+
+
+def assign_splits(labels: list[str], percent: tuple[int, int, int], seed: int = 0) -> list[str]:
+    """train / valid / test for each clip of a data set that has no split of its own (preprocess.py --split), in
+    `percent` (summing to 100), stratified: each class's clips, in the given order, are shuffled by
+    numpy.random.default_rng(seed) (classes in sorted order) and the first round(n * test / 100) go to test, the
+    next round(n * valid / 100) to valid, the rest to train. Unlabelled clips ("") all go to train: they can
+    only serve pretraining, and `data.split=train` keeps pretraining off the valid and test clips."""
+    if len(percent) != 3 or sum(percent) != 100 or min(percent) < 0:
+        raise ValueError(f"split percentages train,valid,test must be three numbers >= 0 summing to 100, "
+                         f"got {','.join(map(str, percent))}")
+    out = ["train"] * len(labels)
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
+    for label in sorted(by_label):
+        if label == "":
+            continue
+        idx = [by_label[label][j] for j in rng.permutation(len(by_label[label]))]
+        n_test, n_valid = round(len(idx) * percent[2] / 100), round(len(idx) * percent[1] / 100)
+        for k, i in enumerate(idx):
+            out[i] = "test" if k < n_test else "valid" if k < n_test + n_valid else "train"
+    return out
 
 
 @dataclass
@@ -141,7 +165,7 @@ def load_array(cache: str | os.PathLike, relpath: str) -> np.ndarray:
 
 def crop_frames(logmel: np.ndarray, frames: int, random_crop: bool,
                 rng: np.random.Generator | None = None) -> np.ndarray:
-    """Crop or right-pad [F, T] to [F, frames]; the crop start is random or 0 (SPEC B3).
+    """Crop or right-pad [F, T] to [F, frames]; the crop start is random or 0 (nttcslab/eval-audio-repr).
 
     Padding is log-mel silence (LOG_SILENCE), as if the waveform had been zero-padded (EVAR).
     """
@@ -422,7 +446,7 @@ class LogMelCrops(_CacheDataset):
 
 
 class WaveClips(_CacheDataset):
-    """(wave [samples] float32 tensor, label index) items of a fixed length (SPEC B3 crop/pad)."""
+    """(wave [samples] float32 tensor, label index) items of a fixed length (nttcslab/eval-audio-repr crop/pad)."""
 
     column = "wave"
 
@@ -533,7 +557,7 @@ def training_batches(dataset: LogMelCrops, dcfg: dict, batch_size: int, seed: in
 
 
 class RatioBatches:
-    """Global batches with a fixed labelled/unlabelled ratio (CLAR's stratified sampling, SPEC A3).
+    """Global batches with a fixed labelled/unlabelled ratio (CLAR's stratified sampling, CLAR paper, arXiv 2010.09542).
 
     Each epoch both pools are shuffled with (seed, epoch). A batch of `batch_size` holds
     round(batch_size * n_labelled / n) labelled clips (at least one if any) and the rest unlabelled; a pool

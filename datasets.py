@@ -7,7 +7,7 @@
     dataset, task = find_task("esc10")   # ("esc50", TaskSpec(where={"esc10": True}, unit_seconds=5.0, ...))
 
 preprocess.py turns the clips into a cache, linear_eval.py takes its tasks (row filter, unit length, label
-column; SPEC B3) and default cache folders from here, results/make_tables.py the tasks' titles. A new data
+column; EVAR code) and default cache folders from here, results/make_tables.py the tasks' titles. A new data
 set is one `adapt_<name>` function plus one REGISTRY entry.
 
 Audio is every file libsndfile reads, whatever its extension (`scan`): known extensions are taken as audio,
@@ -564,11 +564,16 @@ def adapt_audioset(root: Path, labels: Path | None = None, **_) -> Found:
 
 
 def adapt_folder(root: Path, **_) -> Found:
-    """<class>/<file>: label = the class folder's name, no split or fold."""
-    files, skipped = scan(root, depth=2)
+    """Your own folder of audio, at any depth: label = the first folder under `root` (<class>/.../<file>); files
+    directly in `root` are unlabelled (label ""). No split or fold: preprocess.py --split assigns them."""
+    files, skipped = scan(root)
     if not files:
-        raise DatasetLayoutError(f"{root}: no <class>/<file> audio found")
-    return Found([Clip(p, f"{p.parent.name}/{p.stem}", p.parent.name) for p in files], skipped)
+        raise DatasetLayoutError(f"{root}: no audio found")
+    clips = []
+    for p in files:
+        rel = p.relative_to(root)
+        clips.append(Clip(p, rel.with_suffix("").as_posix(), rel.parts[0] if len(rel.parts) > 1 else ""))
+    return Found(clips, skipped)
 
 
 def adapt_synthetic(root: Path, size: str = "small", seed: int = 0, **_) -> Found:
@@ -582,7 +587,7 @@ def adapt_synthetic(root: Path, size: str = "small", seed: int = 0, **_) -> Foun
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """An evaluation task (SPEC B3): rows where column == value for each item of `where`, clips cut to
+    """An evaluation task (nttcslab/eval-audio-repr): rows where column == value for each item of `where`, clips cut to
     `unit_seconds`, classes from `label`; `title` is its column name in results/README.md."""
 
     where: dict | None

@@ -1,4 +1,4 @@
-"""Linear evaluation of a frozen encoder, following EVAR (nttcslab/eval-audio-repr) exactly (SPEC A4, B3).
+"""Linear evaluation of a frozen encoder, following EVAR (nttcslab/eval-audio-repr) exactly.
 
     python linear_eval.py --ckpt runs/msn/ckpt_last.pt --task esc50
     python linear_eval.py --ckpt random:config/msn.yaml --task gtzan          # the random-init baseline
@@ -71,7 +71,7 @@ DEFAULTS = {
     "eval": {
         "long": "chunk",         # ViT inputs longer than the training crop: pad (the seed) | resize | chunk
         "pool": "cls",           # ViT embedding: cls token | mean of patch tokens
-        "unit_seconds": None,    # clip length fed to the encoder; null = the task's (SPEC B3)
+        "unit_seconds": None,    # clip length fed to the encoder; null = the task's (nttcslab/eval-audio-repr)
         "protocol": "auto",      # auto | folds (cross-validation) | splits (train/valid/test)
         "label_column": None,    # null = the task's (datasets.py; e.g. nsynth_pitch: pitch)
         "batch_size": 32,        # embedding batch
@@ -81,7 +81,7 @@ DEFAULTS = {
         "device": "auto",        # auto | cpu | cuda
         "random_seed": 0,        # seed of the encoder's initialisation for --ckpt random:CONFIG
     },
-    "probe": {  # EVAR lineareval.py + general-learning TorchMLPClassifier2 (SPEC B3)
+    "probe": {  # EVAR lineareval.py + general-learning TorchMLPClassifier2
         "lr": 3e-4,
         "weight_decay": 1e-8,
         "epochs": 200,
@@ -92,7 +92,7 @@ DEFAULTS = {
     },
 }
 
-# the tasks (row filter, unit seconds, label column; SPEC B3) are datasets.REGISTRY's
+# the tasks (row filter, unit seconds, label column; nttcslab/eval-audio-repr) are datasets.REGISTRY's
 TASKS = tuple(all_tasks())
 
 # ============================================================================ tasks and folds
@@ -113,7 +113,7 @@ class Task:
 
 
 def resolve_task(task: str, cfg: dict, cache: str | None = None) -> Task:
-    """TASK name (datasets.REGISTRY) or cache folder -> Task (SPEC B3 task table)."""
+    """TASK name (datasets.REGISTRY) or cache folder -> Task (nttcslab/eval-audio-repr task table)."""
     where, unit, label, dataset = None, None, "label", None
     if find_task(task):
         dataset, spec = find_task(task)
@@ -280,7 +280,7 @@ def load_encoder(ckpt: str, random_seed: int = 0) -> tuple[nn.Module, dict]:
 
 
 class UnitClips(Dataset):
-    """Clip i as encoder input at the unit length (SPEC B3): normalised log-mel [1, F, frames] or wave [samples].
+    """Clip i as encoder input at the unit length (EVAR code): normalised log-mel [1, F, frames] or wave [samples].
 
     Right padding is silence (zeros in the wave, ln(eps) in the log-mel); longer clips start at 0, or at a
     random start fixed per clip id where `random_crop[i]` (EVAR's train/valid crops, reproducible).
@@ -310,7 +310,7 @@ class UnitClips(Dataset):
 
 def unit_logmel_stats(clips: Dataset, max_clips: int) -> tuple[float, float]:
     """Scalar mean and std (ddof 0) over the first `max_clips` unit-length training inputs, padding and crops
-    included, as EVAR's ar.precompute sees them (SPEC B3; EVAR's RunningMean drops its first batch, we do not)."""
+    included, as EVAR's ar.precompute sees them (EVAR's RunningMean drops its first batch, we do not)."""
     total = total_sq = count = 0.0
     for i in range(min(len(clips), max_clips)):
         x = clips[i].double()

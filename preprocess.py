@@ -6,7 +6,7 @@
 
 Writes (see data.py for how it is read; the data sets and their adapters are datasets.REGISTRY's):
     OUT/manifest.csv        id, logmel, wave, label, split, fold, duration, source, source_key, <data set extras>
-    OUT/logmel/<id>.npy     float32 (or --dtype float16) [64, T] log-mel, SPEC A1 (16 kHz, n_fft 1024, hop 160,
+    OUT/logmel/<id>.npy     float32 (or --dtype float16) [64, T] log-mel, EVAR front end (16 kHz, n_fft 1024, hop 160,
                             60-7800 Hz, Slaney)
     OUT/wave/<id>.npy       float32 [L] 16 kHz mono (with --waveform)
     OUT/packed/             with --pack: shard files each worker appends its log-mels to, and index.npz
@@ -46,6 +46,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
+import data
 from audio import SAMPLE_RATE, AudioError, LogMel, LogMelConfig, load_audio, truncation_warning
 from data import MANIFEST_COLUMNS, PACKED_DIR, PackWriter, load_array, read_pack_index, write_pack_index
 from datasets import REGISTRY, Clip, DatasetLayoutError
@@ -310,6 +311,31 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 # ----------------------------------------------------------------------------- main
 
 
+def parse_percent(text: str) -> tuple[int, int, int]:
+    try:
+        parts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or sum(parts) != 100 or min(parts) < 0:
+        raise argparse.ArgumentTypeError(f"expected TRAIN,VALID,TEST percentages summing to 100, got {text!r}")
+    return parts
+
+
+def check_split_option(args: argparse.Namespace, clips: list[Clip]) -> None:
+    """--split is for a data set with no split or fold of its own (--dataset folder)."""
+    own = next((c for c in clips if c.split or c.fold is not None), None)
+    if args.split and own is not None:
+        raise SystemExit(f"--split: --dataset {args.dataset} has splits or folds of its own (e.g. {own.source}); "
+                         "--split is for one without (--dataset folder)")
+
+
+def with_splits(rows: dict[str, dict], order: list[str], percent: tuple[int, int, int], seed: int) -> None:
+    """--split: data.assign_splits over every clip of the manifest, in id order."""
+    ids = sorted(cid for cid in order if cid in rows)
+    for cid, split in zip(ids, data.assign_splits([str(rows[cid]["label"]) for cid in ids], percent, seed)):
+        rows[cid]["split"] = split
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -330,7 +356,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--labels", type=Path, help="audioset: folder with the segment CSVs and class_labels_indices.csv "
                    "(default: --root), or one file,label CSV")
     p.add_argument("--size", default="small", choices=("small", "default"), help="synthetic: data set size")
-    p.add_argument("--seed", type=int, default=0, help="synthetic generation and GTZAN fallback split")
+    p.add_argument("--seed", type=int, default=0, help="synthetic generation, GTZAN fallback split and --split")
+    p.add_argument("--split", type=parse_percent, metavar="TRAIN,VALID,TEST",
+                   help="percentages (e.g. 80,10,10): give every clip of a data set with no split of its own (your "
+                        "--dataset folder) a stratified train/valid/test split (data.assign_splits; unlabelled "
+                        "clips go to train)")
     p.add_argument("--min-seconds", type=float, default=0.1, help="skip clips shorter than this")
     p.add_argument("--mel-scale", default="slaney", choices=("slaney", "htk"))
     return p.parse_args(argv)
@@ -522,6 +552,7 @@ def build(args: argparse.Namespace, shard, root: Path, out: Path, params: dict) 
     """The run proper, under the cache's lock (main)."""
     check_params(out, params, args.force)
     clips, adapter_skips = find_clips(args)
+    check_split_option(args, clips)
     earlier = sorted(out.glob("manifest*.csv"))
     done_rows = read_rows(earlier)
     ids = assign_ids(clips, root, {r["source"]: cid for cid, r in done_rows.items()})
@@ -553,6 +584,8 @@ def build(args: argparse.Namespace, shard, root: Path, out: Path, params: dict) 
         finish_pack(out, order, rows, packed, params, shard, pack_tag)
     seconds = time.time() - start
 
+    if args.split and not shard:
+        with_splits(rows, order, args.split, args.seed)
     extra_columns = sorted({k for r in rows.values() for k in r} - set(MANIFEST_COLUMNS) - {KEY_COLUMN})
     write_csv_atomic([rows[cid] for cid in order if cid in rows], out / f"manifest{suffix}.csv",
                      MANIFEST_COLUMNS + [KEY_COLUMN] + extra_columns)

@@ -1,5 +1,5 @@
 """BYOL-A v2 pretraining (Niizumi et al. 2023, "BYOL for Audio: Exploring Pre-trained General-purpose Audio
-Representations"; nttcslab/byol-a v2; SPEC B2): the method the seed compares MSN with.
+Representations"; nttcslab/byol-a v2): the method the seed compares MSN with.
 
     python pretrain_byola.py --config config/demo_byola.yaml [key=value ...] [--resume]
     torchrun --nproc_per_node 4 pretrain_byola.py --config config/byola.yaml data.cache=cache/audioset

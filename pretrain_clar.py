@@ -1,4 +1,4 @@
-"""CLAR pretraining (Al-Tahan and Mohsenzadeh 2021; SPEC A3, B4): supervised, self-supervised or CLAR.
+"""CLAR pretraining (Al-Tahan and Mohsenzadeh 2021; haideraltahan/CLAR code): supervised, self-supervised or CLAR.
 
     python pretrain_clar.py --config config/demo_clar.yaml                       # -> runs/demo_clar
     python pretrain_clar.py --config config/demo_clar.yaml mode=selfsupervised encoder=1d label_fraction=0.1
@@ -197,7 +197,9 @@ def train_step(env: trainer.Env, net: models.ClarNet, model: torch.nn.Module, la
         z1, z2, logits1, logits2, online_logits = model(view1, view2)
     losses = clar_loss(z1, z2, logits1, logits2, target, cfg["mode"], cfg["loss"]["tau"], cfg["loss"]["ce_weight"],
                        cfg["loss"]["contrastive"])
-    online_loss = F.cross_entropy(online_logits.float(), label)
+    known = label >= 0  # unlabelled clips (label -1, e.g. files directly in a --dataset folder root) teach it nothing
+    online_loss = (F.cross_entropy(online_logits.float()[known], label[known]) if known.any()
+                   else online_logits.float().sum() * 0.0)
     lars.zero_grad(set_to_none=True)
     adam.zero_grad(set_to_none=True)
     (losses["loss"] + online_loss).backward()

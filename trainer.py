@@ -5,8 +5,9 @@ train step. Everything else lives here, once:
 
     config      config.resolve: the YAML merged onto COMMON + the method's DEFAULTS (one nested merge rule),
                 unknown keys and keys that moved are errors, then `key=value` overrides
-    run folder  train.out_dir (default runs/<config name>): config.yaml, log.csv, ckpt_last.pt (every epoch),
-                ckpt_epochNNN.pt (every train.save_every epochs and at the end), results.json
+    run folder  train.out_dir (default runs/<config name>): config.yaml, environment.txt (the installed versions,
+                environment_installed), log.csv, ckpt_last.pt (every epoch), ckpt_epochNNN.pt (every
+                train.save_every epochs and at the end), results.json
     seeding     the same initial weights in every process; before each step torch's RNG is seeded by
                 (seed, step, rank), so draws that are not keyed (dropout) resume exactly
     torchrun    utils.init_distributed; Env.wrap adds global batch norm, DDP and torch.compile
@@ -238,6 +239,28 @@ def prepare_out_dir(cfg: dict) -> Path:
     if out_dir.is_dir() and utils.is_main():
         utils.remove_stale_temps(out_dir)
     return out_dir
+
+
+def environment_installed() -> str:
+    """What ran the run, as text: Python, platform, torch's CUDA/cuDNN, then every installed distribution as
+    `name==version` (pip freeze's form, so `pip install --no-deps -r` of the lines re-creates it)."""
+    import importlib.metadata
+    import platform
+
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    lines = [f"# python {platform.python_version()} on {platform.platform()}",
+             f"# torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {cudnn}"]
+    dists = {(d.metadata["Name"] or "").lower(): d.version for d in importlib.metadata.distributions()}
+    return "\n".join(lines + [f"{name}=={version}" for name, version in sorted(dists.items()) if name]) + "\n"
+
+
+def record_environment(out_dir: Path, step: int) -> None:
+    """environment.txt in the run folder; a resume under other versions adds environment_step<N>.txt."""
+    text, path = environment_installed(), out_dir / "environment.txt"
+    if path.is_file() and path.read_text() != text:
+        path = out_dir / f"environment_step{step}.txt"
+    if not path.is_file():
+        utils.atomic_write_text(text, path)
 
 
 def check_fresh(out_dir: Path, overwrite: bool) -> list[Path]:
@@ -473,6 +496,7 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
         for path in earlier:  # --overwrite: start over on purpose, once the data has been read
             path.unlink(missing_ok=True)
         config_lib.save_config(cfg, out_dir / "config.yaml")
+        record_environment(out_dir, step)
         n_params = sum(p.numel() for m in parts.modules.values() for p in m.parameters()) / 1e6
         print(f"{kind}: {len(parts.dataset)} clips, {env.steps_per_epoch} steps/epoch of {cfg['optim']['batch_size']}"
               f" | {n_params:.2f}M params | {device} x{world} | {out_dir}"

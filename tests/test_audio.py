@@ -1,4 +1,4 @@
-"""audio.py: loading any format to mono 16 kHz float32, the log-mel front end (SPEC A1), resampling."""
+"""audio.py: loading any format to mono 16 kHz float32, the log-mel front end (EVAR front end), resampling."""
 import numpy as np
 import pytest
 import soundfile as sf

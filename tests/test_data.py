@@ -1,4 +1,4 @@
-"""data.py: manifest reading, split/fold selection, crops and padding (SPEC B3), label-fraction subsets."""
+"""data.py: manifest reading, split/fold selection, crops and padding (EVAR code), label-fraction subsets."""
 import numpy as np
 import pytest
 import torch
@@ -295,3 +295,16 @@ def test_block_order_resumes_exactly_and_two_processes_follow_one(tiny_cache, tm
     one, two = log(tmp_path / "one"), log(tmp_path / "two")
     assert [s for s, _ in one] == [s for s, _ in two] == ["1", "2", "3"]
     assert np.allclose([x for _, x in one], [x for _, x in two], rtol=1e-4)
+
+
+def test_assign_splits_is_stratified_seeded_and_keeps_unlabelled_clips_in_train():
+    labels = ["a"] * 10 + ["b"] * 4 + [""] * 3
+    splits = data.assign_splits(labels, (70, 10, 20), seed=0)
+    count = lambda label, split: sum(lab == label and s == split for lab, s in zip(labels, splits))
+    assert [count("a", s) for s in ("train", "valid", "test")] == [7, 1, 2]   # round(10 * 0.2), round(10 * 0.1)
+    assert [count("b", s) for s in ("train", "valid", "test")] == [3, 0, 1]   # round(0.8) = 1, round(0.4) = 0
+    assert splits[14:] == ["train"] * 3
+    assert splits == data.assign_splits(labels, (70, 10, 20), seed=0)
+    assert splits != data.assign_splits(labels, (70, 10, 20), seed=1)
+    with pytest.raises(ValueError, match="summing to 100, got 70,10,10"):
+        data.assign_splits(labels, (70, 10, 10))

@@ -3,7 +3,7 @@
 Every training draw (crops, augmentation parameters, MSN's token mask) is keyed by (seed, step, global batch
 position), the mixup memory and RunningNorm see the global batch, batch norm is global (utils.GlobalBatchNorm),
 and the losses reduce over processes; so the two runs may differ only by float rounding. The one intended
-difference: MSN sums the prototypes' gradient over processes (SPEC B1), i.e. 2x the 1-process gradient, which
+difference: MSN sums the prototypes' gradient over processes (msn repo), i.e. 2x the 1-process gradient, which
 AdamW almost cancels (only its eps sees the scale).
 """
 from __future__ import annotations

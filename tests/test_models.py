@@ -24,7 +24,7 @@ def _vit_b32():
 def test_vit_b32_drops_tokens_with_one_permutation_for_the_batch():
     vit = _vit_b32()
     x = torch.randn(2, 1, 224, 224)
-    # patch_drop 0.15 keeps floor(49 * 0.85) = 41 patch tokens plus CLS (SPEC B1)
+    # patch_drop 0.15 keeps floor(49 * 0.85) = 41 patch tokens plus CLS (facebookresearch/msn)
     captured = {}
     original = models.drop_tokens
 

@@ -154,6 +154,30 @@ def test_folder_adapter(tmp_path):
     assert sorted(df.label) == ["cat", "cat", "dog", "dog"] and set(df.split) == {""}
 
 
+def test_your_own_folder_with_and_without_labels_gets_a_stratified_split(tmp_path):
+    """--dataset folder: <class>/.../<file> is labelled by its first folder, files in the root are unlabelled;
+    --split 60,20,20 gives each class 3/1/1 of its 5 clips and every unlabelled clip train."""
+    for cls in ("cat", "dog"):
+        for i in range(5):
+            write_wav(tmp_path / "f" / cls / ("deep" if i == 4 else "") / f"{i}.wav", freq=300 + 50 * i)
+    for i in range(3):
+        write_wav(tmp_path / "f" / f"field{i}.wav")
+    run("--dataset", "folder", "--root", tmp_path / "f", "--out", tmp_path / "c", "--split", "60,20,20")
+    df = read_manifest(tmp_path / "c").set_index("source")
+    assert df.loc["cat/deep/4.wav", "label"] == "cat" and df.loc["field0.wav", "label"] == ""
+    counts = df.groupby(["label", "split"]).size().to_dict()
+    assert counts == {("", "train"): 3, ("cat", "test"): 1, ("cat", "train"): 3, ("cat", "valid"): 1,
+                      ("dog", "test"): 1, ("dog", "train"): 3, ("dog", "valid"): 1}
+    first = df["split"].to_dict()
+    run("--dataset", "folder", "--root", tmp_path / "f", "--out", tmp_path / "c", "--split", "60,20,20")
+    assert read_manifest(tmp_path / "c").set_index("source")["split"].to_dict() == first  # same seed, same split
+    with pytest.raises(SystemExit, match="--split: --dataset esc50 has splits or folds of its own"):
+        run("--dataset", "esc50", "--root", make_esc50(tmp_path / "esc"), "--out", tmp_path / "e",
+            "--split", "80,10,10")
+    with pytest.raises(SystemExit):  # argparse: percentages must sum to 100
+        run("--dataset", "folder", "--root", tmp_path / "f", "--out", tmp_path / "c", "--split", "80,10,20")
+
+
 def test_bad_files_are_skipped_with_reason_and_run_completes(tmp_path):
     root = tmp_path / "f" / "mixed"
     root.mkdir(parents=True)

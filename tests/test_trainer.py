@@ -66,6 +66,24 @@ def test_the_core_trains_logs_and_checkpoints_a_toy_method(tmp_path):
     assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "results.json").is_file()
 
 
+def test_the_run_folder_records_the_installed_versions(tmp_path, monkeypatch):
+    import importlib.metadata
+    import platform
+
+    trainer.train("toy", toy_cfg(tmp_path), toy_build())
+    lines = (tmp_path / "run" / "environment.txt").read_text().splitlines()
+    assert lines[0] == f"# python {platform.python_version()} on {platform.platform()}"
+    pins = dict(line.split("==") for line in lines[2:])
+    for name in ("torch", "torchaudio", "numpy", "scipy", "pandas", "pyyaml"):
+        assert pins[name] == importlib.metadata.version(name)
+    assert list(pins) == sorted(pins)
+    # a resume under other versions keeps the first record and adds one for the resumed part
+    monkeypatch.setattr(trainer, "environment_installed", lambda: "numpy==0.0.1\n")
+    trainer.record_environment(tmp_path / "run", 6)  # what train() calls on a resume at step 6
+    assert (tmp_path / "run" / "environment.txt").read_text().splitlines() == lines
+    assert (tmp_path / "run" / "environment_step6.txt").read_text() == "numpy==0.0.1\n"
+
+
 def test_a_checkpoint_is_never_written_with_diverged_weights(tmp_path):
     """The last step of epoch 1 diverges; its loss was still finite, so only the weight check can catch it."""
     cfg = toy_cfg(tmp_path)

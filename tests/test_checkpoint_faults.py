@@ -139,7 +139,7 @@ def test_a_full_disk_inside_a_checkpoint_write_keeps_the_last_one_and_resume_is_
         with pytest.raises(OSError, match=r"ckpt_last.pt: could not be written \(no space left on device"):
             trainer.train("toy", toy_cfg(tmp_path / "b", epochs=3), toy_build())
     run = tmp_path / "b" / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["ckpt_last.pt", "config.yaml", "log.csv"]
+    assert sorted(p.name for p in run.iterdir()) == ["ckpt_last.pt", "config.yaml", "environment.txt", "log.csv"]
     assert utils.load_checkpoint(run / trainer.LAST)["step"] == 3
     trainer.train("toy", toy_cfg(tmp_path / "b", epochs=3), toy_build(), resume=run / trainer.LAST)
     assert_same_training_state(utils.load_checkpoint(straight["out_dir"] / trainer.LAST),

@@ -46,6 +46,8 @@ import pandas as pd
 import soundfile as sf
 import torch
 
+import methods
+
 BENCH_DIR = Path("bench_data")
 
 
@@ -181,8 +183,7 @@ def per_sample_msn_views(aug: dict, focal_views: int, logmel: torch.Tensor, stat
 
 def bench_augment(args: argparse.Namespace) -> None:
     import augment
-    from config import load_config
-    cfg = load_config(args.config)
+    cfg = methods.for_config(args.config).resolve(args.config)  # a complete config (the file is a delta)
     aug, focal = cfg["aug"], cfg["msn"]["focal_views"]
     logmel = torch.randn(args.batch, 1, cfg["model"]["n_mels"], cfg["model"]["crop_frames"]) * 2 - 5
     print(f"MSN views of {args.config}: 1 + 1 x {aug['rand_size']} and {focal} x {aug['focal_size']} per clip, "
@@ -216,12 +217,7 @@ def bench_augment(args: argparse.Namespace) -> None:
 # random clips; the training core writes the median step time, clips/s, peak memory and (train.count_flops)
 # the model FLOPs of a step into the run's results.json.
 
-METHODS = {  # name: (script, full config, small config)
-    "MSN": ("pretrain_msn.py", "config/msn.yaml", "config/demo_msn.yaml"),
-    "CLAR": ("pretrain_clar.py", "config/clar.yaml", "config/demo_clar.yaml"),
-    "BYOL-A": ("pretrain_byola.py", "config/byola.yaml", "config/demo_byola.yaml"),
-}
-NO_EXTRAS = {"MSN": ["model.pretrained=null"], "CLAR": ["train.final_probe=false", "train.eval_every=100000"]}
+# The methods, their configs ("full", "demo") and the overrides that leave only training: methods.METHODS.
 
 
 def make_train_cache(root: Path, clips: int) -> Path:
@@ -242,15 +238,14 @@ def make_train_cache(root: Path, clips: int) -> Path:
     return root
 
 
-def run_method(name: str, config: str, overrides: list[str], out: Path) -> dict:
+def run_method(method: methods.Method, config: str, overrides: list[str], out: Path) -> dict:
     """One short pretraining run as a subprocess; its results.json, or {'error': last lines of its output}."""
     import json
     import subprocess
     import sys
-    script = METHODS[name][0]
     shutil.rmtree(out, ignore_errors=True)
-    command = [sys.executable, script, "--config", config, f"train.out_dir={out}", "train.log_every=1",
-               "train.save_every=0", *NO_EXTRAS.get(name, []), *overrides]
+    command = [sys.executable, method.script, "--config", config, f"train.out_dir={out}", "train.log_every=1",
+               "train.save_every=0", *method.bench_overrides, *overrides]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": (done.stdout + done.stderr).strip().splitlines()[-1:]}
@@ -284,11 +279,11 @@ def bench_train(args: argparse.Namespace) -> None:
     cache = make_train_cache(BENCH_DIR / "train_cache", 300)
     print(f"short runs of each method's small config on random clips ({cache}); peak GiB on CPU = peak RSS")
     print(TRAIN_HEADER)
-    for name, (_, _, small) in METHODS.items():
-        batch = args.batch or 32
-        r = run_method(name, small, [f"data.cache={cache}", f"optim.batch_size={batch}", "train.device=cpu",
+    for method in methods.METHODS.values():
+        name, small, batch = method.title, method.configs["demo"], args.batch or 32
+        r = run_method(method, small, [f"data.cache={cache}", f"optim.batch_size={batch}", "train.device=cpu",
                                      f"train.max_steps={args.steps + 2}", "train.count_flops=true",
-                                     "data.num_workers=0"], BENCH_DIR / "runs" / name)
+                                     "data.num_workers=0"], BENCH_DIR / "runs" / method.name)
         print(train_row(f"{name} ({small})", "cpu", batch, r, r.get("flops_per_step"), None))
 
 
@@ -304,21 +299,23 @@ def bench_gpu(args: argparse.Namespace) -> None:
     print(TRAIN_HEADER)
     common = [f"data.cache={cache}", "train.device=cuda", "train.amp=true", f"data.num_workers={args.workers}",
               f"train.max_steps={args.steps + 2}"]
-    for name, (_, full, _) in METHODS.items():
-        flops = None
+    for method in methods.METHODS.values():
+        name, full, flops = method.title, method.configs["full"], None
         for compile_ in (False, True):
-            r = run_method(name, full, [*common, f"train.compile={str(compile_).lower()}",
-                                        f"train.count_flops={str(not compile_).lower()}"], BENCH_DIR / "runs" / name)
+            r = run_method(method, full, [*common, f"train.compile={str(compile_).lower()}",
+                                          f"train.count_flops={str(not compile_).lower()}"],
+                           BENCH_DIR / "runs" / method.name)
             flops = r.get("flops_per_step") or flops
             batch = r.get("batch_size", 0)
             print(train_row(f"{name} full, bf16, compile {'on' if compile_ else 'off'}", "cuda", batch, r, flops,
                             peak), flush=True)
     print("\nparity: one fp32 step of each small config, loss on CUDA vs CPU")
-    for name, (_, _, small) in METHODS.items():
-        losses = {}
+    for method in methods.METHODS.values():
+        name, small, losses = method.title, method.configs["demo"], {}
         for device in ("cpu", "cuda"):
-            r = run_method(name, small, [f"data.cache={cache}", f"train.device={device}", "train.amp=false",
-                                         "train.max_steps=1", "data.num_workers=0"], BENCH_DIR / "runs" / name)
+            r = run_method(method, small, [f"data.cache={cache}", f"train.device={device}", "train.amp=false",
+                                           "train.max_steps=1", "data.num_workers=0"],
+                           BENCH_DIR / "runs" / method.name)
             losses[device] = r.get("first_loss", float("nan"))
         diff = abs(losses["cuda"] - losses["cpu"]) / max(abs(losses["cpu"]), 1e-12)
         verdict = "ok" if diff < 1e-3 else "MISMATCH"
@@ -328,18 +325,14 @@ def bench_gpu(args: argparse.Namespace) -> None:
 
 def bench_eval(args: argparse.Namespace) -> None:
     import models
-    from config import load_config
     print(f"models.embed_dataset on {args.seconds:g} s clips (long='chunk', pool='cls'), "
           f"{torch.get_num_threads()} CPU threads")
     print(f"{'encoder':34s}{'device':>7s}{'batch':>7s}{'clips/s':>9s}{'x real time':>13s}")
     for device in bench_devices():
-        configs = [m[1] if device.type == "cuda" else m[2] for m in METHODS.values()]
-        for path in configs:
-            cfg = load_config(path)
-            if "encoder" in cfg:  # CLAR configs name the encoder by an alias
-                cfg["model"]["arch"] = {"1d": "resnet18_1d", "2d": "resnet18_2d"}[cfg["encoder"]]
-            cfg["model"]["pretrained"] = None
-            encoder = models.build_encoder(cfg)
+        for method in methods.METHODS.values():
+            path = method.configs["full" if device.type == "cuda" else "demo"]
+            cfg = method.resolve(path, method.bench_overrides)
+            encoder = method.build_encoder(cfg)
             n = args.clips if device.type == "cpu" else 8 * args.clips
             if encoder.input_kind == "wave":
                 clips = 0.1 * torch.randn(n, int(args.seconds * 16000))

@@ -19,23 +19,21 @@ from pathlib import Path
 
 import pandas as pd
 
+import methods
+
 # The probe sees ~150-300 training clips, i.e. one or two Adam steps per epoch at EVAR's batch min(200, N): at
 # EVAR's lr 3e-4 it has not converged after 200 epochs, so both tracks raise the probe's lr (and say so).
 PROBE_LR = "1e-2"
-# track: synthetic set size, then (name, script, config, overrides) per recipe
-TRACKS = {
-    "demo": ("small", [
-        ("demo_msn", "pretrain_msn.py", "config/demo_msn.yaml", ["train.epochs=300", "train.monitor.every=30"]),
-        ("demo_clar", "pretrain_clar.py", "config/demo_clar.yaml", ["train.epochs=30", "train.monitor.every=3"]),
-        ("demo_byola", "pretrain_byola.py", "config/demo_byola.yaml", ["train.epochs=60", "train.monitor.every=6"]),
-    ]),
-    "small": ("default", [
-        ("small_msn", "pretrain_msn.py", "config/small_msn.yaml", []),
-        ("small_clar", "pretrain_clar.py", "config/small_clar.yaml", []),  # mode=selfsupervised: no labels
-        ("small_clar-clarmode", "pretrain_clar.py", "config/small_clar.yaml", ["mode=clar"]),
-        ("small_byola", "pretrain_byola.py", "config/small_byola.yaml", []),
-    ]),
-}
+# track: the synthetic set's size and which recipes of each registry entry (methods.Method.demo / .small) it trains
+TRACKS = {"demo": "small", "small": "default"}
+
+
+def recipes(track: str) -> list[tuple[str, str, str, list[str]]]:
+    """(label, script, config, overrides) of every recipe of the track, in registry order."""
+    return [(r.label, m.script, r.config, list(r.overrides))
+            for m in methods.METHODS.values() for r in getattr(m, track)]
+
+
 NOTE = """
 Settings (not the paper protocols): built-in synthetic set ({clips}, ESC-50 layout, 5-fold CV), recipes
 {recipes}, all trained by the same core (trainer.py) for a few CPU minutes each. Linear probe: the EVAR probe
@@ -49,10 +47,10 @@ the same cache, from the random init (epoch 0) on.
 
 
 def steps(track: str) -> list[list[str]]:
-    size, recipes = TRACKS[track]
+    size = TRACKS[track]
     cache, results = f"cache/{track}_{size}", f"results/{track}.csv"
     evals, train, twins = [], [], set()
-    for name, script, config, overrides in recipes:
+    for name, script, config, overrides in recipes(track):
         run = f"runs/{track}/{name.split('_', 1)[1]}"
         train.append([script, "--config", config, *overrides, f"train.out_dir={run}", f"data.cache={cache}",
                       f"train.monitor.cache={cache}"])
@@ -83,7 +81,7 @@ def summary(results_csv: str, track: str) -> str:
     mean_logmel, time_aware = acc.get("handcrafted:mean_logmel"), acc.get("handcrafted:time_aware")
     lines = ["| recipe | probe % | random twin % | vs twin | vs mean log-mel | vs time-aware |",
              "|---|---|---|---|---|---|"]
-    for name, *_ in TRACKS[track][1]:
+    for name, *_ in recipes(track):
         twin = acc.get(f"{name}-random", acc.get(f"{name.split('-')[0]}-random"))
         mine = acc.get(name)
         if mine is None:
@@ -109,10 +107,10 @@ def main() -> None:
         if subprocess.run(command).returncode != 0:
             raise SystemExit(f"{args.track} step failed: python {shlex.join(step)}")
         print(f"[{time.time() - t0:.0f} s]", flush=True)
-    size, recipes = TRACKS[args.track]
+    size = TRACKS[args.track]
     table = summary(results, args.track)
     note = NOTE.format(clips="200 clips of 2 s" if size == "small" else "400 clips of 5 s",
-                       recipes=", ".join(f"{c} {' '.join(o)}".strip() for _, _, c, o in recipes))
+                       recipes=", ".join(f"{c} {' '.join(o)}".strip() for _, _, c, o in recipes(args.track)))
     with open(page, "a") as f:
         f.write(f"\n## Comparison\n\n{table}\n{note}")
     print("\n" + page.read_text())

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import methods
 from augment import WAVE_AUGMENTATIONS
-from config import load_config
 from data import read_manifest
 from utils import atomic_write_text
 
@@ -73,7 +73,7 @@ def augpairs(args) -> pd.DataFrame:
             for second in augs:
                 names = [first] if first == second else [first, second]
                 result = run(args, f"{encoder}_{first}_{second}", [
-                    f"encoder={encoder}", "mode=selfsupervised", "augment.p=1.0", f"augment.names={aug_list(names)}"])
+                    f"encoder={encoder}", "mode=selfsupervised", "aug.p=1.0", f"aug.names={aug_list(names)}"])
                 rows.append({"encoder": encoder, "first": first, "second": second,
                              "accuracy": result["probe_test_acc"], "run": result["out_dir"]})
     return pd.DataFrame(rows)
@@ -103,7 +103,7 @@ def data_overrides(cache: str, config_path: str) -> list[str]:
                  "data.test_split=null"]
     else:
         keys += ["data.train_folds=null", "data.test_folds=null", "data.train_split=train", "data.test_split=test"]
-    classes = load_config(config_path)["data"].get("classes")
+    classes = methods.get("clar").resolve(config_path)["data"]["classes"]
     if classes and not set(classes) <= set(df["label"]):
         keys.append("data.classes=null")
     return keys
@@ -118,7 +118,7 @@ def representation(args) -> pd.DataFrame:
             dataset = Path(cache).name if cache else "config"
             extra = data_overrides(cache, args.config) if cache else []
             result = run(args, f"{dataset}_{encoder}", [*extra, f"encoder={encoder}", f"mode={args.mode}",
-                                                        f"augment.names={aug_list(augs)}"])
+                                                        f"aug.names={aug_list(augs)}"])
             rows.append({"dataset": dataset, "encoder": encoder, "augmentations": "+".join(augs),
                          "accuracy": result["probe_test_acc"], "run": result["out_dir"]})
     return pd.DataFrame(rows)

@@ -57,9 +57,10 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 import data
+import methods
 import models
 from audio import LOG_SILENCE, SAMPLE_RATE, fix_length, resample
-from config import ConfigError, apply_overrides, load_config
+from config import ConfigError, apply_overrides
 from data import LabelMap, load_array, read_manifest, select, stratified_subset
 from datasets import REGISTRY, all_tasks, find_task
 from probe import append_result, carve_validation, fit_linear_probe, mean_ci95
@@ -258,7 +259,8 @@ def load_encoder(ckpt: str, random_seed: int = 0) -> tuple[nn.Module, dict]:
     if ckpt.startswith("hear:"):
         return load_hear(ckpt)
     if ckpt.startswith("random:"):
-        cfg = load_config(ckpt.split(":", 1)[1])
+        path = ckpt.split(":", 1)[1]
+        cfg = methods.for_config(path).resolve(path)  # the complete config its (delta) file stands for
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(random_seed)
             encoder = models.build_encoder(cfg)

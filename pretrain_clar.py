@@ -50,7 +50,7 @@ DEFAULTS = {
         "proj_hidden": 512, "proj_dim": 128, "proj_batch_norm": False,
         "proj_per_view": False,  # True: project each view on its own (per-view projection BN, CLAR's shared_step)
     },
-    "augment": {
+    "aug": {
         "names": ["fade", "time_mask"], "p": 1.0, "max_semitones": 15.0, "snr_db": [0.0, 20.0],
         "max_fade": 0.5, "max_mask": 0.125, "mask_noise_std": 0.01, "max_shift": 0.5, "stretch": [0.5, 1.5],
         "n_fft": 512, "hop": 128,
@@ -145,7 +145,7 @@ def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
     trained = [(name, p) for name, p in net.named_parameters() if not name.startswith("online.")]
     lars = optim.LARS(optim.decay_groups(trained, o["weight_decay"]), lr=o["lr"], momentum=o["momentum"], eta=o["eta"])
     adam = torch.optim.Adam(net.online.parameters(), lr=o["online_lr"], fused=env.device.type == "cuda")
-    views = BatchWaveAugment(**cfg["augment"])
+    views = BatchWaveAugment(**cfg["aug"])
 
     def step(batch: tuple, step: int) -> dict:
         return train_step(env, net, model, lars, adam, views, batch, step)

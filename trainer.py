@@ -65,6 +65,7 @@ MOVED = {
     "optim.epochs": "moved to 'train.epochs'",
     "train.ckpt_every": "was removed: ckpt_last.pt is written every epoch; numbered copies: 'train.save_every'",
     "train.probe_epochs": "was removed: the end-of-run probe is the EVAR probe; switch it with 'train.final_probe'",
+    "augment": "was renamed 'aug' (the augmentation section has one name in every method): write 'aug.<key>'",
 }
 CHECKPOINT_KEYS = ("kind", "config", "git", "epoch", "step", "seconds", "encoder", "modules", "optimizers",
                    "per_process", "meta")
@@ -528,6 +529,8 @@ def parse_args(doc: str, argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", required=True)
     parser.add_argument("--resume", action="store_true", help=f"continue from <train.out_dir>/{LAST}")
     parser.add_argument("--resume-from", type=Path, default=None, help="continue from this checkpoint file")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the merged config (defaults + the file + the overrides) as YAML and exit")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     return parser.parse_intermixed_args(argv)  # options may sit between key=value overrides
 
@@ -537,6 +540,9 @@ def main(kind: str, defaults: dict, build: Callable[[dict, Env], Parts], doc: st
     """A pretraining script's main(): parse, resolve the config, train (or resume)."""
     args = parse_args(doc, argv)
     cfg = resolve_config(args.config, args.overrides, defaults, validate)
+    if args.print_config:
+        print(config_lib.dump_config(cfg), end="")
+        return {"config": cfg}
     resume = args.resume_from
     if resume is None and args.resume:
         resume = Path(cfg["train"]["out_dir"] or f"runs/{cfg['_meta']['config_name']}") / LAST

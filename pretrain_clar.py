@@ -187,7 +187,8 @@ def train_step(env: trainer.Env, net: models.ClarNet, model: torch.nn.Module, la
     cfg, device = env.cfg, env.device
     wave, target, label = (x.to(device, non_blocking=True) for x in batch)
     warmup = cfg["optim"]["warmup_epochs"] * env.steps_per_epoch
-    lr = optim.warmup_cosine(step, warmup, env.total_steps, 0.0, cfg["optim"]["lr"], 0.0)
+    lr = optim.warmup_cosine(step, warmup, env.total_steps, 0.0, cfg["optim"]["lr"], 0.0,
+                             first=optim.READ_BEFORE_STEP)
     optim.set_lr(lars, lr)
     rows, n_global = slice(env.rank, None, env.world), len(wave) * env.world
     view1, view2 = (views.apply(wave, views.draw(n_global, wave.shape[-1],

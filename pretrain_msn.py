@@ -56,15 +56,16 @@ def lr_at(step: int, o: dict, ipe: int, epochs: int) -> float:
     """Seed: MultiStepLR stepped per epoch. MSN: warmup + cosine over 1.25*epochs, stepped before use."""
     if o["schedule"] == "multistep":
         return optim.multistep(step // ipe, o["lr"], o["milestones"], o["gamma"])
-    return optim.warmup_cosine(step + 1, int(o["warmup_epochs"] * ipe), int(1.25 * epochs * ipe),
-                               o["start_lr"], o["lr"], o["final_lr"])
+    return optim.warmup_cosine(step, int(o["warmup_epochs"] * ipe), int(1.25 * epochs * ipe),
+                               o["start_lr"], o["lr"], o["final_lr"], first=optim.STEPPED_BEFORE_USE)
 
 
 def wd_at(step: int, o: dict, ipe: int, epochs: int) -> float:
     """Constant, or MSN's cosine weight_decay -> final_weight_decay over 1.25*epochs (SPEC B1)."""
     if o["final_weight_decay"] == o["weight_decay"]:
         return o["weight_decay"]
-    return optim.cosine(step + 1, int(1.25 * epochs * ipe), o["weight_decay"], o["final_weight_decay"])
+    return optim.cosine(step, int(1.25 * epochs * ipe), o["weight_decay"], o["final_weight_decay"],
+                        first=optim.STEPPED_BEFORE_USE)
 
 
 @dataclass

@@ -145,13 +145,10 @@ def get(name: str) -> Method:
 
 
 def for_config(path: str) -> Method:
-    """The method whose configs include `path` (config/<...>.yaml), else the one whose name the file stem holds."""
+    """The method whose `configs` include the file `path` (a KeyError naming the file otherwise)."""
     from pathlib import Path
     stem = Path(path).stem
     for method in METHODS.values():
         if any(Path(c).stem == stem for c in method.configs.values()):
-            return method
-    for method in METHODS.values():
-        if method.name in stem.split("_"):
             return method
     raise KeyError(f"{path}: no method of the registry (methods.py) owns this config; add it to its `configs`")

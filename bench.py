@@ -292,7 +292,7 @@ def bench_gpu(args: argparse.Namespace) -> None:
     memory and MFU; then a CUDA-vs-CPU parity check of one fp32 step of each small config. One table."""
     if not torch.cuda.is_available():
         raise SystemExit("bench.py gpu: no CUDA device")
-    cache = make_train_cache(BENCH_DIR / "train_cache", 1400)  # CLAR's batch 1024 of folds 1-4
+    cache = make_train_cache(BENCH_DIR / "train_cache", 1400)  # the largest full batch (1024) from folds 1-4
     peak = peak_tflops(args)
     print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, dense bf16 peak {peak} TFLOPS; "
           f"{args.steps} measured steps per run after 2 warm-up steps")

@@ -57,7 +57,7 @@ def steps(track: str) -> list[list[str]]:
         evaluated = [(f"{run}/ckpt_last.pt", name)]
         if config not in twins:
             evaluated.append((f"random:{config}", f"{name}-random"))
-        twins.add(config)  # one random twin per config (CLAR's two modes share their encoder's twin)
+        twins.add(config)  # one random twin per config (two recipes of one config share their encoder's twin)
         for ckpt, label in evaluated:
             evals.append(["linear_eval.py", "--ckpt", ckpt, "--task", cache, "--results", results, "--name", label,
                           f"probe.lr={PROBE_LR}"])
@@ -67,7 +67,7 @@ def steps(track: str) -> list[list[str]]:
         *evals,
         ["synthetic.py", "--root", f"data/synthetic-{size}", "--size", size, "--check", "--probe-lr", PROBE_LR,
          "--results", results, "--task", Path(cache).name],
-        ["results/make_tables.py", "--results", results, "--runs", f"runs/{track}", "--clar", "runs/none",
+        ["results/make_tables.py", "--results", results, "--runs", f"runs/{track}", "--studies", "runs/none",
          "--out", f"results/{track}.md"],
     ]
 

@@ -1,7 +1,7 @@
 """Write a portable encoder file: the encoder's weights, the config that rebuilds it and its log-mel front end, and
 its input normalisation, without the training state (layout: portable.py).
 
-    python export.py --ckpt runs/demo_msn/ckpt_last.pt --out encoder.pt
+    python export.py --ckpt runs/<config>/ckpt_last.pt --out encoder.pt
     python linear_eval.py --ckpt encoder.pt --task esc50                 # the probe reads it as a checkpoint
     hear-validator hear_ssl -m encoder.pt                                # and so does the HEAR module
 

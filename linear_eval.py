@@ -38,9 +38,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
-import importlib
-import importlib.metadata
-import inspect
 import json
 import math
 import os
@@ -57,10 +54,11 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 import data
+import hear_adapter
 import methods
 import models
-from audio import LOG_SILENCE, SAMPLE_RATE, fix_length, resample
-from config import ConfigError, apply_overrides
+from audio import LOG_SILENCE, fix_length
+from config import ConfigError, apply_overrides, load_config
 from data import LabelMap, load_array, read_manifest, select, stratified_subset
 from datasets import REGISTRY, all_tasks, find_task
 from probe import append_result, carve_validation, fit_linear_probe, mean_ci95
@@ -202,65 +200,23 @@ def holdout_folds(task: Task, folds: list[int] | None) -> list[int | None]:
 # ============================================================================ encoder and embeddings
 
 
-class HearEncoder(nn.Module):
-    """A HEAR module's model as an encoder of this package (input_kind "wave", 16 kHz [B, L]): embed() resamples
-    to the model's sample_rate (audio.resample) and returns the module's get_scene_embeddings (HEAR API)."""
-
-    input_kind = "wave"
-
-    def __init__(self, module, model: nn.Module):
-        super().__init__()
-        self.module, self.model = module, model
-        self.embed_dim = int(model.scene_embedding_size)
-        self.sample_rate = int(model.sample_rate)
-        self.input_rate = SAMPLE_RATE  # of the cached waves; main() sets the task cache's (preprocess.json)
-
-    @torch.no_grad()
-    def embed(self, x: torch.Tensor, long: str = "chunk", pool: str = "cls") -> torch.Tensor:
-        """wave [B, L] at 16 kHz -> [B, scene_embedding_size] float32; `long` and `pool` do not apply."""
-        wave = resample(x.cpu(), self.input_rate, self.sample_rate).to(x.device)
-        return torch.as_tensor(self.module.get_scene_embeddings(wave, self.model)).float()
-
-
-def load_hear(spec: str) -> tuple[nn.Module, dict]:
-    """`hear:MODULE[:WEIGHTS]` -> (HearEncoder, info). MODULE is imported and MODULE.load_model([WEIGHTS]) called
-    with torch's global RNG restored afterwards (hearbaseline's load_model seeds it). The row's model is
-    `hear:MODULE[:weights file name]`, its config `DISTRIBUTION VERSION`, its sha256 one over the module's source
-    file, version and weights file."""
-    name, _, weights = spec.split(":", 1)[1].partition(":")
+def random_config(path: str) -> dict:
+    """The complete config of `random:PATH`: a file of the registry (config/*.yaml, a delta on its method's
+    defaults) resolved by its method; any other file (a run's config.yaml) is complete as it is."""
     try:
-        module = importlib.import_module(name)
-    except ImportError as err:
-        raise ValueError(f"{spec}: cannot import HEAR module {name!r} ({type(err).__name__}: {err})") from None
-    if not hasattr(module, "load_model") or not hasattr(module, "get_scene_embeddings"):
-        raise ValueError(f"{spec}: {name} is not a HEAR module (needs load_model and get_scene_embeddings)")
-    if weights and not Path(weights).is_file():
-        raise FileNotFoundError(f"{weights}: weights file of {spec} not found")
-    try:
-        with torch.random.fork_rng(devices=[]):
-            model = module.load_model(weights) if weights else module.load_model()
-    except Exception as err:  # e.g. a module that downloads its weights, offline
-        reason = str(err).splitlines()[0] if str(err) else ""
-        raise ValueError(f"{spec}: {name}.load_model failed ({type(err).__name__}: {reason})") from None
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"{spec}: load_model returned {type(model).__name__}; only PyTorch HEAR modules are supported")
-    top = name.split(".")[0]
-    dists = importlib.metadata.packages_distributions().get(top, [])
-    version = f"{dists[0]} {importlib.metadata.version(dists[0])}" if dists else name
-    items = [name, version, file_sha256(inspect.getsourcefile(module)), file_sha256(weights) if weights else ""]
-    sha = "hear-" + hashlib.sha256("|".join(items).encode()).hexdigest()
-    label = f"hear:{name}" + (f":{Path(weights).name}" if weights else "")
-    return HearEncoder(module, model).eval(), {"model": label, "ckpt_sha256": sha, "config": version}
+        method = methods.for_config(path)
+    except KeyError:
+        return load_config(path)
+    return method.resolve(path)
 
 
 def load_encoder(ckpt: str, random_seed: int = 0) -> tuple[nn.Module, dict]:
     """A checkpoint or export.py file, `random:<config.yaml>` or `hear:MODULE[:WEIGHTS]` -> (encoder in eval mode,
     info: model, ckpt_sha256, config)."""
     if ckpt.startswith("hear:"):
-        return load_hear(ckpt)
+        return hear_adapter.load_hear(ckpt)
     if ckpt.startswith("random:"):
-        path = ckpt.split(":", 1)[1]
-        cfg = methods.for_config(path).resolve(path)  # the complete config its (delta) file stands for
+        cfg = random_config(ckpt.split(":", 1)[1])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(random_seed)
             encoder = models.build_encoder(cfg)
@@ -465,7 +421,7 @@ def main(argv: list[str] | None = None) -> dict:
     task = resolve_task(args.task, cfg, args.cache)
     holdout_folds(task, folds)  # fail on bad --folds before embedding
     encoder, info = load_encoder(args.ckpt, cfg["eval"]["random_seed"])
-    if isinstance(encoder, HearEncoder):
+    if isinstance(encoder, hear_adapter.HearEncoder):
         encoder.input_rate = task.sample_rate
     if args.name:
         info["model"] = args.name

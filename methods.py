@@ -47,6 +47,30 @@ class HearRun:
 
 
 @dataclass(frozen=True)
+class Study:
+    """A results table of one of the method's own studies, a CSV in results/make_tables.py's --studies folder.
+
+    kind "grid"   accuracy by (`row_key`, `column_key`) values, rows `rows` and columns `columns` (numbers,
+                  matched as floats) shown even before anything is measured, headed `row_label`, `column_labels`
+         "table"  the CSV as it is (`header` when it is empty or absent)
+         "pairs"  the accuracy matrix over (aug1, aug2) as a heatmap, with its mean and std
+    `reference`: the reference.csv table whose published numbers are quoted under it (never as measurements).
+    """
+
+    title: str
+    csv: str
+    kind: str
+    row_key: str = ""
+    column_key: str = ""
+    rows: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()
+    row_label: str = ""
+    column_labels: tuple[str, ...] = ()
+    header: tuple[str, ...] = ()
+    reference: str = ""
+
+
+@dataclass(frozen=True)
 class Method:
     """One registry entry.
 
@@ -56,6 +80,8 @@ class Method:
     demo, small      the recipes `demo.py` and `demo.py --track small` train, in order (one row each)
     bench_overrides  overrides that switch off work outside the training step (bench.py times the step)
     hear_runs        the runs hear_check.py validates (one encoder architecture each)
+    reference_tables the reference.csv tables of published accuracies the results tables show for it
+    studies          its own studies' tables (results/make_tables.py)
     """
 
     name: str
@@ -65,6 +91,8 @@ class Method:
     small: tuple[Recipe, ...]
     bench_overrides: tuple[str, ...] = ()
     hear_runs: tuple[HearRun, ...] = field(default_factory=tuple)
+    reference_tables: tuple[str, ...] = ()
+    studies: tuple[Study, ...] = ()
 
     @property
     def script(self) -> str:
@@ -126,6 +154,16 @@ METHODS: dict[str, Method] = {m.name: m for m in [
         bench_overrides=("train.final_probe=false", "train.eval_every=100000"),
         hear_runs=(HearRun("clar_2d", "config/demo_clar.yaml", ("encoder=2d", "train.final_probe=false")),
                    HearRun("clar_1d", "config/demo_clar.yaml", ("encoder=1d", "train.final_probe=false"))),
+        reference_tables=("clar",),
+        studies=(  # clar_studies.py writes the CSVs
+            Study("CLAR: label fraction x training mode", "clar_labels.csv", "grid", row_key="mode",
+                  column_key="label_fraction", rows=("supervised", "self-supervised", "clar"),
+                  columns=("1", "0.2", "0.1", "0.01"), row_label="Mode",
+                  column_labels=("100 %", "20 %", "10 %", "1 %"), reference="clar_labels"),
+            Study("CLAR: 1D (waveform) vs 2D (spectrogram) encoders", "clar_representation.csv", "table",
+                  header=("Encoder", "Mode", "Accuracy")),
+            Study("CLAR: augmentation pairs", "clar_augpairs.csv", "pairs", reference="clar_augpairs"),
+        ),
     ),
     Method(
         name="byola", title="BYOL-A",
@@ -145,13 +183,10 @@ def get(name: str) -> Method:
 
 
 def for_config(path: str) -> Method:
-    """The method whose configs include `path` (config/<...>.yaml), else the one whose name the file stem holds."""
+    """The method whose `configs` include the file `path` (a KeyError naming the file otherwise)."""
     from pathlib import Path
     stem = Path(path).stem
     for method in METHODS.values():
         if any(Path(c).stem == stem for c in method.configs.values()):
-            return method
-    for method in METHODS.values():
-        if method.name in stem.split("_"):
             return method
     raise KeyError(f"{path}: no method of the registry (methods.py) owns this config; add it to its `configs`")

@@ -79,14 +79,16 @@ def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
     return trainer.Parts(
         dataset=dataset, batches=data.EpochBatches(len(dataset), cfg["optim"]["batch_size"], cfg["seed"]),
         modules={"online": online_net, "target": target_net}, optimizers={"adam": optimizer},
-        encoder=online_net.encoder, step=lambda batch, step: train_step(run, batch, step), log_keys=["loss"],
+        encoder=online_net.encoder, step=lambda batch, step: train_step(run, batch=batch, step=step),
+        log_keys=["loss", "lr"],
         state={"views": views}, meta={"norm_stats": stats})
 
 
-def train_step(run: BYOLA, batch: tuple, step: int) -> dict:
+def train_step(run: BYOLA, *, batch: tuple, step: int) -> dict:
     """One BYOL step on this process's clips logmel [b, 1, F, T]: both views of the global batch made on the
     device, one online and one target pass over the 2b views (batch norm sees both, as byol-pytorch), the
-    symmetric loss, Adam, then the EMA update of the target. Returns the global batch's loss."""
+    symmetric loss, Adam, then the EMA update of the target. Returns the global batch's loss and the (constant)
+    learning rate."""
     env = run.env
     logmel = utils.gather_batch(batch[0].to(env.device, non_blocking=True))
     view1, view2 = run.views(logmel, step, env.rank, env.world)
@@ -100,7 +102,7 @@ def train_step(run: BYOLA, batch: tuple, step: int) -> dict:
     loss.backward()
     run.optimizer.step()
     models.ema_update(run.target_net, run.online_net, env.cfg["byol"]["ema_decay"])
-    return {"loss": utils.all_reduce_mean(loss.detach().float()).item()}
+    return {"loss": utils.all_reduce_mean(loss.detach().float()).item(), "lr": run.optimizer.param_groups[0]["lr"]}
 
 
 def resolve_config(path: str, overrides: list[str]) -> dict:

@@ -148,7 +148,7 @@ def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
     views = BatchWaveAugment(**cfg["aug"])
 
     def step(batch: tuple, step: int) -> dict:
-        return train_step(env, net, model, lars, adam, views, batch, step)
+        return train_step(env=env, net=net, model=model, lars=lars, adam=adam, views=views, batch=batch, step=step)
 
     online = {"online_test_acc": None}  # the online head's latest test accuracy
 
@@ -179,7 +179,7 @@ def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
         meta={"labels": labels.names})
 
 
-def train_step(env: trainer.Env, net: models.ClarNet, model: torch.nn.Module, lars: optim.LARS,
+def train_step(*, env: trainer.Env, net: models.ClarNet, model: torch.nn.Module, lars: optim.LARS,
                adam: torch.optim.Optimizer, views: BatchWaveAugment, batch: tuple, step: int) -> dict:
     """One CLAR step on this process's clips wave [b, L]: two views augmented on the device (parameters drawn for
     the global batch, keyed by seed, step and view), bf16 forward (CUDA), fp32 losses, LARS with warmup + cosine

@@ -112,12 +112,12 @@ def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
         dataset=dataset, batches=data.EpochBatches(len(dataset), cfg["optim"]["batch_size"], cfg["seed"]),
         modules={"online": online_net, "target": target_net, "prototypes": prototypes},
         optimizers={"adamw": optimizer}, encoder=target_net.encoder,
-        step=lambda batch, step: train_step(run, batch, step),
+        step=lambda batch, step: train_step(run, batch=batch, step=step),
         log_keys=[*LOSS_KEYS, "lr", "wd", "momentum"], mean_keys=LOSS_KEYS, state={"views": views},
         meta={"norm_stats": stats})
 
 
-def train_step(run: MSN, batch: tuple, step: int) -> dict:
+def train_step(run: MSN, *, batch: tuple, step: int) -> dict:
     """One MSN step on this process's clips logmel [b, 1, F, T]: views of the global batch on the device, bf16
     forward (CUDA), fp32 loss, AdamW, EMA. Returns the schedules' values and the global batch's losses."""
     env, m, o = run.env, run.env.cfg["msn"], run.env.cfg["optim"]

@@ -235,7 +235,7 @@ def test_linear_eval_probes_a_pypi_hear_module_and_tables_show_it(tmp_path):
     saved = pd.read_csv(tmp_path / "r.csv")
     assert saved["model"].tolist() == ["hear:hearbaseline"]
     page = make_tables.main(["--results", str(tmp_path / "r.csv"), "--out", str(tmp_path / "t.md"),
-                             "--runs", str(tmp_path / "none"), "--clar", str(tmp_path)])
+                             "--runs", str(tmp_path / "none"), "--studies", str(tmp_path)])
     line = next(s for s in page.read_text().splitlines() if s.startswith("| hear:hearbaseline |"))
     assert line.split(" | ")[1:3] == ["-", "-"] and row["mean"] in line  # long / pool do not apply
 

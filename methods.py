@@ -80,6 +80,7 @@ class Method:
     demo, small      the recipes `demo.py` and `demo.py --track small` train, in order (one row each)
     bench_overrides  overrides that switch off work outside the training step (bench.py times the step)
     hear_runs        the runs hear_check.py validates (one encoder architecture each)
+    gpu_target       the throughput target `bench.py gpu` prints for its full config (printed, never asserted)
     reference_tables the reference.csv tables of published accuracies the results tables show for it
     studies          its own studies' tables (results/make_tables.py)
     """
@@ -91,6 +92,7 @@ class Method:
     small: tuple[Recipe, ...]
     bench_overrides: tuple[str, ...] = ()
     hear_runs: tuple[HearRun, ...] = field(default_factory=tuple)
+    gpu_target: str = ""
     reference_tables: tuple[str, ...] = ()
     studies: tuple[Study, ...] = ()
 
@@ -139,7 +141,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
                  "audio_vit": "config/msn_audio_vit.yaml"},
         demo=(Recipe("demo_msn", "config/demo_msn.yaml", ("train.epochs=300", "train.monitor.every=30")),),
         small=(Recipe("small_msn", "config/small_msn.yaml"),),
-        bench_overrides=("model.pretrained=null",),
+        bench_overrides=("model.pretrained=null",), gpu_target="ViT-B/32 >= 3000 clips/s on one H200 (issue 6)",
         hear_runs=(HearRun("msn_audio_vit", "config/demo_msn.yaml"),
                    HearRun("msn_vit_b32", "config/msn.yaml", ("optim.batch_size=2", "data.num_workers=0"),
                            max_steps=1, large=True)),
@@ -152,6 +154,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
         small=(Recipe("small_clar", "config/small_clar.yaml"),  # mode=selfsupervised: no labels
                Recipe("small_clar-clarmode", "config/small_clar.yaml", ("mode=clar",))),
         bench_overrides=("train.final_probe=false", "train.eval_every=100000"),
+        gpu_target="2-D ResNet18 1 s >= 5000 clips/s on one H200 (issue 6)",
         hear_runs=(HearRun("clar_2d", "config/demo_clar.yaml", ("encoder=2d", "train.final_probe=false")),
                    HearRun("clar_1d", "config/demo_clar.yaml", ("encoder=1d", "train.final_probe=false"))),
         reference_tables=("clar",),

@@ -65,3 +65,36 @@ def test_the_old_augment_section_name_says_where_it_moved(tmp_path):
         methods.get("clar").resolve(str(path))
     with pytest.raises(config_lib.ConfigError, match="renamed 'aug'"):
         methods.get("clar").resolve(methods.get("clar").configs["demo"], ["augment.p=0.5"])
+
+
+def code_names(source: str) -> set[str]:
+    """The names and string literals of Python source, without its comments and docstrings (lower case)."""
+    import io
+    import tokenize
+    words, previous = set(), None
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.STRING and previous in (tokenize.INDENT, tokenize.NEWLINE, tokenize.NL, None):
+            previous = tok.type
+            continue  # a docstring
+        if tok.type in (tokenize.NAME, tokenize.STRING):
+            words.add(tok.string.lower())
+        if tok.type not in (tokenize.COMMENT, tokenize.NL):
+            previous = tok.type
+    return words
+
+
+def test_the_drivers_name_no_method_they_iterate_over_the_registry():
+    """demo.py, hear_check.py, export.py, results/make_tables.py and bench.py's training and evaluation benchmarks
+    take their methods from methods.METHODS: adding one touches none of them."""
+    import inspect
+
+    import bench
+    sources = {name: (ROOT / name).read_text() for name in ("demo.py", "hear_check.py", "export.py",
+                                                           "results/make_tables.py")}
+    sources.update({f"bench.{f.__name__}": inspect.getsource(f)
+                    for f in (bench.run_method, bench.bench_train, bench.bench_gpu, bench.bench_eval)})
+    for where, source in sources.items():
+        words = code_names(source)
+        for method in methods.METHODS.values():
+            named = [w for w in words if method.name in w or method.title.lower() in w]
+            assert not named, f"{where} names method {method.name}: {named}"

@@ -153,8 +153,14 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--runs", default="runs/clar_studies", help="folder of the runs")
     parser.add_argument("--out", default="results", help="folder of the tables")
     parser.add_argument("--force", action="store_true", help="rerun runs that already have results")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the merged config every run starts from (--config + the overrides) and exit")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_intermixed_args(argv)
+    if args.print_config:  # the pretraining script's own --print-config, on what every run is given
+        code = subprocess.run([sys.executable, str(PRETRAIN), "--config", args.config, *args.overrides,
+                               "--print-config"]).returncode
+        raise SystemExit(code)
     unknown = [a for a in (args.augs or "").split(",") if a and a not in WAVE_AUGMENTATIONS]
     if unknown:
         parser.error(f"unknown augmentation(s) {unknown}; choose from {', '.join(WAVE_AUGMENTATIONS)}")

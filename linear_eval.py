@@ -58,7 +58,7 @@ import hear_adapter
 import methods
 import models
 from audio import LOG_SILENCE, fix_length
-from config import ConfigError, apply_overrides, load_config
+from config import ConfigError, apply_overrides, dump_config, load_config
 from data import LabelMap, load_array, read_manifest, select, stratified_subset
 from datasets import REGISTRY, all_tasks, find_task
 from probe import append_result, carve_validation, fit_linear_probe, mean_ci95
@@ -385,9 +385,11 @@ def pick_device(name: str) -> torch.device:
 def parse_args(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--ckpt", required=True,
-                        help="checkpoint or export.py file, random:<config.yaml>, or hear:MODULE[:WEIGHTS]")
-    parser.add_argument("--task", required=True, help=f"{', '.join(TASKS)} or a cache folder")
+    parser.add_argument("--ckpt", help="(required) checkpoint or export.py file, random:<config.yaml>, or "
+                        "hear:MODULE[:WEIGHTS]")
+    parser.add_argument("--task", help=f"(required) {', '.join(TASKS)} or a cache folder")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the merged config (DEFAULTS + the overrides and flags) as YAML and exit")
     shots = parser.add_mutually_exclusive_group()
     shots.add_argument("--label-fraction", type=float, help="stratified fraction of the training labels")
     shots.add_argument("--shots", type=int, help="labelled training clips per class")
@@ -401,6 +403,9 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--pool", choices=("cls", "mean"), help="ViT embedding pooling (= eval.pool)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of DEFAULTS (e.g. eval.long=pad)")
     args = parser.parse_intermixed_args(argv)  # options may sit between key=value overrides
+    missing = [flag for flag in ("--ckpt", "--task") if getattr(args, flag[2:]) is None]
+    if missing and not args.print_config:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     if args.label_fraction is not None and not 0 < args.label_fraction <= 1:
         parser.error("--label-fraction must be in (0, 1]")
     if args.shots is not None and args.shots < 1:
@@ -415,6 +420,9 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = apply_overrides(DEFAULTS, args.overrides + flags)
     if cfg["eval"]["long"] not in ("pad", "resize", "chunk") or cfg["eval"]["pool"] not in ("cls", "mean"):
         raise ConfigError("eval.long must be pad, resize or chunk and eval.pool cls or mean")
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return {"config": cfg}
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     folds = [int(f) for f in args.folds.split(",") if f.strip()] or None
     device = pick_device(cfg["eval"]["device"])

@@ -98,3 +98,16 @@ def test_the_drivers_name_no_method_they_iterate_over_the_registry():
         for method in methods.METHODS.values():
             named = [w for w in words if method.name in w or method.title.lower() in w]
             assert not named, f"{where} names method {method.name}: {named}"
+
+
+def test_every_method_file_has_the_registry_shape_and_keyword_only_steps():
+    """Each registry entry's script declares DEFAULTS, build and a train_step whose batch and step are keyword-only
+    (one calling convention for every method)."""
+    import inspect
+    for method in methods.METHODS.values():
+        module = method.module
+        assert isinstance(module.DEFAULTS, dict) and callable(module.build)
+        params = inspect.signature(method.train_step).parameters
+        for name in ("batch", "step"):
+            assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, f"{method.script}: {name} not keyword-only"
+        assert "augment" not in method.defaults(), f"{method.script}: the augmentation section is called 'aug'"

@@ -12,20 +12,21 @@ loader: a cache of ten-second log-mels [64, 1001] (generated once), read through
 DataLoader (batch 64) from the page cache, per-clip files vs the packed memory map, whole clips and
 96-frame random crops. Target (issue 6): >= 5,000 ten-second clips/s on 2 cores.
 
-    python bench.py augment [--config config/msn.yaml] [--batch 64]
+    python bench.py augment [--config CONFIG] [--batch 64]
     python bench.py train [--batch B] [--steps 5]
     python bench.py gpu [--steps 10] [--peak-tflops T]
     python bench.py eval [--clips 128] [--seconds 5]
     python bench.py scale [--clips 10000,50000,200000] [--dir /tmp/bench_scale] [--dtype float16]
 
-augment: the MSN views of the seed config (1 + 1 x 224 and 10 x 96 crops per clip, mixup, fader, RunningNorm)
-made clip by clip with augment's per-sample classes, as a loader worker would, and batched by
-augment.MSNViews (CPU, and CUDA when present) in the same run; prints clips/s and the ratio. Target: >= 5x.
+augment: for each registry method whose script has `bench_views` (e.g. the seed config's multi-crop views:
+1 + 1 x 224 and 10 x 96 crops per clip, mixup, fader, RunningNorm), the views made clip by clip with augment's
+per-sample classes, as a loader worker would, and by the batched view maker (CPU, and CUDA when present) in the
+same run; prints clips/s and the ratio. Target: >= 5x.
 train: each method's small (demo) config run as `python pretrain_X.py ... train.max_steps=N` on CPU over random
 clips; median step time, training clips/s (loading excluded), peak memory and model FLOPs per step, from the
 run's results.json (trainer.py, train.count_flops).
-gpu: the same for each method's FULL config on one GPU (MSN ViT-B/32 1 + 1 + 10 views, CLAR 2-D ResNet18 batch
-1024, BYOL-A AudioNTT2022 batch 256) with bf16 autocast, train.compile off and on, MFU against the GPU's dense
+gpu: the same for each method's FULL config on one GPU (today: ViT-B/32 with 1 + 1 + 10 views, a 2-D ResNet18 at
+batch 1024, AudioNTT2022 at batch 256) with bf16 autocast, train.compile off and on, MFU against the GPU's dense
 bf16 peak; then a CUDA-vs-CPU parity check of one fp32 step of each small config. Under 8 minutes on one H200.
 eval: models.embed_dataset over in-memory clips (small encoders on CPU, the full ones on CUDA).
 scale: for each N, a packed cache of N ten-second log-mels (float16 by default: 128 KB a clip), then times
@@ -165,52 +166,41 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def per_sample_msn_views(aug: dict, focal_views: int, logmel: torch.Tensor, state: dict) -> None:
-    """The per-sample pipeline a data-loader worker runs: clip by clip, RunningNorm, then per view MixupBYOLA ->
-    torchvision RandomResizedCrop -> RandomLinearFader on that one clip [1, 1, F, T] (augment's per-sample classes)."""
-    import augment
-    if not state:
-        state.update(norm=augment.RunningNorm(aug["running_norm_epoch_samples"]),
-                     mixup=augment.MixupBYOLA(aug["mixup_ratio"], aug["mixup_memory"]),
-                     rand=augment.RandomResizedCrop(aug["rand_size"], aug["rand_scale"]),
-                     focal=augment.RandomResizedCrop(aug["focal_size"], aug["focal_scale"]),
-                     fader=augment.RandomLinearFader(aug["fader_gain"]))
-    for clip in logmel.split(1):
-        clip = state["norm"](clip)
-        for crop in [state["rand"]] * 2 + [state["focal"]] * focal_views:
-            state["fader"](crop(state["mixup"](clip)))
-
-
 def bench_augment(args: argparse.Namespace) -> None:
-    import augment
-    cfg = methods.for_config(args.config).resolve(args.config)  # a complete config (the file is a delta)
-    aug, focal = cfg["aug"], cfg["msn"]["focal_views"]
-    logmel = torch.randn(args.batch, 1, cfg["model"]["n_mels"], cfg["model"]["crop_frames"]) * 2 - 5
-    print(f"MSN views of {args.config}: 1 + 1 x {aug['rand_size']} and {focal} x {aug['focal_size']} per clip, "
-          f"crop '{aug['crop']}', norm '{aug['norm']}'; batch {args.batch}, {torch.get_num_threads()} CPU threads")
-    state: dict = {}
-    for _ in range(2):  # warm up: RunningNorm freezes after 100 clips and the mixup memory fills
-        per_sample_msn_views(aug, focal, logmel, state)
-    start = time.perf_counter()
-    for _ in range(2):
-        per_sample_msn_views(aug, focal, logmel, state)
-    per_sample = 2 * args.batch / (time.perf_counter() - start)
-    rows = [("per-sample (loader worker)", "cpu", per_sample)]
-    for device in bench_devices():
-        views = augment.MSNViews(aug, focal, seed=0)
-        x = logmel.to(device)
-        for step in range(2):  # warm up as the per-sample pipeline
-            views(x, step)
-        sync(device)
+    """Every registry method whose script offers `bench_views(cfg)`: its per-sample view pipeline (clip by clip,
+    as a loader worker) against its batched view maker on each device, in clips/s."""
+    for method in methods.METHODS.values():
+        if not hasattr(method.module, "bench_views"):
+            continue
+        path = args.config if args.config and methods.for_config(args.config) is method else method.configs["full"]
+        cfg = method.resolve(path)  # a complete config (the file is a delta)
+        per_sample_views, batched_views, what = method.module.bench_views(cfg)
+        logmel = torch.randn(args.batch, 1, cfg["model"]["n_mels"], cfg["model"]["crop_frames"]) * 2 - 5
+        print(f"{method.title} views of {path}: {what}; batch {args.batch}, {torch.get_num_threads()} CPU threads")
+        state: dict = {}
+        for _ in range(2):  # warm up: a running normalisation freezes and a mixup memory fills
+            per_sample_views(logmel, state)
         start = time.perf_counter()
-        for step in range(2, 2 + args.steps):
-            views(x, step)
-        sync(device)
-        rows.append(("batched (MSNViews)", device.type, args.batch * args.steps / (time.perf_counter() - start)))
-    print(f"{'pipeline':28s}{'device':>8s}{'clips/s':>10s}{'x per-sample':>14s}")
-    for name, device, rate in rows:
-        print(f"{name:28s}{device:>8s}{rate:10.0f}{rate / per_sample:14.1f}")
-    print("target: batched >= 5x per-sample on CPU (issue 6)")
+        for _ in range(2):
+            per_sample_views(logmel, state)
+        per_sample = 2 * args.batch / (time.perf_counter() - start)
+        rows = [("per-sample (loader worker)", "cpu", per_sample)]
+        for device in bench_devices():
+            views = batched_views()
+            x = logmel.to(device)
+            for step in range(2):  # warm up as the per-sample pipeline
+                views(x, step)
+            sync(device)
+            start = time.perf_counter()
+            for step in range(2, 2 + args.steps):
+                views(x, step)
+            sync(device)
+            rows.append((f"batched ({type(views).__name__})", device.type,
+                         args.batch * args.steps / (time.perf_counter() - start)))
+        print(f"{'pipeline':28s}{'device':>8s}{'clips/s':>10s}{'x per-sample':>14s}")
+        for name, device, rate in rows:
+            print(f"{name:28s}{device:>8s}{rate:10.0f}{rate / per_sample:14.1f}")
+        print("target: batched >= 5x per-sample on CPU (issue 6)")
 
 # ----------------------------------------------------------------------------- training steps (train, gpu)
 # Each method runs as the user runs it, `python pretrain_X.py --config ... train.max_steps=N`, on a cache of
@@ -464,8 +454,8 @@ def main() -> None:
     p = sub.add_parser("loader", help="data.LogMelCrops throughput from the page cache")
     p.add_argument("--clips", type=int, default=2000)
     p.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
-    p = sub.add_parser("augment", help="batched on-device MSN views vs the per-sample pipeline")
-    p.add_argument("--config", default="config/msn.yaml")
+    p = sub.add_parser("augment", help="batched on-device views vs the per-sample pipeline (methods with bench_views)")
+    p.add_argument("--config", default=None, help="a config of such a method (default: its full config)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=10)
     p = sub.add_parser("train", help="each method's small config on CPU: step time, clips/s, peak memory")

@@ -146,6 +146,29 @@ def train_step(run: MSN, *, batch: tuple, step: int) -> dict:
     return {**dict(zip(LOSS_KEYS, values.tolist())), "lr": lr, "wd": wd, "momentum": momentum}
 
 
+def bench_views(cfg: dict):
+    """For `bench.py augment`: (per_sample(logmel, state), make_batched(), description) of this config's views.
+    per_sample is the pipeline a data-loader worker would run clip by clip: RunningNorm, then per view
+    MixupBYOLA -> torchvision RandomResizedCrop -> RandomLinearFader (augment's per-sample classes)."""
+    aug, focal = cfg["aug"], cfg["msn"]["focal_views"]
+
+    def per_sample(logmel: torch.Tensor, state: dict) -> None:
+        if not state:
+            state.update(norm=augment.RunningNorm(aug["running_norm_epoch_samples"]),
+                         mixup=augment.MixupBYOLA(aug["mixup_ratio"], aug["mixup_memory"]),
+                         rand=augment.RandomResizedCrop(aug["rand_size"], aug["rand_scale"]),
+                         focal=augment.RandomResizedCrop(aug["focal_size"], aug["focal_scale"]),
+                         fader=augment.RandomLinearFader(aug["fader_gain"]))
+        for clip in logmel.split(1):
+            clip = state["norm"](clip)
+            for crop in [state["rand"]] * 2 + [state["focal"]] * focal:
+                state["fader"](crop(state["mixup"](clip)))
+
+    what = (f"1 + 1 x {aug['rand_size']} and {focal} x {aug['focal_size']} per clip, crop '{aug['crop']}', "
+            f"norm '{aug['norm']}'")
+    return per_sample, lambda: augment.MSNViews(aug, focal, seed=0), what
+
+
 def resolve_config(path: str, overrides: list[str]) -> dict:
     return trainer.resolve_config(path, overrides, DEFAULTS, validate)
 

@@ -12,20 +12,21 @@ loader: a cache of ten-second log-mels [64, 1001] (generated once), read through
 DataLoader (batch 64) from the page cache, per-clip files vs the packed memory map, whole clips and
 96-frame random crops. Target (issue 6): >= 5,000 ten-second clips/s on 2 cores.
 
-    python bench.py augment [--config config/msn.yaml] [--batch 64]
+    python bench.py augment [--config CONFIG] [--batch 64]
     python bench.py train [--batch B] [--steps 5]
     python bench.py gpu [--steps 10] [--peak-tflops T]
     python bench.py eval [--clips 128] [--seconds 5]
     python bench.py scale [--clips 10000,50000,200000] [--dir /tmp/bench_scale] [--dtype float16]
 
-augment: the MSN views of the seed config (1 + 1 x 224 and 10 x 96 crops per clip, mixup, fader, RunningNorm)
-made clip by clip with augment's per-sample classes, as a loader worker would, and batched by
-augment.MSNViews (CPU, and CUDA when present) in the same run; prints clips/s and the ratio. Target: >= 5x.
+augment: for each registry method whose script has `bench_views` (e.g. the seed config's multi-crop views:
+1 + 1 x 224 and 10 x 96 crops per clip, mixup, fader, RunningNorm), the views made clip by clip with augment's
+per-sample classes, as a loader worker would, and by the batched view maker (CPU, and CUDA when present) in the
+same run; prints clips/s and the ratio. Target: >= 5x.
 train: each method's small (demo) config run as `python pretrain_X.py ... train.max_steps=N` on CPU over random
 clips; median step time, training clips/s (loading excluded), peak memory and model FLOPs per step, from the
 run's results.json (trainer.py, train.count_flops).
-gpu: the same for each method's FULL config on one GPU (MSN ViT-B/32 1 + 1 + 10 views, CLAR 2-D ResNet18 batch
-1024, BYOL-A AudioNTT2022 batch 256) with bf16 autocast, train.compile off and on, MFU against the GPU's dense
+gpu: the same for each method's FULL config on one GPU (today: ViT-B/32 with 1 + 1 + 10 views, a 2-D ResNet18 at
+batch 1024, AudioNTT2022 at batch 256) with bf16 autocast, train.compile off and on, MFU against the GPU's dense
 bf16 peak; then a CUDA-vs-CPU parity check of one fp32 step of each small config. Under 8 minutes on one H200.
 eval: models.embed_dataset over in-memory clips (small encoders on CPU, the full ones on CUDA).
 scale: for each N, a packed cache of N ten-second log-mels (float16 by default: 128 KB a clip), then times
@@ -45,6 +46,8 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 import torch
+
+import methods
 
 BENCH_DIR = Path("bench_data")
 
@@ -163,65 +166,48 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def per_sample_msn_views(aug: dict, focal_views: int, logmel: torch.Tensor, state: dict) -> None:
-    """The per-sample pipeline a data-loader worker runs: clip by clip, RunningNorm, then per view MixupBYOLA ->
-    torchvision RandomResizedCrop -> RandomLinearFader on that one clip [1, 1, F, T] (augment's per-sample classes)."""
-    import augment
-    if not state:
-        state.update(norm=augment.RunningNorm(aug["running_norm_epoch_samples"]),
-                     mixup=augment.MixupBYOLA(aug["mixup_ratio"], aug["mixup_memory"]),
-                     rand=augment.RandomResizedCrop(aug["rand_size"], aug["rand_scale"]),
-                     focal=augment.RandomResizedCrop(aug["focal_size"], aug["focal_scale"]),
-                     fader=augment.RandomLinearFader(aug["fader_gain"]))
-    for clip in logmel.split(1):
-        clip = state["norm"](clip)
-        for crop in [state["rand"]] * 2 + [state["focal"]] * focal_views:
-            state["fader"](crop(state["mixup"](clip)))
-
-
 def bench_augment(args: argparse.Namespace) -> None:
-    import augment
-    from config import load_config
-    cfg = load_config(args.config)
-    aug, focal = cfg["aug"], cfg["msn"]["focal_views"]
-    logmel = torch.randn(args.batch, 1, cfg["model"]["n_mels"], cfg["model"]["crop_frames"]) * 2 - 5
-    print(f"MSN views of {args.config}: 1 + 1 x {aug['rand_size']} and {focal} x {aug['focal_size']} per clip, "
-          f"crop '{aug['crop']}', norm '{aug['norm']}'; batch {args.batch}, {torch.get_num_threads()} CPU threads")
-    state: dict = {}
-    for _ in range(2):  # warm up: RunningNorm freezes after 100 clips and the mixup memory fills
-        per_sample_msn_views(aug, focal, logmel, state)
-    start = time.perf_counter()
-    for _ in range(2):
-        per_sample_msn_views(aug, focal, logmel, state)
-    per_sample = 2 * args.batch / (time.perf_counter() - start)
-    rows = [("per-sample (loader worker)", "cpu", per_sample)]
-    for device in bench_devices():
-        views = augment.MSNViews(aug, focal, seed=0)
-        x = logmel.to(device)
-        for step in range(2):  # warm up as the per-sample pipeline
-            views(x, step)
-        sync(device)
+    """Every registry method whose script offers `bench_views(cfg)`: its per-sample view pipeline (clip by clip,
+    as a loader worker) against its batched view maker on each device, in clips/s."""
+    for method in methods.METHODS.values():
+        if not hasattr(method.module, "bench_views"):
+            continue
+        path = args.config if args.config and methods.for_config(args.config) is method else method.configs["full"]
+        cfg = method.resolve(path)  # a complete config (the file is a delta)
+        per_sample_views, batched_views, what = method.module.bench_views(cfg)
+        logmel = torch.randn(args.batch, 1, cfg["model"]["n_mels"], cfg["model"]["crop_frames"]) * 2 - 5
+        print(f"{method.title} views of {path}: {what}; batch {args.batch}, {torch.get_num_threads()} CPU threads")
+        state: dict = {}
+        for _ in range(2):  # warm up: a running normalisation freezes and a mixup memory fills
+            per_sample_views(logmel, state)
         start = time.perf_counter()
-        for step in range(2, 2 + args.steps):
-            views(x, step)
-        sync(device)
-        rows.append(("batched (MSNViews)", device.type, args.batch * args.steps / (time.perf_counter() - start)))
-    print(f"{'pipeline':28s}{'device':>8s}{'clips/s':>10s}{'x per-sample':>14s}")
-    for name, device, rate in rows:
-        print(f"{name:28s}{device:>8s}{rate:10.0f}{rate / per_sample:14.1f}")
-    print("target: batched >= 5x per-sample on CPU (issue 6)")
+        for _ in range(2):
+            per_sample_views(logmel, state)
+        per_sample = 2 * args.batch / (time.perf_counter() - start)
+        rows = [("per-sample (loader worker)", "cpu", per_sample)]
+        for device in bench_devices():
+            views = batched_views()
+            x = logmel.to(device)
+            for step in range(2):  # warm up as the per-sample pipeline
+                views(x, step)
+            sync(device)
+            start = time.perf_counter()
+            for step in range(2, 2 + args.steps):
+                views(x, step)
+            sync(device)
+            rows.append((f"batched ({type(views).__name__})", device.type,
+                         args.batch * args.steps / (time.perf_counter() - start)))
+        print(f"{'pipeline':28s}{'device':>8s}{'clips/s':>10s}{'x per-sample':>14s}")
+        for name, device, rate in rows:
+            print(f"{name:28s}{device:>8s}{rate:10.0f}{rate / per_sample:14.1f}")
+        print("target: batched >= 5x per-sample on CPU (issue 6)")
 
 # ----------------------------------------------------------------------------- training steps (train, gpu)
 # Each method runs as the user runs it, `python pretrain_X.py --config ... train.max_steps=N`, on a cache of
 # random clips; the training core writes the median step time, clips/s, peak memory and (train.count_flops)
 # the model FLOPs of a step into the run's results.json.
 
-METHODS = {  # name: (script, full config, small config)
-    "MSN": ("pretrain_msn.py", "config/msn.yaml", "config/demo_msn.yaml"),
-    "CLAR": ("pretrain_clar.py", "config/clar.yaml", "config/demo_clar.yaml"),
-    "BYOL-A": ("pretrain_byola.py", "config/byola.yaml", "config/demo_byola.yaml"),
-}
-NO_EXTRAS = {"MSN": ["model.pretrained=null"], "CLAR": ["train.final_probe=false", "train.eval_every=100000"]}
+# The methods, their configs ("full", "demo") and the overrides that leave only training: methods.METHODS.
 
 
 def make_train_cache(root: Path, clips: int) -> Path:
@@ -242,15 +228,14 @@ def make_train_cache(root: Path, clips: int) -> Path:
     return root
 
 
-def run_method(name: str, config: str, overrides: list[str], out: Path) -> dict:
+def run_method(method: methods.Method, config: str, overrides: list[str], out: Path) -> dict:
     """One short pretraining run as a subprocess; its results.json, or {'error': last lines of its output}."""
     import json
     import subprocess
     import sys
-    script = METHODS[name][0]
     shutil.rmtree(out, ignore_errors=True)
-    command = [sys.executable, script, "--config", config, f"train.out_dir={out}", "train.log_every=1",
-               "train.save_every=0", *NO_EXTRAS.get(name, []), *overrides]
+    command = [sys.executable, method.script, "--config", config, f"train.out_dir={out}", "train.log_every=1",
+               "train.save_every=0", *method.bench_overrides, *overrides]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": (done.stdout + done.stderr).strip().splitlines()[-1:]}
@@ -284,11 +269,11 @@ def bench_train(args: argparse.Namespace) -> None:
     cache = make_train_cache(BENCH_DIR / "train_cache", 300)
     print(f"short runs of each method's small config on random clips ({cache}); peak GiB on CPU = peak RSS")
     print(TRAIN_HEADER)
-    for name, (_, _, small) in METHODS.items():
-        batch = args.batch or 32
-        r = run_method(name, small, [f"data.cache={cache}", f"optim.batch_size={batch}", "train.device=cpu",
+    for method in methods.METHODS.values():
+        name, small, batch = method.title, method.configs["demo"], args.batch or 32
+        r = run_method(method, small, [f"data.cache={cache}", f"optim.batch_size={batch}", "train.device=cpu",
                                      f"train.max_steps={args.steps + 2}", "train.count_flops=true",
-                                     "data.num_workers=0"], BENCH_DIR / "runs" / name)
+                                     "data.num_workers=0"], BENCH_DIR / "runs" / method.name)
         print(train_row(f"{name} ({small})", "cpu", batch, r, r.get("flops_per_step"), None))
 
 
@@ -297,49 +282,47 @@ def bench_gpu(args: argparse.Namespace) -> None:
     memory and MFU; then a CUDA-vs-CPU parity check of one fp32 step of each small config. One table."""
     if not torch.cuda.is_available():
         raise SystemExit("bench.py gpu: no CUDA device")
-    cache = make_train_cache(BENCH_DIR / "train_cache", 1400)  # CLAR's batch 1024 of folds 1-4
+    cache = make_train_cache(BENCH_DIR / "train_cache", 1400)  # the largest full batch (1024) from folds 1-4
     peak = peak_tflops(args)
     print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, dense bf16 peak {peak} TFLOPS; "
           f"{args.steps} measured steps per run after 2 warm-up steps")
     print(TRAIN_HEADER)
     common = [f"data.cache={cache}", "train.device=cuda", "train.amp=true", f"data.num_workers={args.workers}",
               f"train.max_steps={args.steps + 2}"]
-    for name, (_, full, _) in METHODS.items():
-        flops = None
+    for method in methods.METHODS.values():
+        name, full, flops = method.title, method.configs["full"], None
         for compile_ in (False, True):
-            r = run_method(name, full, [*common, f"train.compile={str(compile_).lower()}",
-                                        f"train.count_flops={str(not compile_).lower()}"], BENCH_DIR / "runs" / name)
+            r = run_method(method, full, [*common, f"train.compile={str(compile_).lower()}",
+                                          f"train.count_flops={str(not compile_).lower()}"],
+                           BENCH_DIR / "runs" / method.name)
             flops = r.get("flops_per_step") or flops
             batch = r.get("batch_size", 0)
             print(train_row(f"{name} full, bf16, compile {'on' if compile_ else 'off'}", "cuda", batch, r, flops,
                             peak), flush=True)
     print("\nparity: one fp32 step of each small config, loss on CUDA vs CPU")
-    for name, (_, _, small) in METHODS.items():
-        losses = {}
+    for method in methods.METHODS.values():
+        name, small, losses = method.title, method.configs["demo"], {}
         for device in ("cpu", "cuda"):
-            r = run_method(name, small, [f"data.cache={cache}", f"train.device={device}", "train.amp=false",
-                                         "train.max_steps=1", "data.num_workers=0"], BENCH_DIR / "runs" / name)
+            r = run_method(method, small, [f"data.cache={cache}", f"train.device={device}", "train.amp=false",
+                                           "train.max_steps=1", "data.num_workers=0"],
+                           BENCH_DIR / "runs" / method.name)
             losses[device] = r.get("first_loss", float("nan"))
         diff = abs(losses["cuda"] - losses["cpu"]) / max(abs(losses["cpu"]), 1e-12)
         verdict = "ok" if diff < 1e-3 else "MISMATCH"
         print(f"{name:8s} cpu {losses['cpu']:.6f}  cuda {losses['cuda']:.6f}  rel diff {diff:.1e}  {verdict}")
-    print("targets on one H200 (issue 6): MSN ViT-B/32 >= 3000 clips/s, CLAR 2-D ResNet18 1 s >= 5000 clips/s")
+    print("targets: " + "; ".join(f"{m.title} {m.gpu_target}" for m in methods.METHODS.values() if m.gpu_target))
 
 
 def bench_eval(args: argparse.Namespace) -> None:
     import models
-    from config import load_config
     print(f"models.embed_dataset on {args.seconds:g} s clips (long='chunk', pool='cls'), "
           f"{torch.get_num_threads()} CPU threads")
     print(f"{'encoder':34s}{'device':>7s}{'batch':>7s}{'clips/s':>9s}{'x real time':>13s}")
     for device in bench_devices():
-        configs = [m[1] if device.type == "cuda" else m[2] for m in METHODS.values()]
-        for path in configs:
-            cfg = load_config(path)
-            if "encoder" in cfg:  # CLAR configs name the encoder by an alias
-                cfg["model"]["arch"] = {"1d": "resnet18_1d", "2d": "resnet18_2d"}[cfg["encoder"]]
-            cfg["model"]["pretrained"] = None
-            encoder = models.build_encoder(cfg)
+        for method in methods.METHODS.values():
+            path = method.configs["full" if device.type == "cuda" else "demo"]
+            cfg = method.resolve(path, method.bench_overrides)
+            encoder = method.build_encoder(cfg)
             n = args.clips if device.type == "cpu" else 8 * args.clips
             if encoder.input_kind == "wave":
                 clips = 0.1 * torch.randn(n, int(args.seconds * 16000))
@@ -666,8 +649,8 @@ def main() -> None:
     p = sub.add_parser("loader", help="data.LogMelCrops throughput from the page cache")
     p.add_argument("--clips", type=int, default=2000)
     p.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
-    p = sub.add_parser("augment", help="batched on-device MSN views vs the per-sample pipeline")
-    p.add_argument("--config", default="config/msn.yaml")
+    p = sub.add_parser("augment", help="batched on-device views vs the per-sample pipeline (methods with bench_views)")
+    p.add_argument("--config", default=None, help="a config of such a method (default: its full config)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=10)
     p = sub.add_parser("train", help="each method's small config on CPU: step time, clips/s, peak memory")

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from augment import WAVE_AUGMENTATIONS
-from config import load_config
+import methods
+from augment_wave import WAVE_AUGMENTATIONS
 from data import read_manifest
 from utils import atomic_write_text
 
@@ -75,7 +75,7 @@ def augpairs(args) -> pd.DataFrame:
             for second in augs:
                 names = [first] if first == second else [first, second]
                 result = run(args, f"{encoder}_{first}_{second}", [
-                    f"encoder={encoder}", "mode=selfsupervised", "augment.p=1.0", f"augment.names={aug_list(names)}"])
+                    f"encoder={encoder}", "mode=selfsupervised", "aug.p=1.0", f"aug.names={aug_list(names)}"])
                 rows.append({"encoder": encoder, "first": first, "second": second,
                              "accuracy": result["probe_test_acc"], "run": result["out_dir"]})
     return pd.DataFrame(rows)
@@ -105,7 +105,7 @@ def data_overrides(cache: str, config_path: str) -> list[str]:
                  "data.test_split=null"]
     else:
         keys += ["data.train_folds=null", "data.test_folds=null", "data.train_split=train", "data.test_split=test"]
-    classes = load_config(config_path)["data"].get("classes")
+    classes = methods.get("clar").resolve(config_path)["data"]["classes"]
     if classes and not set(classes) <= set(df["label"]):
         keys.append("data.classes=null")
     return keys
@@ -120,7 +120,7 @@ def representation(args) -> pd.DataFrame:
             dataset = Path(cache).name if cache else "config"
             extra = data_overrides(cache, args.config) if cache else []
             result = run(args, f"{dataset}_{encoder}", [*extra, f"encoder={encoder}", f"mode={args.mode}",
-                                                        f"augment.names={aug_list(augs)}"])
+                                                        f"aug.names={aug_list(augs)}"])
             rows.append({"dataset": dataset, "encoder": encoder, "augmentations": "+".join(augs),
                          "accuracy": result["probe_test_acc"], "run": result["out_dir"]})
     return pd.DataFrame(rows)
@@ -155,8 +155,14 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--runs", default="runs/clar_studies", help="folder of the runs")
     parser.add_argument("--out", default="results", help="folder of the tables")
     parser.add_argument("--force", action="store_true", help="rerun runs that already have results")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the merged config every run starts from (--config + the overrides) and exit")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_intermixed_args(argv)
+    if args.print_config:  # the pretraining script's own --print-config, on what every run is given
+        code = subprocess.run([sys.executable, str(PRETRAIN), "--config", args.config, *args.overrides,
+                               "--print-config"]).returncode
+        raise SystemExit(code)
     unknown = [a for a in (args.augs or "").split(",") if a and a not in WAVE_AUGMENTATIONS]
     if unknown:
         parser.error(f"unknown augmentation(s) {unknown}; choose from {', '.join(WAVE_AUGMENTATIONS)}")

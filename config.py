@@ -148,6 +148,11 @@ def check_keys(cfg: dict, reference: dict, where: str = "") -> None:
             check_keys(value, reference[key], f"{where}{key}.")
 
 
+def dump_config(cfg: dict) -> str:
+    """The config as YAML text, sections in their order (what save_config writes and --print-config prints)."""
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
 def save_config(cfg: dict, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically (utils.atomic_write_text: a failed write, e.g. a full disk,
     leaves no temp file and says so in one line naming the file)."""
@@ -168,9 +173,9 @@ def merge(defaults: dict, cfg: dict) -> dict:
 
 def check_moved(cfg: dict, moved: dict[str, str], where: str) -> None:
     """Raise ConfigError naming the new place of a key that moved (`moved`: old dotted key -> message)."""
-    flat = set(_flat_keys(cfg))
+    flat = _flat_keys(cfg)
     for old, new in moved.items():
-        if old in flat:
+        if any(key == old or key.startswith(old + ".") for key in flat):  # a moved section moves its keys
             raise ConfigError(f"{where}: config key '{old}' {new}")
 
 
@@ -194,3 +199,58 @@ def resolve(path: str | os.PathLike, overrides: list[str], defaults: dict,
     merged = apply_overrides(merge(defaults, cfg), overrides)
     merged["_meta"] = {"config_file": str(path), "config_name": path.stem}
     return merged
+
+
+# ----------------------------------------------------------------------------- configs as deltas
+# A config file holds only what differs from its method's defaults (trainer.COMMON + the method's DEFAULTS),
+# plus a header comment on what the experiment is. A key that equals its default is allowed only when its line
+# says so with a trailing comment that starts with `# deliberate` (e.g. `seed: 0   # deliberate: the paper's`);
+# the mark on a section's line (or on a flow mapping's) covers every key inside it. tests/test_config_deltas.py
+# enforces this for every file in config/; `python pretrain_<method>.py --config FILE --print-config` prints
+# the merged config a file stands for.
+DELIBERATE = "# deliberate"
+
+
+def key_lines(path: str | os.PathLike) -> dict[str, str]:
+    """Dotted key -> its line, for the block-style keys of a YAML file (keys inside a flow mapping {...} belong
+    to the line that opens it)."""
+    lines, stack, depth = {}, [], 0
+    for line in Path(path).read_text().splitlines():
+        text = line.split("#", 1)[0]
+        opened = depth
+        depth += text.count("{") + text.count("[") - text.count("}") - text.count("]")
+        if opened or not text.strip() or ":" not in text:
+            continue
+        indent = len(text) - len(text.lstrip())
+        key = text.strip().split(":", 1)[0].strip()
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, key))
+        lines[".".join(k for _, k in stack)] = line
+    return lines
+
+
+def redundant_keys(path: str | os.PathLike, defaults: dict) -> list[str]:
+    """The dotted leaf keys of a config file whose value equals the default and whose line is not marked
+    `# deliberate`: each is a restated default (the file should say only what differs)."""
+    with open(path) as f:
+        cfg = yaml_load(f) or {}
+    lines, found = key_lines(path), []
+
+    def walk(node: dict, ref: dict, prefix: str) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if key not in ref:
+                continue  # unknown keys are resolve()'s error
+            if isinstance(value, dict) and isinstance(ref[key], dict):
+                walk(value, ref[key], dotted + ".")
+            elif value == ref[key] and DELIBERATE not in line_of(dotted):
+                found.append(dotted)
+
+    def line_of(dotted: str) -> str:
+        """The key's own line, else its nearest enclosing key's (a key inside a flow mapping {...})."""
+        while dotted not in lines and "." in dotted:
+            dotted = dotted.rsplit(".", 1)[0]
+        return lines.get(dotted, "")
+    walk(cfg, defaults, "")
+    return found

@@ -577,8 +577,8 @@ def adapt_folder(root: Path, **_) -> Found:
 
 
 def adapt_synthetic(root: Path, size: str = "small", seed: int = 0, **_) -> Found:
-    """The built-in data set (synthetic.py), generated in the ESC-50 layout and read by that adapter."""
-    from synthetic import generate_synthetic
+    """The built-in data set (synthdata.py), generated in the ESC-50 layout and read by that adapter."""
+    from synthdata import generate_synthetic
     return adapt_esc50(generate_synthetic(root, size=size, seed=seed))
 
 

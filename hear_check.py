@@ -1,12 +1,13 @@
 """The real HEAR validator (hearvalidator 2021.0.6) on one checkpoint of every encoder family, as `make hear-check`
 runs it (after building .venv-hear; see the Makefile).
 
-    python hear_check.py [--validator .venv-hear/bin/hear-validator] [--device cpu|cuda] [--steps 6] [--no-vit-b32]
+    python hear_check.py [--validator .venv-hear/bin/hear-validator] [--device cpu|cuda] [--steps 6] [--no-large]
 
 Steps, each an ordinary command of this package, printed before it runs:
 1. the built-in synthetic set and its cache (cache/synth_small, with --waveform; reused when present);
-2. short runs (train.max_steps) of config/demo_msn.yaml (audio ViT), demo_clar.yaml (2-D and 1-D ResNet18),
-   demo_byola.yaml (AudioNTT2022) and config/msn.yaml (ViT-B/32, one step of 2 clips) into runs/hear_check/;
+2. short runs (train.max_steps) of every registry entry's `hear_runs` (methods.py: one per encoder family, e.g.
+   the audio ViT, 2-D and 1-D ResNet18, AudioNTT2022, and ViT-B/32 as a `large` run of one step of 2 clips)
+   into runs/hear_check/;
 3. export.py of each -> runs/hear_check/<name>.encoder.pt;
 4. `hear-validator audio_ssl_repro -m FILE` on each encoder file: the module installed in the validator's venv
    (`pip install .`, done by `make hear-check`), run from a temporary folder with no PYTHONPATH, so nothing of
@@ -26,16 +27,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import methods
+
 ROOT = Path(__file__).resolve().parent
 OUT = Path("runs/hear_check")
 CACHE = "cache/synth_small"
-RUNS = {  # name -> (script, config, overrides)
-    "msn_audio_vit": ("pretrain_msn.py", "config/demo_msn.yaml", []),
-    "clar_2d": ("pretrain_clar.py", "config/demo_clar.yaml", ["encoder=2d", "train.final_probe=false"]),
-    "clar_1d": ("pretrain_clar.py", "config/demo_clar.yaml", ["encoder=1d", "train.final_probe=false"]),
-    "byola": ("pretrain_byola.py", "config/demo_byola.yaml", []),
-    "msn_vit_b32": ("pretrain_msn.py", "config/msn.yaml", ["optim.batch_size=2", "data.num_workers=0"]),
-}
+
+
+def hear_runs() -> list[tuple[str, str, methods.HearRun]]:
+    """(label, script, run) of every registry entry's hear_runs, in registry order."""
+    return [(r.label, m.script, r) for m in methods.METHODS.values() for r in m.hear_runs]
 
 
 def run(step: list[str], env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validator", default=".venv-hear/bin/hear-validator")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: the validator's (cuda when present)")
     parser.add_argument("--steps", type=int, default=6, help="training steps of each demo run")
-    parser.add_argument("--no-vit-b32", action="store_true", help="leave out the ViT-B/32 run (1.4 GB checkpoint)")
+    parser.add_argument("--no-large", "--no-vit-b32", dest="no_large", action="store_true",
+                        help="leave out the registry's large runs (the ViT-B/32 one: a 1.4 GB checkpoint)")
     args = parser.parse_args(argv)
     if not (ROOT / args.validator).is_file():
         sys.exit(f"hear_check.py: error: {args.validator} not found; run `make hear-check`, which installs it")
@@ -91,17 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"installed module: {found.stdout.strip()}")
     must(["preprocess.py", "--dataset", "synthetic", "--size", "small", "--waveform", "--out", CACHE])
     files = []
-    for name, (script, config, extra) in RUNS.items():
-        if name == "msn_vit_b32" and args.no_vit_b32:
+    for name, script, spec in hear_runs():
+        if spec.large and args.no_large:
             continue
-        steps = 1 if name == "msn_vit_b32" else args.steps
+        steps = spec.max_steps or args.steps
         run_dir = OUT / name
         shutil.rmtree(ROOT / run_dir, ignore_errors=True)  # a fresh run each time (trainer refuses a used folder)
-        must([script, "--config", config, f"data.cache={CACHE}", f"train.out_dir={run_dir}",
-              f"train.max_steps={steps}", *extra])
+        must([script, "--config", spec.config, f"data.cache={CACHE}", f"train.out_dir={run_dir}",
+              f"train.max_steps={steps}", *spec.overrides])
         must(["export.py", "--ckpt", str(run_dir / "ckpt_last.pt"), "--out", str(OUT / f"{name}.encoder.pt")])
         files.append((name, "audio_ssl_repro", OUT / f"{name}.encoder.pt"))
-    files.append(("msn_audio_vit (training checkpoint)", "hear_ssl", OUT / "msn_audio_vit" / "ckpt_last.pt"))
+    first = hear_runs()[0][0]  # the repository's HEAR module also loads a training checkpoint as it is
+    files.append((f"{first} (training checkpoint)", "hear_ssl", OUT / first / "ckpt_last.pt"))
     with tempfile.TemporaryDirectory() as folder:
         results = [(name, module, path, *validate(args.validator, module, path, args.device, Path(folder)))
                    for name, module, path in files]

@@ -39,9 +39,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
-import importlib
-import importlib.metadata
-import inspect
 import json
 import math
 import re
@@ -57,10 +54,12 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 import data
+import hear_adapter
+import methods
 import models
 import official
-from audio import LOG_SILENCE, SAMPLE_RATE, fix_length, resample
-from config import ConfigError, apply_overrides, load_config
+from audio import LOG_SILENCE, fix_length
+from config import ConfigError, apply_overrides, dump_config, load_config
 from data import LabelMap, load_array, read_manifest, select, stratified_subset
 from datasets import REGISTRY, all_tasks, find_task
 from probe import append_result, carve_validation, fit_linear_probe, mean_ci95
@@ -202,64 +201,23 @@ def holdout_folds(task: Task, folds: list[int] | None) -> list[int | None]:
 # ============================================================================ encoder and embeddings
 
 
-class HearEncoder(nn.Module):
-    """A HEAR module's model as an encoder of this package (input_kind "wave", 16 kHz [B, L]): embed() resamples
-    to the model's sample_rate (audio.resample) and returns the module's get_scene_embeddings (HEAR API)."""
-
-    input_kind = "wave"
-
-    def __init__(self, module, model: nn.Module):
-        super().__init__()
-        self.module, self.model = module, model
-        self.embed_dim = int(model.scene_embedding_size)
-        self.sample_rate = int(model.sample_rate)
-        self.input_rate = SAMPLE_RATE  # of the cached waves; main() sets the task cache's (preprocess.json)
-
-    @torch.no_grad()
-    def embed(self, x: torch.Tensor, long: str = "chunk", pool: str = "cls") -> torch.Tensor:
-        """wave [B, L] at 16 kHz -> [B, scene_embedding_size] float32; `long` and `pool` do not apply."""
-        wave = resample(x.cpu(), self.input_rate, self.sample_rate).to(x.device)
-        return torch.as_tensor(self.module.get_scene_embeddings(wave, self.model)).float()
-
-
-def load_hear(spec: str) -> tuple[nn.Module, dict]:
-    """`hear:MODULE[:WEIGHTS]` -> (HearEncoder, info). MODULE is imported and MODULE.load_model([WEIGHTS]) called
-    with torch's global RNG restored afterwards (hearbaseline's load_model seeds it). The row's model is
-    `hear:MODULE[:weights file name]`, its config `DISTRIBUTION VERSION`, its sha256 one over the module's source
-    file, version and weights file."""
-    name, _, weights = spec.split(":", 1)[1].partition(":")
+def random_config(path: str) -> dict:
+    """The complete config of `random:PATH`: a file of the registry (config/*.yaml, a delta on its method's
+    defaults) resolved by its method; any other file (a run's config.yaml) is complete as it is."""
     try:
-        module = importlib.import_module(name)
-    except ImportError as err:
-        raise ValueError(f"{spec}: cannot import HEAR module {name!r} ({type(err).__name__}: {err})") from None
-    if not hasattr(module, "load_model") or not hasattr(module, "get_scene_embeddings"):
-        raise ValueError(f"{spec}: {name} is not a HEAR module (needs load_model and get_scene_embeddings)")
-    if weights and not Path(weights).is_file():
-        raise FileNotFoundError(f"{weights}: weights file of {spec} not found")
-    try:
-        with torch.random.fork_rng(devices=[]):
-            model = module.load_model(weights) if weights else module.load_model()
-    except Exception as err:  # e.g. a module that downloads its weights, offline
-        reason = str(err).splitlines()[0] if str(err) else ""
-        raise ValueError(f"{spec}: {name}.load_model failed ({type(err).__name__}: {reason})") from None
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"{spec}: load_model returned {type(model).__name__}; only PyTorch HEAR modules are supported")
-    top = name.split(".")[0]
-    dists = importlib.metadata.packages_distributions().get(top, [])
-    version = f"{dists[0]} {importlib.metadata.version(dists[0])}" if dists else name
-    items = [name, version, file_sha256(inspect.getsourcefile(module)), file_sha256(weights) if weights else ""]
-    sha = "hear-" + hashlib.sha256("|".join(items).encode()).hexdigest()
-    label = f"hear:{name}" + (f":{Path(weights).name}" if weights else "")
-    return HearEncoder(module, model).eval(), {"model": label, "ckpt_sha256": sha, "config": version}
+        method = methods.for_config(path)
+    except KeyError:
+        return load_config(path)
+    return method.resolve(path)
 
 
 def load_encoder(ckpt: str, random_seed: int = 0) -> tuple[nn.Module, dict]:
     """A checkpoint or export.py file, `random:<config.yaml>`, `hear:MODULE[:WEIGHTS]` or `byola:<official BYOL-A
     weight file>` -> (encoder in eval mode, info: model, ckpt_sha256, config)."""
     if ckpt.startswith("hear:"):
-        return load_hear(ckpt)
+        return hear_adapter.load_hear(ckpt)
     if ckpt.startswith("random:"):
-        cfg = load_config(ckpt.split(":", 1)[1])
+        cfg = random_config(ckpt.split(":", 1)[1])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(random_seed)
             encoder = models.build_encoder(cfg)
@@ -435,10 +393,11 @@ def pick_device(name: str) -> torch.device:
 def parse_args(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--ckpt", required=True,
-                        help="checkpoint or export.py file, random:<config.yaml>, hear:MODULE[:WEIGHTS] or "
-                             "byola:<official BYOL-A .pth>")
-    parser.add_argument("--task", required=True, help=f"{', '.join(TASKS)} or a cache folder")
+    parser.add_argument("--ckpt", help="(required) checkpoint or export.py file, random:<config.yaml>, "
+                        "hear:MODULE[:WEIGHTS] or byola:<official BYOL-A .pth>")
+    parser.add_argument("--task", help=f"(required) {', '.join(TASKS)} or a cache folder")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the merged config (DEFAULTS + the overrides and flags) as YAML and exit")
     shots = parser.add_mutually_exclusive_group()
     shots.add_argument("--label-fraction", type=float, help="stratified fraction of the training labels")
     shots.add_argument("--shots", type=int, help="labelled training clips per class")
@@ -452,6 +411,9 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--pool", choices=("cls", "mean"), help="ViT embedding pooling (= eval.pool)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of DEFAULTS (e.g. eval.long=pad)")
     args = parser.parse_intermixed_args(argv)  # options may sit between key=value overrides
+    missing = [flag for flag in ("--ckpt", "--task") if getattr(args, flag[2:]) is None]
+    if missing and not args.print_config:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     if args.label_fraction is not None and not 0 < args.label_fraction <= 1:
         parser.error("--label-fraction must be in (0, 1]")
     if args.shots is not None and args.shots < 1:
@@ -466,13 +428,16 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = apply_overrides(DEFAULTS, args.overrides + flags)
     if cfg["eval"]["long"] not in ("pad", "resize", "chunk") or cfg["eval"]["pool"] not in ("cls", "mean"):
         raise ConfigError("eval.long must be pad, resize or chunk and eval.pool cls or mean")
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return {"config": cfg}
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     folds = [int(f) for f in args.folds.split(",") if f.strip()] or None
     device = pick_device(cfg["eval"]["device"])
     task = resolve_task(args.task, cfg, args.cache)
     holdout_folds(task, folds)  # fail on bad --folds before embedding
     encoder, info = load_encoder(args.ckpt, cfg["eval"]["random_seed"])
-    if isinstance(encoder, HearEncoder):
+    if isinstance(encoder, hear_adapter.HearEncoder):
         encoder.input_rate = task.sample_rate
     if args.name:
         info["model"] = args.name

@@ -178,15 +178,15 @@ class AudioViT(_ViT):
 
 
 def build_vit(model_cfg: dict) -> nn.Module:
-    """ViT encoder from the `model` config section (never loads weights; see load_torchvision_vit)."""
+    """ViT encoder from a complete `model` config section (never loads weights; see load_torchvision_vit). The
+    defaults live in the method's DEFAULTS (methods.py), never here: a missing key is a KeyError."""
     arch = model_cfg["arch"]
     if arch == "vit_b_32":
-        return ViTB32(image_size=model_cfg.get("image_size", 224), crop_frames=model_cfg.get("crop_frames", 96))
+        return ViTB32(image_size=model_cfg["image_size"], crop_frames=model_cfg["crop_frames"])
     if arch == "vit_audio":
-        return AudioViT(n_mels=model_cfg.get("n_mels", 64), crop_frames=model_cfg.get("crop_frames", 96),
-                        patch=model_cfg.get("patch", [16, 16]), width=model_cfg.get("width", 384),
-                        depth=model_cfg.get("depth", 12), heads=model_cfg.get("heads", 6),
-                        mlp_ratio=model_cfg.get("mlp_ratio", 4.0), pos_embed=model_cfg.get("pos_embed", "sincos"))
+        return AudioViT(n_mels=model_cfg["n_mels"], crop_frames=model_cfg["crop_frames"], patch=model_cfg["patch"],
+                        width=model_cfg["width"], depth=model_cfg["depth"], heads=model_cfg["heads"],
+                        mlp_ratio=model_cfg["mlp_ratio"], pos_embed=model_cfg["pos_embed"])
     raise ValueError(f"build_vit: unknown arch {arch!r}")
 
 
@@ -265,7 +265,6 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
 # `ClarEncoder` takes 16 kHz waves [B, L] for both: the 2-D one computes its [3, F, T] input itself with
 # audio.ClarFeatures, so evaluation code only ever feeds waves.
 
-RESNET_MODEL_DEFAULTS = {"width": 64, "kernel_1d": 9, "clip_seconds": 1.0, "features": {}}
 
 
 class ClarEncoder(portable_encoders.ClarEncoder):
@@ -297,9 +296,9 @@ class ClarEncoder(portable_encoders.ClarEncoder):
 
 
 def build_resnet(model_cfg: dict) -> ClarEncoder:
-    """ClarEncoder from the `model` config section (keys: arch, width, kernel_1d, clip_seconds, features)."""
-    cfg = {**RESNET_MODEL_DEFAULTS, **model_cfg}
-    return ClarEncoder(cfg["arch"], cfg["width"], cfg["kernel_1d"], cfg["clip_seconds"], cfg["features"])
+    """ClarEncoder from a complete `model` config section (keys: arch, width, kernel_1d, clip_seconds, features)."""
+    return ClarEncoder(model_cfg["arch"], model_cfg["width"], model_cfg["kernel_1d"], model_cfg["clip_seconds"],
+                       model_cfg["features"])
 
 
 class ProjectionHead(nn.Module):
@@ -480,8 +479,9 @@ class BYOLNet(nn.Module):
 
 
 def build_audiontt(model_cfg: dict) -> AudioNTT2022:
-    return AudioNTT2022(model_cfg.get("n_mels", 64), model_cfg.get("dim", 3072), model_cfg.get("base", 64),
-                        model_cfg.get("mlp_hidden", 2048), model_cfg.get("dropout", 0.3))
+    """AudioNTT2022 from a complete `model` config section (keys: n_mels, dim, base, mlp_hidden, dropout)."""
+    return AudioNTT2022(model_cfg["n_mels"], model_cfg["dim"], model_cfg["base"], model_cfg["mlp_hidden"],
+                        model_cfg["dropout"])
 
 
 # ============================================================================ factory and evaluation

@@ -5,7 +5,7 @@ LARS (You et al. 2017, "Large Batch Training of Convolutional Networks") as SimC
 
     groups = utils.decay_groups(model.named_parameters(), weight_decay=1e-4)  # biases/norms: lars_exclude
     optimizer = LARS(groups, lr=1.2, momentum=0.9)
-    utils.set_lr(optimizer, warmup_cosine(step, ...))                          # per iteration
+    set_lr(optimizer, warmup_cosine(step, ...))      # per iteration, step = the trainer's 0-based step
 
 For every parameter w with gradient g (SimCLR's TF LARS, `lars_optimizer.py`):
     g <- g + wd * w
@@ -64,14 +64,25 @@ class LARS(torch.optim.Optimizer):
 # ----------------------------------------------------------------------------- schedules
 
 
-def cosine(step: int, total: int, start: float, final: float) -> float:
-    """Half-cosine from `start` (step 0) to `final` (step `total`), flat afterwards."""
+# One convention for every method: a schedule is called with the trainer's 0-based global step, the index of the
+# update about to be made; callers never add 1. Where a reference implementation steps its scheduler BEFORE the
+# first update, the schedule's `first` says so (the position step 0 takes), named once here:
+STEPPED_BEFORE_USE = 1  # MSN's WarmupCosineSchedule/CosineWDSchedule (msn utils.py: `_step += 1` first)
+READ_BEFORE_STEP = 0    # PL bolts' LinearWarmupCosineAnnealingLR stepped per iteration (CLAR): step 0 uses `start`
+
+
+def cosine(step: int, total: int, start: float, final: float, *, first: int = READ_BEFORE_STEP) -> float:
+    """Half-cosine from `start` (position 0) to `final` (position `total`), flat afterwards; position = step + first."""
+    step = step + first
     t = min(max(step, 0), total) / max(total, 1)
     return final + 0.5 * (start - final) * (1 + math.cos(math.pi * t))
 
 
-def warmup_cosine(step: int, warmup: int, total: int, start: float, peak: float, final: float) -> float:
-    """Linear warmup `start -> peak` over `warmup` steps, then cosine `peak -> final` until `total`."""
+def warmup_cosine(step: int, warmup: int, total: int, start: float, peak: float, final: float, *,
+                  first: int = READ_BEFORE_STEP) -> float:
+    """Linear warmup `start -> peak` over `warmup` positions, then cosine `peak -> final` until `total`;
+    position = step + first (see STEPPED_BEFORE_USE)."""
+    step = step + first
     if step < warmup:
         return start + (peak - start) * step / warmup
     return cosine(step - warmup, total - warmup, peak, final)

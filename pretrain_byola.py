@@ -82,15 +82,17 @@ def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
     return trainer.Parts(
         dataset=dataset, batches=data.training_batches(dataset, cfg["data"], cfg["optim"]["batch_size"], cfg["seed"]),
         modules={"online": online_net, "target": target_net}, optimizers={"adam": optimizer},
-        encoder=online_net.encoder, step=lambda batch, step: train_step(run, batch, step), log_keys=["loss"],
+        encoder=online_net.encoder, step=lambda batch, step: train_step(run, batch=batch, step=step),
+        log_keys=["loss", "lr"],
         state={"views": views}, meta={"norm_stats": stats})
 
 
-def train_step(run: BYOLA, batch: tuple, step: int) -> dict:
+def train_step(run: BYOLA, *, batch: tuple, step: int) -> dict:
     """One BYOL step on this process's clips logmel [b, 1, F, T]: both views of the global batch made on the
     device; the online and the target net each run every view on its own (each batch norm layer sees one
     view, as byol-pytorch's BYOL.forward; byol.joint_views=true: one pass over the 2b views); the symmetric
-    loss, Adam, then the EMA update of the target. Returns the global batch's loss."""
+    loss, Adam, then the EMA update of the target. Returns the global batch's loss and the (constant) learning
+    rate."""
     env = run.env
     logmel = utils.gather_batch(batch[0].to(env.device, non_blocking=True))
     view1, view2 = run.views(logmel, step, env.rank, env.world)
@@ -103,7 +105,7 @@ def train_step(run: BYOLA, batch: tuple, step: int) -> dict:
     loss.backward()
     run.optimizer.step()
     models.ema_update(run.target_net, run.online_net, env.cfg["byol"]["ema_decay"])
-    return {"loss": utils.all_reduce_mean(loss.detach().float()).item()}
+    return {"loss": utils.all_reduce_mean(loss.detach().float()).item(), "lr": run.optimizer.param_groups[0]["lr"]}
 
 
 def resolve_config(path: str, overrides: list[str]) -> dict:

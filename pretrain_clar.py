@@ -5,7 +5,7 @@
     python pretrain_clar.py --config config/demo_clar.yaml --resume              # continue from OUT/ckpt_last.pt
     torchrun --nproc_per_node 4 pretrain_clar.py --config config/clar.yaml      # global batch split over GPUs
 
-Each training clip gives two views, two independent passes of augment.BatchWaveAugment over the same crop,
+Each training clip gives two views, two independent passes of augment_wave.BatchWaveAugment over the same crop,
 made batched on the training device. The encoder (models.ClarEncoder: 1-D ResNet18 on the wave, or 2-D
 ResNet18 on audio.ClarFeatures) maps both to h [B, 512], the projection head to z [B, 128]. losses.clar_loss:
 NT-Xent over z of all clips (modes clar, selfsupervised) + cross entropy of a linear classifier on z for the
@@ -28,7 +28,7 @@ import probe
 import trainer
 import utils
 from audio import SAMPLE_RATE, ClarFeatureConfig
-from augment import BatchWaveAugment
+from augment_wave import BatchWaveAugment
 from config import ConfigError
 from losses import clar_loss
 
@@ -50,7 +50,7 @@ DEFAULTS = {
         "proj_hidden": 512, "proj_dim": 128, "proj_batch_norm": False,
         "joint_views": False,  # True: both views through encoder + projection as one 2B batch (BN over both)
     },
-    "augment": {
+    "aug": {
         "names": ["fade", "time_mask"], "p": 1.0, "max_semitones": 15.0, "snr_db": [0.0, 20.0],
         "max_fade": 0.5, "max_mask": 0.125, "mask_noise_std": 0.01, "max_shift": 0.5, "stretch": [0.5, 1.5],
         "n_fft": 512, "hop": 128,
@@ -145,10 +145,10 @@ def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
     trained = [(name, p) for name, p in net.named_parameters() if not name.startswith("online.")]
     lars = optim.LARS(optim.decay_groups(trained, o["weight_decay"]), lr=o["lr"], momentum=o["momentum"], eta=o["eta"])
     adam = torch.optim.Adam(net.online.parameters(), lr=o["online_lr"], fused=env.device.type == "cuda")
-    views = BatchWaveAugment(**cfg["augment"])
+    views = BatchWaveAugment(**cfg["aug"])
 
     def step(batch: tuple, step: int) -> dict:
-        return train_step(env, net, model, lars, adam, views, batch, step)
+        return train_step(env=env, net=net, model=model, lars=lars, adam=adam, views=views, batch=batch, step=step)
 
     online = {"online_test_acc": None}  # the online head's latest test accuracy
 
@@ -179,7 +179,7 @@ def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
         meta={"labels": labels.names})
 
 
-def train_step(env: trainer.Env, net: models.ClarNet, model: torch.nn.Module, lars: optim.LARS,
+def train_step(*, env: trainer.Env, net: models.ClarNet, model: torch.nn.Module, lars: optim.LARS,
                adam: torch.optim.Optimizer, views: BatchWaveAugment, batch: tuple, step: int) -> dict:
     """One CLAR step on this process's clips wave [b, L]: two views augmented on the device (parameters drawn for
     the global batch, keyed by seed, step and view), bf16 forward (CUDA), fp32 losses, LARS with warmup + cosine
@@ -187,7 +187,8 @@ def train_step(env: trainer.Env, net: models.ClarNet, model: torch.nn.Module, la
     cfg, device = env.cfg, env.device
     wave, target, label = (x.to(device, non_blocking=True) for x in batch)
     warmup = cfg["optim"]["warmup_epochs"] * env.steps_per_epoch
-    lr = optim.warmup_cosine(step, warmup, env.total_steps, 0.0, cfg["optim"]["lr"], 0.0)
+    lr = optim.warmup_cosine(step, warmup, env.total_steps, 0.0, cfg["optim"]["lr"], 0.0,
+                             first=optim.READ_BEFORE_STEP)
     optim.set_lr(lars, lr)
     rows, n_global = slice(env.rank, None, env.world), len(wave) * env.world
     view1, view2 = (views.apply(wave, views.draw(n_global, wave.shape[-1],

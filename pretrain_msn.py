@@ -56,15 +56,16 @@ def lr_at(step: int, o: dict, ipe: int, epochs: int) -> float:
     """Seed: MultiStepLR stepped per epoch. MSN: warmup + cosine over 1.25*epochs, stepped before use."""
     if o["schedule"] == "multistep":
         return optim.multistep(step // ipe, o["lr"], o["milestones"], o["gamma"])
-    return optim.warmup_cosine(step + 1, int(o["warmup_epochs"] * ipe), int(1.25 * epochs * ipe),
-                               o["start_lr"], o["lr"], o["final_lr"])
+    return optim.warmup_cosine(step, int(o["warmup_epochs"] * ipe), int(1.25 * epochs * ipe),
+                               o["start_lr"], o["lr"], o["final_lr"], first=optim.STEPPED_BEFORE_USE)
 
 
 def wd_at(step: int, o: dict, ipe: int, epochs: int) -> float:
     """Constant, or MSN's cosine weight_decay -> final_weight_decay over 1.25*epochs (facebookresearch/msn)."""
     if o["final_weight_decay"] == o["weight_decay"]:
         return o["weight_decay"]
-    return optim.cosine(step + 1, int(1.25 * epochs * ipe), o["weight_decay"], o["final_weight_decay"])
+    return optim.cosine(step, int(1.25 * epochs * ipe), o["weight_decay"], o["final_weight_decay"],
+                        first=optim.STEPPED_BEFORE_USE)
 
 
 @dataclass
@@ -111,12 +112,12 @@ def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
         dataset=dataset, batches=data.training_batches(dataset, cfg["data"], cfg["optim"]["batch_size"], cfg["seed"]),
         modules={"online": online_net, "target": target_net, "prototypes": prototypes},
         optimizers={"adamw": optimizer}, encoder=target_net.encoder,
-        step=lambda batch, step: train_step(run, batch, step),
+        step=lambda batch, step: train_step(run, batch=batch, step=step),
         log_keys=[*LOSS_KEYS, "lr", "wd", "momentum"], mean_keys=LOSS_KEYS, state={"views": views},
         meta={"norm_stats": stats})
 
 
-def train_step(run: MSN, batch: tuple, step: int) -> dict:
+def train_step(run: MSN, *, batch: tuple, step: int) -> dict:
     """One MSN step on this process's clips logmel [b, 1, F, T]: views of the global batch on the device, bf16
     forward (CUDA), fp32 loss, AdamW, EMA. Returns the schedules' values and the global batch's losses."""
     env, m, o = run.env, run.env.cfg["msn"], run.env.cfg["optim"]
@@ -143,6 +144,29 @@ def train_step(run: MSN, batch: tuple, step: int) -> dict:
     models.ema_update(run.target_net, run.online_net, momentum)
     values = utils.all_reduce_mean(torch.stack([out[key].detach().float() for key in LOSS_KEYS]))
     return {**dict(zip(LOSS_KEYS, values.tolist())), "lr": lr, "wd": wd, "momentum": momentum}
+
+
+def bench_views(cfg: dict):
+    """For `bench.py augment`: (per_sample(logmel, state), make_batched(), description) of this config's views.
+    per_sample is the pipeline a data-loader worker would run clip by clip: RunningNorm, then per view
+    MixupBYOLA -> torchvision RandomResizedCrop -> RandomLinearFader (augment's per-sample classes)."""
+    aug, focal = cfg["aug"], cfg["msn"]["focal_views"]
+
+    def per_sample(logmel: torch.Tensor, state: dict) -> None:
+        if not state:
+            state.update(norm=augment.RunningNorm(aug["running_norm_epoch_samples"]),
+                         mixup=augment.MixupBYOLA(aug["mixup_ratio"], aug["mixup_memory"]),
+                         rand=augment.RandomResizedCrop(aug["rand_size"], aug["rand_scale"]),
+                         focal=augment.RandomResizedCrop(aug["focal_size"], aug["focal_scale"]),
+                         fader=augment.RandomLinearFader(aug["fader_gain"]))
+        for clip in logmel.split(1):
+            clip = state["norm"](clip)
+            for crop in [state["rand"]] * 2 + [state["focal"]] * focal:
+                state["fader"](crop(state["mixup"](clip)))
+
+    what = (f"1 + 1 x {aug['rand_size']} and {focal} x {aug['focal_size']} per clip, crop '{aug['crop']}', "
+            f"norm '{aug['norm']}'")
+    return per_sample, lambda: augment.MSNViews(aug, focal, seed=0), what
 
 
 def resolve_config(path: str, overrides: list[str]) -> dict:

@@ -3,11 +3,12 @@
 A method script holds only what is its own: its DEFAULTS, how it builds its nets, views and loss, and its
 train step. Everything else lives here, once:
 
-    config      config.resolve: the YAML merged onto COMMON + the method's DEFAULTS (one nested merge rule),
-                unknown keys and keys that moved are errors, then `key=value` overrides
+    config      config.resolve: the YAML (a delta: only what differs) merged onto COMMON + the method's DEFAULTS
+                (one nested merge rule), unknown keys and keys that moved (MOVED) are errors, then `key=value`
+                overrides; --print-config prints the result and exits
     run folder  train.out_dir (default runs/<config name>): config.yaml, environment.txt (the installed versions,
-                environment_installed), log.csv, ckpt_last.pt (every epoch), ckpt_epochNNN.pt (every
-                train.save_every epochs and at the end), results.json
+                environment_installed), log.csv, ckpt_last.pt (at an epoch end once train.ckpt_seconds have
+                passed, and at the end), ckpt_epochNNN.pt (every train.save_every epochs and at the end), results.json
     seeding     the same initial weights in every process; before each step torch's RNG is seeded by
                 (seed, step, rank), so draws that are not keyed (dropout) resume exactly
     torchrun    utils.init_distributed; Env.wrap adds global batch norm, DDP and torch.compile
@@ -18,14 +19,25 @@ train step. Everything else lives here, once:
                 (falling back to ckpt_prev.pt) restores weights, optimisers, the per-process RNG and the
                 per-process augmentation state, so a resumed run equals the straight one; a fresh run refuses a
                 folder that holds checkpoints unless --overwrite
+    kNN monitor train.monitor: monitor.Monitor scores the frozen encoder before the first step and every
+                `every` epochs (DINO's weighted kNN); `knn_acc` rows in log.csv, monitor_* in results.json
+    costs       results.json: median step time, clips/s, peak memory, and (train.count_flops) model FLOPs per step
 
-A method plugs in like this (pretrain_byola.py is the smallest example):
+A method plugs in like this (pretrain_byola.py is the smallest example), and gets one entry in methods.py, the
+registry that demo.py, bench.py, hear_check.py and the tests iterate over (docs/adding_a_method.md):
 
-    DEFAULTS = {"model": {...}, "byola": {...}, "optim": {"lr": 1e-4}}
-    def build(cfg: dict, env: trainer.Env) -> trainer.Parts: ...   # data, nets, optimisers, views
-    def train_step(parts, batch, step: int) -> dict: ...            # one update; returns {"loss": ..., ...}
+    DEFAULTS = {"model": {...}, "byol": {...}, "optim": {"lr": 1e-4}}   # + COMMON below: every key, once
+    def validate(cfg: dict) -> None: ...                                # optional: choices, aliases
+    def build(cfg: dict, env: trainer.Env) -> trainer.Parts: ...        # data, nets, optimisers, views
+    def train_step(run, *, batch: tuple, step: int) -> dict: ...        # one update -> {"loss": ..., "lr": ...}
     if __name__ == "__main__":
-        trainer.cli("byola", DEFAULTS, build, __doc__)
+        trainer.cli("byola", DEFAULTS, build, __doc__, validate)      # --config, --resume, --print-config
+
+Schedules are functions of `step`, the 0-based global index of the update being made (optim.py); every caller
+passes it as it is. The reference's offset is named once in optim: CLAR's warmup + cosine is read before it is
+stepped (optim.READ_BEFORE_STEP: its first update has lr 0), MSN's schedulers are stepped before each update
+(optim.STEPPED_BEFORE_USE, msn_train.py; pretrain_msn.lr_at); BYOL-A's lr is constant. Every train_step
+returns the lr it used, so log.csv has an `lr` column for every method.
 """
 from __future__ import annotations
 
@@ -46,9 +58,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import config as config_lib
-import data
-import models
 import utils
+from monitor import Monitor
 
 # Keys every method's config has, with the same meaning everywhere (README "Configs").
 COMMON = {
@@ -71,6 +82,7 @@ MOVED = {
     "optim.epochs": "moved to 'train.epochs'",
     "train.ckpt_every": "was removed: ckpt_last.pt is written every epoch; numbered copies: 'train.save_every'",
     "train.probe_epochs": "was removed: the end-of-run probe is the EVAR probe; switch it with 'train.final_probe'",
+    "augment": "was renamed 'aug' (the augmentation section has one name in every method): write 'aug.<key>'",
 }
 CHECKPOINT_KEYS = ("kind", "config", "git", "epoch", "step", "seconds", "encoder", "modules", "optimizers",
                    "per_process", "meta")
@@ -168,63 +180,6 @@ class Parts:
     epoch_end: Callable[[int], dict] | None = None
     finish: Callable[[], dict] | None = None
     meta: dict = field(default_factory=dict)
-
-# ----------------------------------------------------------------------------- the kNN monitor
-
-
-class Monitor:
-    """train.monitor: the frozen encoder's weighted kNN accuracy (DINO: cosine, k 20, T 0.07; probe.knn_accuracy)
-    on a labelled cache, every `every` epochs and before the first step (the random-init starting point).
-
-    Train items: the cache's train split (or every fold but the last); test items: its test split (or the last
-    fold). Clips are cut or padded to the median length from their start; log-mels are normalised with the
-    scalar mean/std of the training items (as linear_eval.py). Runs on rank 0 under a forked RNG, so it
-    never changes what training draws; its time is left out of the log's `seconds`."""
-
-    def __init__(self, mcfg: dict, input_kind: str, device: torch.device):
-        cache = Path(mcfg["cache"])
-        df = data.read_manifest(cache)
-        df = df[df["label"] != ""].reset_index(drop=True)
-        if (df["split"] == "train").any() and (df["split"] == "test").any():
-            is_train, is_test = df["split"] == "train", df["split"] == "test"
-        elif df["fold"].notna().any():
-            last = df["fold"].max()
-            is_train, is_test = df["fold"].notna() & (df["fold"] != last), df["fold"] == last
-        else:
-            raise ValueError(f"train.monitor.cache {cache}: needs train/test splits or folds to score a kNN monitor")
-        self.labels = data.LabelMap.from_labels(df.loc[is_train, "label"])
-        self.k, self.temperature, self.device, self.kind = mcfg["k"], mcfg["temperature"], device, input_kind
-        self.mean, self.std = (0.0, 1.0)
-        if input_kind == "logmel":
-            frames = sorted(data.load_array(cache, p).shape[-1] for p in df["logmel"][:200])[min(len(df), 200) // 2]
-            make = lambda part: data.LogMelCrops(cache, part, self.labels, frames=frames, random_crop=False)
-            self.mean, self.std = data.logmel_stats(cache, df[is_train], max_clips=1000)
-        else:
-            rate = int(data.cache_params(cache)["sample_rate"])
-            samples = int(round(float(df["duration"].astype(float).median()) * rate))
-            make = lambda part: data.WaveClips(cache, part, self.labels, samples=samples)
-        self.train_set, self.test_set = make(df[is_train]), make(df[is_test])
-        self.seconds, self.last = 0.0, None
-
-    def embed(self, encoder: nn.Module, clips) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings [N, D] and label indices [N] of a monitor split (log-mels standardised by the train stats)."""
-        norm = (self.mean, self.std) if self.kind == "logmel" else None
-        x = models.embed_dataset(encoder, clips, batch_size=64, device=self.device, desc="monitor", norm=norm)
-        return torch.from_numpy(x), torch.from_numpy(clips.targets)
-
-    def __call__(self, encoder: nn.Module) -> float:
-        """kNN accuracy (0-1) of the encoder's current weights; the encoder is back in train mode afterwards."""
-        import probe
-        started = time.time()
-        encoder.eval()
-        with torch.random.fork_rng(devices=[]):
-            train_x, train_y = self.embed(encoder, self.train_set)
-            test_x, test_y = self.embed(encoder, self.test_set)
-        encoder.train()
-        accuracy = probe.knn_accuracy(train_x, train_y, test_x, test_y, len(self.labels), self.k, self.temperature)
-        self.seconds += time.time() - started
-        self.last = accuracy
-        return accuracy
 
 # ----------------------------------------------------------------------------- run folder and checkpoints
 
@@ -605,6 +560,8 @@ def parse_args(doc: str, argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume-from", type=Path, default=None, help="continue from this checkpoint file")
     parser.add_argument("--overwrite", action="store_true",
                         help="start over in a train.out_dir that holds an earlier run's checkpoints (deletes them)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the merged config (defaults + the file + the overrides) as YAML and exit")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     return parser.parse_intermixed_args(argv)  # options may sit between key=value overrides
 
@@ -614,6 +571,9 @@ def main(kind: str, defaults: dict, build: Callable[[dict, Env], Parts], doc: st
     """A pretraining script's main(): parse, resolve the config, train (or resume)."""
     args = parse_args(doc, argv)
     cfg = resolve_config(args.config, args.overrides, defaults, validate)
+    if args.print_config:
+        print(config_lib.dump_config(cfg), end="")
+        return {"config": cfg}
     resume = args.resume_from
     if resume is None and args.resume:
         resume = Path(cfg["train"]["out_dir"] or f"runs/{cfg['_meta']['config_name']}") / LAST

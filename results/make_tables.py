@@ -6,9 +6,9 @@
 Inputs (each optional; whatever is missing shows as "-", never as a number from elsewhere):
     --results    rows appended by linear_eval.py (probe.RESULT_FIELDS)
     --reference  published numbers with their source (table, task, model, metric, value, ci95, source, note)
-    results/clar_labels.csv          CLAR study: columns mode, label_fraction, accuracy [, ci95, encoder, task]
-    results/clar_representation.csv  CLAR study: any columns (shown as they are)
-    results/clar_augpairs.csv        CLAR study: columns aug1, aug2, accuracy -> heatmap PNG
+    --studies    folder (default results/) of each registry method's study CSVs (methods.Method.studies): a
+                 "grid" (row key, column key, accuracy [, ci95, encoder, task]), a "table" (any columns, shown as
+                 they are), "pairs" (aug1, aug2, accuracy -> heatmap PNG)
     --runs       folders */log.csv of pretraining runs (step, loss, any *acc* column) -> curve PNGs; the kNN
                  monitor rows (knn_acc, train.monitor) -> learning curves against epoch and training seconds
 
@@ -29,6 +29,7 @@ import pandas as pd  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+import methods  # noqa: E402
 from datasets import all_tasks  # noqa: E402
 from utils import atomic_write_text, remove_stale_temps  # noqa: E402
 
@@ -36,8 +37,8 @@ SEED_COLUMNS = ("gtzan", "nsynth", "esc50")  # the seed's table, in its column o
 TITLES = {task: spec.title or task for task, (_, spec) in all_tasks().items()}  # datasets.REGISTRY's tasks
 SEED_TASKS = {task: TITLES[task] for task in SEED_COLUMNS}
 OTHER_TASKS = {task: title for task, title in TITLES.items() if task not in SEED_TASKS}
-CLAR_MODES = ["supervised", "self-supervised", "clar"]
-CLAR_FRACTIONS = ["1", "0.2", "0.1", "0.01"]
+# reference.csv tables of published accuracies: the seed's and each registry method's (methods.py)
+ACCURACY_TABLES = ["seed", *[t for m in methods.METHODS.values() for t in m.reference_tables]]
 DASH = "-"
 
 
@@ -72,11 +73,11 @@ def full_label_rows(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def accuracy_table(results: pd.DataFrame, reference: pd.DataFrame, tasks: dict[str, str]) -> str:
-    """Published accuracy rows of reference.csv's 'seed' and 'clar' tables (with their source), then one row
+    """Published accuracy rows of reference.csv's ACCURACY_TABLES (with their source), then one row
     per measured (model, long, pool) that has a full-label result on at least one of `tasks`."""
     header = ["Model", "long", "pool", *tasks.values(), "Source"]
     rows = []
-    ref = reference[reference["table"].isin(["seed", "clar"]) & (reference["metric"] == "accuracy")
+    ref = reference[reference["table"].isin(ACCURACY_TABLES) & (reference["metric"] == "accuracy")
                     & reference["task"].isin(list(tasks))] if len(reference) else []
     for model, group in ([] if len(ref) == 0 else ref.groupby("model", sort=False)):
         values = {r.task: cell(r.value, r.ci95) for r in group.itertuples()}
@@ -148,24 +149,26 @@ def low_shot_table(results: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     return markdown_table(["Model", "Task", *budgets], rows), df[df["fraction"].notna()]
 
 
-def clar_labels_table(clar: pd.DataFrame, reference: pd.DataFrame) -> str:
-    """CLAR: training mode x label fraction (measured, from clar_labels.csv), then the seed's quoted drops."""
-    header = ["Mode", *[f"{float(f) * 100:g} %" for f in CLAR_FRACTIONS]]
-    needed = {"mode", "label_fraction", "accuracy"}
-    extra = [c for c in ("encoder", "task") if c in clar.columns]
+def grid_table(df: pd.DataFrame, reference: pd.DataFrame, study: methods.Study) -> str:
+    """A study's accuracy by (row_key, column_key) (methods.Study kind "grid"), one row per (encoder, task, row)
+    measured, or the study's rows with "-" before any; then the published numbers of its reference table."""
+    header = [study.row_label, *study.column_labels]
+    needed = {study.row_key, study.column_key, "accuracy"}
+    extra = [c for c in ("encoder", "task") if c in df.columns]
+    columns = [f"{float(c):g}" for c in study.columns]
     rows = []
-    if not clar.empty and needed <= set(clar.columns):
-        clar = clar.assign(fraction=[f"{float(f):g}" for f in clar["label_fraction"]])
-        for key, group in clar.groupby([*extra, "mode"], sort=False):
-            values = {r.fraction: cell(r.accuracy, getattr(r, "ci95", "")) for r in group.itertuples()}
+    if not df.empty and needed <= set(df.columns):
+        df = df.assign(grid_column=[f"{float(f):g}" for f in df[study.column_key]])
+        for key, group in df.groupby([*extra, study.row_key], sort=False):
+            values = {r.grid_column: cell(r.accuracy, getattr(r, "ci95", "")) for r in group.itertuples()}
             name = " / ".join(key) if isinstance(key, tuple) else key
-            rows.append([name, *[values.get(f, DASH) for f in CLAR_FRACTIONS]])
+            rows.append([name, *[values.get(c, DASH) for c in columns]])
     else:
-        rows = [[mode, *[DASH] * len(CLAR_FRACTIONS)] for mode in CLAR_MODES]
+        rows = [[row, *[DASH] * len(columns)] for row in study.rows]
     text = markdown_table(header, rows)
-    if not clar.empty and not needed <= set(clar.columns):
-        text = generic_table(clar)
-    drops = reference[reference["table"] == "clar_labels"] if not reference.empty else reference
+    if not df.empty and not needed <= set(df.columns):
+        text = generic_table(df)
+    drops = reference[reference["table"] == study.reference] if not reference.empty else reference
     if len(drops):
         text += "\n\nPublished (not measured here), 100 % -> 1 % labels: " + "; ".join(
             f"{r.model} {r.value} points ({r.source})" for r in drops.itertuples()) + "."
@@ -288,7 +291,33 @@ def save(fig, path: Path) -> None:
 # ============================================================================ page
 
 
-def build_page(results: pd.DataFrame, reference: pd.DataFrame, clar_dir: Path, runs: Path | None,
+def study_parts(study: methods.Study, df: pd.DataFrame, reference: pd.DataFrame, figures: Path, rel) -> list[str]:
+    """The markdown (and figure) of one registry study table (methods.Study)."""
+    if study.kind == "grid":
+        return [grid_table(df, reference, study)]
+    if study.kind == "table":
+        return [generic_table(df, list(study.header) or None)]
+    parts = []
+    matrix = augpair_matrix(df)
+    if matrix is not None:
+        path = figures / f"{Path(study.csv).stem}.png"
+        heatmap_png(matrix, path, f"{study.title.split(':')[0]}: accuracy by augmentation pair")
+        parts.append(f"![augmentation pairs]({rel(path)})")
+        values = matrix.to_numpy(dtype=float)
+        upper = values[np.triu_indices(len(values))]
+        upper = upper[~np.isnan(upper)]
+        parts.append(f"Measured mean over pairs: {upper.mean():.1f} ± {upper.std(ddof=1) if len(upper) > 1 else 0:.2f} "
+                     f"(std, {len(upper)} pairs).")
+    else:
+        parts.append(generic_table(df, ["aug1", "aug2", "accuracy"]))
+    refs = reference[reference["table"] == study.reference] if not reference.empty else reference
+    if len(refs):
+        parts.append("Published (not measured here): " + "; ".join(
+            f"{r.model} mean {r.value} ± {r.ci95} ({r.source})" for r in refs.itertuples()) + ".")
+    return parts
+
+
+def build_page(results: pd.DataFrame, reference: pd.DataFrame, studies_dir: Path, runs: Path | None,
                out: Path) -> str:
     """The whole markdown page; figures are written next to it."""
     figures = out.parent / f"{out.stem.lower()}_figures"
@@ -320,28 +349,10 @@ def build_page(results: pd.DataFrame, reference: pd.DataFrame, clar_dir: Path, r
             low_shot_png(low, task, path)
             parts.append(f"![low-shot {task}]({rel(path)})")
 
-    parts.append("## CLAR: label fraction x training mode")
-    parts.append(clar_labels_table(read_csv(clar_dir / "clar_labels.csv"), reference))
-    parts.append("## CLAR: 1D (waveform) vs 2D (spectrogram) encoders")
-    parts.append(generic_table(read_csv(clar_dir / "clar_representation.csv"), ["Encoder", "Mode", "Accuracy"]))
-    parts.append("## CLAR: augmentation pairs")
-    pairs = read_csv(clar_dir / "clar_augpairs.csv")
-    matrix = augpair_matrix(pairs)
-    if matrix is not None:
-        path = figures / "clar_augpairs.png"
-        heatmap_png(matrix, path, "CLAR: accuracy by augmentation pair")
-        parts.append(f"![augmentation pairs]({rel(path)})")
-        values = matrix.to_numpy(dtype=float)
-        upper = values[np.triu_indices(len(values))]
-        upper = upper[~np.isnan(upper)]
-        parts.append(f"Measured mean over pairs: {upper.mean():.1f} ± {upper.std(ddof=1) if len(upper) > 1 else 0:.2f} "
-                     f"(std, {len(upper)} pairs).")
-    else:
-        parts.append(generic_table(pairs, ["aug1", "aug2", "accuracy"]))
-    refs = reference[reference["table"] == "clar_augpairs"] if not reference.empty else reference
-    if len(refs):
-        parts.append("Published (not measured here): " + "; ".join(
-            f"{r.model} mean {r.value} ± {r.ci95} ({r.source})" for r in refs.itertuples()) + ".")
+    for method in methods.METHODS.values():
+        for study in method.studies:
+            parts.append(f"## {study.title}")
+            parts += study_parts(study, read_csv(studies_dir / study.csv), reference, figures, rel)
     parts.append("## Learning curves (kNN monitor)")
     curves = monitor_curves(runs)
     if curves:
@@ -365,12 +376,13 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default=str(HERE / "results.csv"))
     parser.add_argument("--reference", default=str(HERE / "reference.csv"))
-    parser.add_argument("--clar", default=str(HERE), help="folder with the CLAR study CSVs")
+    parser.add_argument("--studies", default=str(HERE),
+                        help="folder with the CSVs of the registry's studies (methods.Method.studies)")
     parser.add_argument("--runs", default="runs", help="folder of run folders with log.csv")
     parser.add_argument("--out", default=str(HERE / "README.md"))
     args = parser.parse_args(argv)
     out = Path(args.out)
-    page = build_page(read_csv(Path(args.results)), read_csv(Path(args.reference)), Path(args.clar),
+    page = build_page(read_csv(Path(args.results)), read_csv(Path(args.reference)), Path(args.studies),
                       Path(args.runs), out)
     if out.parent.is_dir():
         remove_stale_temps(out.parent)  # of a killed earlier run

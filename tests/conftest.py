@@ -44,3 +44,12 @@ def write_tiny_cache(out: Path, n_classes: int = 4, per_class: int = 6, frames: 
 @pytest.fixture
 def tiny_cache(tmp_path: Path) -> Path:
     return write_tiny_cache(tmp_path / "cache")
+
+
+def model_cfg(partial: dict) -> dict:
+    """A complete `model` config section for partial["arch"]: the model defaults of the registry method that trains
+    that architecture (the builders in models.py have no defaults of their own), updated with `partial`."""
+    import methods
+    owner = {"vit_b_32": "msn", "vit_audio": "msn", "resnet18_2d": "clar", "resnet18_1d": "clar",
+             "audiontt2022": "byola"}[partial["arch"]]
+    return {**methods.get(owner).defaults()["model"], **partial}

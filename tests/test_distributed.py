@@ -94,7 +94,7 @@ def test_clar_two_processes_follow_the_one_process_trajectory(tiny_cache, tmp_pa
     """Global batch 10 (5 labelled): 1 x 10 vs 2 x 5, so the processes hold 3 and 2 labelled clips; 2-D ResNet
     with batch norm, NT-Xent over both processes' projections, every cheap augmentation on."""
     common = ["train.epochs=2", "train.final_probe=false", "label_fraction=0.5", "mode=clar",
-              "augment.names=[fade, time_mask, time_shift, white_noise, mixed_noise]", "augment.p=0.8",
+              "aug.names=[fade, time_mask, time_shift, white_noise, mixed_noise]", "aug.p=0.8",
               "model.width=16"]  # at width 8 per-view batch norm over 5 clips a process amplifies float rounding
     pretrain_clar.main(clar_tiny(tiny_cache, tmp_path / "one", *common))
     torchrun("pretrain_clar.py", clar_tiny(tiny_cache, tmp_path / "two", *common))

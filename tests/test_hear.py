@@ -22,7 +22,7 @@ import pretrain_clar
 import pretrain_msn
 from audio import LOG_SILENCE, LogMel, LogMelConfig
 from results import make_tables
-from tests.conftest import write_tiny_cache
+from tests.conftest import model_cfg, write_tiny_cache
 from tests.test_pretrain_byola import tiny as byola_tiny
 from tests.test_pretrain_clar import tiny_args as clar_tiny
 from tests.test_pretrain_msn import tiny as msn_tiny
@@ -195,7 +195,7 @@ def test_export_and_hear_errors_name_the_file(runs, tmp_path):
 
 def test_random_vit_b_32_windows_are_224_images():
     """ViT-B/32 (MSN's seed encoder): each 50 ms window is one crop_frames chunk resized to image_size."""
-    cfg = {"model": {"arch": "vit_b_32", "image_size": 64, "crop_frames": 32}}
+    cfg = {"model": model_cfg({"arch": "vit_b_32", "image_size": 64, "crop_frames": 32})}
     torch.manual_seed(3)
     encoder = models.build_encoder(cfg).eval()
     bundle = {"config": cfg, "logmel": LogMelConfig().to_dict(), "norm": {"source": "none", "mean": 0.0, "std": 1.0}}
@@ -236,7 +236,7 @@ def test_linear_eval_probes_a_pypi_hear_module_and_tables_show_it(tmp_path):
     saved = pd.read_csv(tmp_path / "r.csv")
     assert saved["model"].tolist() == ["hear:hearbaseline"]
     page = make_tables.main(["--results", str(tmp_path / "r.csv"), "--out", str(tmp_path / "t.md"),
-                             "--runs", str(tmp_path / "none"), "--clar", str(tmp_path)])
+                             "--runs", str(tmp_path / "none"), "--studies", str(tmp_path)])
     line = next(s for s in page.read_text().splitlines() if s.startswith("| hear:hearbaseline |"))
     assert line.split(" | ")[1:3] == ["-", "-"] and row["mean"] in line  # long / pool do not apply
 

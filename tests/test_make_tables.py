@@ -34,7 +34,7 @@ def test_seed_table_from_fixture_results(tmp_path):
         result("sc10", "clar_2d", "80.00", "1.00"),
         result("esc50", "msn_vitb32", "30.00", fraction="0.1"),  # low-shot: not in the full-label table
     ])
-    out = mt.main(["--results", str(results), "--reference", str(REFERENCE), "--clar", str(tmp_path),
+    out = mt.main(["--results", str(results), "--reference", str(REFERENCE), "--studies", str(tmp_path),
                    "--runs", str(tmp_path / "none"), "--out", str(tmp_path / "README.md")])
     page = out.read_text()
     expected = "\n".join([
@@ -66,7 +66,7 @@ def test_seed_table_from_fixture_results(tmp_path):
 
 
 def test_empty_results_leave_every_measured_cell_dash(tmp_path):
-    out = mt.main(["--results", str(tmp_path / "absent.csv"), "--reference", str(REFERENCE), "--clar",
+    out = mt.main(["--results", str(tmp_path / "absent.csv"), "--reference", str(REFERENCE), "--studies",
                    str(tmp_path), "--runs", str(tmp_path), "--out", str(tmp_path / "page.md")])
     page = out.read_text()
     assert "measured |" not in page  # only published rows
@@ -89,7 +89,7 @@ def test_clar_studies_and_training_curves(tmp_path):
         run / "log.csv", index=False)
     (tmp_path / "runs" / "broken").mkdir()
     (tmp_path / "runs" / "broken" / "log.csv").write_text("step,epoch\n")
-    out = mt.main(["--results", str(tmp_path / "absent.csv"), "--reference", str(REFERENCE), "--clar",
+    out = mt.main(["--results", str(tmp_path / "absent.csv"), "--reference", str(REFERENCE), "--studies",
                    str(tmp_path), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "demo.md")])
     page = out.read_text()
     assert "| supervised | 90.0 | - | - | 25.0 |" in page and "| clar | 88.0 | - | - | - |" in page
@@ -130,7 +130,7 @@ def test_learning_curves_from_knn_monitor_rows(tmp_path):
         pd.DataFrame({"step": [0, 3, 3, 6, 6], "epoch": [0, 1, 1, 2, 2], "loss": ["", "2.0", "", "1.5", ""],
                       "knn_acc": [accs[0], "", accs[1], "", accs[2]], "seconds": [0.0, 1.0, 1.1, 2.0, 2.1]}
                      ).to_csv(run / "log.csv", index=False)
-    out = mt.main(["--results", str(tmp_path / "absent.csv"), "--reference", str(REFERENCE), "--clar",
+    out = mt.main(["--results", str(tmp_path / "absent.csv"), "--reference", str(REFERENCE), "--studies",
                    str(tmp_path), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "demo.md")])
     page = out.read_text()
     assert "| byola | 50.0 | 61.0 | 2 | 2 |" in page and "| msn | 20.0 | 45.0 | 2 | 2 |" in page

@@ -4,10 +4,11 @@ from __future__ import annotations
 import torch
 
 import models
+from tests.conftest import model_cfg
 
-VIT_B32 = {"arch": "vit_b_32", "image_size": 224, "crop_frames": 96, "pretrained": None}
-TINY_AUDIO = {"arch": "vit_audio", "crop_frames": 32, "n_mels": 64, "patch": [16, 8], "width": 32, "depth": 1,
-              "heads": 2, "mlp_ratio": 2.0, "pos_embed": "sincos"}
+VIT_B32 = model_cfg({"arch": "vit_b_32", "image_size": 224, "crop_frames": 96, "pretrained": None})
+TINY_AUDIO = model_cfg({"arch": "vit_audio", "crop_frames": 32, "n_mels": 64, "patch": [16, 8], "width": 32,
+                        "depth": 1, "heads": 2, "mlp_ratio": 2.0, "pos_embed": "sincos"})
 
 
 _VIT_B32_CACHE = []
@@ -145,7 +146,7 @@ def test_vit_checkpoint_config_rebuilds_encoder_without_reading_pretrained():
 def test_resnet_2d_is_torchvision_resnet18_without_fc():
     import torchvision
 
-    enc = models.build_encoder({"model": {"arch": "resnet18_2d"}})
+    enc = models.build_encoder({"model": model_cfg({"arch": "resnet18_2d"})})
     reference = torchvision.models.resnet18()
     reference.fc = torch.nn.Identity()
     state = {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")}
@@ -157,7 +158,7 @@ def test_resnet_2d_is_torchvision_resnet18_without_fc():
 
 
 def test_resnet_1d_is_all_one_dimensional():
-    enc = models.build_encoder({"model": {"arch": "resnet18_1d", "width": 8}})
+    enc = models.build_encoder({"model": model_cfg({"arch": "resnet18_1d", "width": 8})})
     kinds = {type(m) for m in enc.modules()}
     assert torch.nn.Conv1d in kinds and torch.nn.BatchNorm1d in kinds and torch.nn.MaxPool1d in kinds
     assert not kinds & {torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.MaxPool2d}
@@ -166,7 +167,7 @@ def test_resnet_1d_is_all_one_dimensional():
 
 def test_resnet_encoders_embed_waves_and_average_chunks():
     for arch in ("resnet18_2d", "resnet18_1d"):
-        enc = models.build_encoder({"model": {"arch": arch, "width": 4, "clip_seconds": 0.25}}).eval()
+        enc = models.build_encoder({"model": model_cfg({"arch": arch, "width": 4, "clip_seconds": 0.25})}).eval()
         wave = torch.randn(2, 8000)  # two 0.25 s chunks
         with torch.no_grad():
             whole = enc.embed(wave)
@@ -188,7 +189,7 @@ def test_resnet_projection_head_shapes():
 def test_msn_head_runs_once_per_crop_group():
     """MSN's deit.py runs the head per crop-size group, so the anchor and the focal views get their own BN stats."""
     torch.manual_seed(0)
-    cfg = {"arch": "vit_audio", "crop_frames": 32, "patch": [16, 8], "width": 16, "depth": 1, "heads": 2}
+    cfg = model_cfg({"arch": "vit_audio", "crop_frames": 32, "patch": [16, 8], "width": 16, "depth": 1, "heads": 2})
     net = models.MSNNet(models.build_vit(cfg), models.MSNHead(16, 32, 8)).train()
     anchor, focal = torch.randn(4, 1, 64, 32), torch.randn(8, 1, 64, 16)
     z = net(anchor, focal)
@@ -200,8 +201,8 @@ def test_msn_head_runs_once_per_crop_group():
 
 def test_clar_net_runs_each_view_on_its_own_unless_joint_views():
     torch.manual_seed(0)
-    cfg = {"arch": "resnet18_1d", "width": 4, "kernel_1d": 3, "clip_seconds": 0.1, "proj_hidden": 8, "proj_dim": 4,
-           "proj_batch_norm": True}
+    cfg = model_cfg({"arch": "resnet18_1d", "width": 4, "kernel_1d": 3, "clip_seconds": 0.1, "proj_hidden": 8,
+                     "proj_dim": 4, "proj_batch_norm": True})
     net = models.ClarNet(models.build_resnet(cfg), cfg, n_classes=3, with_classifier=True).train()
     w1, w2 = torch.randn(5, 1600), 2 * torch.randn(5, 1600)
     z1, z2, _, _, _ = net(w1, w2)
@@ -231,7 +232,7 @@ def test_audiontt2022_shapes_frames_and_mean_plus_max_pooling():
             return torch.tensor([[[1.0, 2.0], [3.0, 4.0], [5.0, 0.0]]])
 
     assert Known(dim=512, base=8, mlp_hidden=8)(x).tolist() == [[5 + 3, 4 + 2]]  # max + mean over time
-    full = models.build_encoder({"model": {"arch": "audiontt2022"}})
+    full = models.build_encoder({"model": model_cfg({"arch": "audiontt2022"})})
     assert full.embed_dim == 3072 and full.conv_dim == 1024  # the paper's AudioNTT2022: 64 ch x 16 mel bins
 
 

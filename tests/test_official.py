@@ -187,7 +187,7 @@ def test_export_writes_an_encoder_file_every_consumer_reads(tiny_cache, tmp_path
 def test_demo_small_track_evaluates_a_given_weight_file_with_the_same_probe():
     import demo
 
-    plain, given = demo.steps("small"), demo.steps("small", "w/AudioNTT2020-BYOLA-64x96d512.pth")
+    plain, given = demo.steps("small"), demo.steps("small", ["byola:w/AudioNTT2020-BYOLA-64x96d512.pth"])
     extra = [s for s in given if s not in plain]
     assert extra == [["linear_eval.py", "--ckpt", "byola:w/AudioNTT2020-BYOLA-64x96d512.pth", "--task",
                       "cache/small_default", "--results", "results/small.csv", f"probe.lr={demo.PROBE_LR}"]]

@@ -83,3 +83,15 @@ def test_decay_groups_exclude_biases_and_norms():
     optim.set_lr(opt, 0.5, weight_decay=0.1)
     assert [g["lr"] for g in opt.param_groups] == [0.5, 0.5]
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+
+
+def test_schedules_take_the_trainers_step_and_name_when_the_reference_stepped_first():
+    """Every method passes its 0-based global step; MSN's scheduler is stepped before its first update (its first
+    lr is already 1/warmup of the way), CLAR's (PL bolts) is read first (its first lr is the start value)."""
+    args = (4, 14, 2e-4, 1e-3, 1e-6)
+    assert optim.warmup_cosine(0, *args, first=optim.READ_BEFORE_STEP) == pytest.approx(2e-4)
+    assert optim.warmup_cosine(0, *args, first=optim.STEPPED_BEFORE_USE) == pytest.approx(2e-4 + (1e-3 - 2e-4) / 4)
+    msn = optim.STEPPED_BEFORE_USE
+    for step in range(20):
+        assert optim.warmup_cosine(step, *args, first=msn) == optim.warmup_cosine(step + 1, *args)
+        assert optim.cosine(step, 10, 0.04, 0.4, first=msn) == optim.cosine(step + 1, 10, 0.04, 0.4)

@@ -20,7 +20,7 @@ def tiny_args(cache, out, *extra) -> list[str]:
     return ["--config", DEMO, f"data.cache={cache}", f"train.out_dir={out}", "model.width=8",
             "model.clip_seconds=0.25", "model.proj_hidden=32", "model.proj_dim=16", "optim.batch_size=10",
             "data.num_workers=0", "train.log_every=1", "train.eval_every=1",
-            "augment.names=[time_shift, white_noise]", *extra]
+            "aug.names=[time_shift, white_noise]", *extra]
 
 
 def read_log(path) -> list[dict]:
@@ -101,10 +101,10 @@ def test_resume_is_exact(tiny_cache, tmp_path):
     """2 epochs straight == 1 epoch, stop, --resume, 1 more epoch: identical weights and optimiser state."""
     straight = tmp_path / "straight"
     pretrain_clar.main(tiny_args(tiny_cache, straight, "train.epochs=2", "train.final_probe=false", "encoder=1d",
-                                 "augment.names=[fade, time_mask, time_shift, mixed_noise]"))
+                                 "aug.names=[fade, time_mask, time_shift, mixed_noise]"))
     split = tmp_path / "split"
     common = ["train.epochs=2", "train.final_probe=false", "encoder=1d",
-              "augment.names=[fade, time_mask, time_shift, mixed_noise]"]
+              "aug.names=[fade, time_mask, time_shift, mixed_noise]"]
     first = pretrain_clar.main(tiny_args(tiny_cache, split, *common, "train.max_steps=2"))
     assert first["step"] == 2 and first["epoch"] == 1
     pretrain_clar.main(["--resume", *tiny_args(tiny_cache, split, *common)])

@@ -13,6 +13,7 @@ import losses
 import models
 import pretrain_msn
 import utils
+from tests.conftest import model_cfg
 
 DEMO = "config/demo_msn.yaml"
 
@@ -60,7 +61,7 @@ def test_pretrain_msn_resume_is_exact(tiny_cache, tmp_path):
 
 def test_pretrain_msn_steps_on_a_fixed_batch_lower_the_loss():
     torch.manual_seed(0)
-    cfg = {"arch": "vit_audio", "crop_frames": 32, "patch": [16, 8], "width": 32, "depth": 1, "heads": 2}
+    cfg = model_cfg({"arch": "vit_audio", "crop_frames": 32, "patch": [16, 8], "width": 32, "depth": 1, "heads": 2})
     online = models.MSNNet(models.build_vit(cfg), models.MSNHead(32, 64, 16))
     target = models.MSNNet(models.build_vit(cfg), models.MSNHead(32, 64, 16))
     target.load_state_dict(online.state_dict())

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-import synthetic
-from synthetic import CATEGORIES, SAMPLE_RATE, generate_synthetic, make_event
+import synthdata
+from synthdata import CATEGORIES, SAMPLE_RATE, generate_synthetic, make_event
 
 ESC50_COLUMNS = ["filename", "fold", "target", "category", "esc10", "src_file", "take"]
 
@@ -27,7 +27,7 @@ def folder_bytes(root: Path) -> dict[str, bytes]:
 @pytest.fixture
 def tiny_size(monkeypatch):
     """A 10-class x 5-clip x 0.25 s size, for the file-handling tests."""
-    monkeypatch.setitem(synthetic.SIZES, "tiny", (10, 5, 0.25))
+    monkeypatch.setitem(synthdata.SIZES, "tiny", (10, 5, 0.25))
     return "tiny"
 
 
@@ -106,9 +106,9 @@ def test_pulse_classes_repeat_at_their_tempo(seed):
 
 def test_mean_logmel_probe_is_far_from_perfect_but_time_aware_probe_does_better(small_set):
     """The EVAR probe (lr 1e-2, as the demo runs it), 5-fold CV: measured 32.5 % vs 73.5 % (chance 10 %)."""
-    features, _, _ = synthetic.probe_features(small_set)
+    features, _, _ = synthdata.probe_features(small_set)
     assert features["mean_logmel"].shape == (200, 64)
-    results = synthetic.hardness_check(small_set, lr=1e-2)
+    results = synthdata.hardness_check(small_set, lr=1e-2)
     mean_logmel, time_aware = results["mean_logmel"]["cv"], results["time_aware"]["cv"]
     assert 0.15 < mean_logmel < 0.95  # above chance (0.1): the spectrum says something, not everything
     assert time_aware > mean_logmel + 0.2
@@ -116,8 +116,8 @@ def test_mean_logmel_probe_is_far_from_perfect_but_time_aware_probe_does_better(
 
 
 def interrupt_at_clip(monkeypatch, n: int):
-    """Make synthetic.make_clip raise KeyboardInterrupt (a kill) on its n-th call; returns the real one."""
-    real_make_clip, calls = synthetic.make_clip, []
+    """Make synthdata.make_clip raise KeyboardInterrupt (a kill) on its n-th call; returns the real one."""
+    real_make_clip, calls = synthdata.make_clip, []
 
     def failing_make_clip(*args):
         calls.append(1)
@@ -125,7 +125,7 @@ def interrupt_at_clip(monkeypatch, n: int):
             raise KeyboardInterrupt
         return real_make_clip(*args)
 
-    monkeypatch.setattr(synthetic, "make_clip", failing_make_clip)
+    monkeypatch.setattr(synthdata, "make_clip", failing_make_clip)
     return real_make_clip
 
 
@@ -153,9 +153,9 @@ def test_interrupted_generation_leaves_no_half_files_and_resumes(tmp_path, tiny_
         generate_synthetic(tmp_path / "cut", size=tiny_size)
     leftovers = list((tmp_path / "cut").rglob("*"))
     assert not [p for p in leftovers if p.name.startswith(".")]  # no temp files
-    assert not (tmp_path / "cut" / "meta" / synthetic.MARKER).exists()
+    assert not (tmp_path / "cut" / "meta" / synthdata.MARKER).exists()
     assert len(list((tmp_path / "cut" / "audio").iterdir())) == 16
-    monkeypatch.setattr(synthetic, "make_clip", real_make_clip)
+    monkeypatch.setattr(synthdata, "make_clip", real_make_clip)
     assert folder_bytes(generate_synthetic(tmp_path / "cut", size=tiny_size)) == reference
 
 
@@ -166,14 +166,14 @@ def test_interrupted_regeneration_of_an_existing_set_is_restartable(tmp_path, ti
     real_make_clip = interrupt_at_clip(monkeypatch, 7)
     with pytest.raises(KeyboardInterrupt):
         generate_synthetic(root, size=tiny_size, seed=1)
-    assert (root / "meta" / synthetic.PARTIAL).exists() and not (root / "meta" / synthetic.MARKER).exists()
-    monkeypatch.setattr(synthetic, "make_clip", real_make_clip)
+    assert (root / "meta" / synthdata.PARTIAL).exists() and not (root / "meta" / synthdata.MARKER).exists()
+    monkeypatch.setattr(synthdata, "make_clip", real_make_clip)
     assert folder_bytes(generate_synthetic(root, size=tiny_size, seed=1)) == reference
-    assert not (root / "meta" / synthetic.PARTIAL).exists()
+    assert not (root / "meta" / synthdata.PARTIAL).exists()
 
 
 def test_other_size_replaces_the_previous_clips(tmp_path, tiny_size, monkeypatch):
-    monkeypatch.setitem(synthetic.SIZES, "tinier", (10, 10, 0.1))
+    monkeypatch.setitem(synthdata.SIZES, "tinier", (10, 10, 0.1))
     root = generate_synthetic(tmp_path / "set", size="tinier")
     generate_synthetic(root, size=tiny_size)
     meta = pd.read_csv(root / "meta" / "esc50.csv")
@@ -192,7 +192,7 @@ def test_refuses_a_folder_holding_a_real_esc50(tmp_path):
 
 def test_handcrafted_result_rows_are_results_csv_rows(tmp_path):
     from probe import RESULT_FIELDS, append_result
-    rows = synthetic.result_rows({"mean_logmel": {"folds": [0.3, 0.4, 0.5, 0.4, 0.4]}}, "demo_small", 1e-2)
+    rows = synthdata.result_rows({"mean_logmel": {"folds": [0.3, 0.4, 0.5, 0.4, 0.4]}}, "demo_small", 1e-2)
     assert list(rows[0]) == RESULT_FIELDS and rows[0]["model"] == "handcrafted:mean_logmel"
     assert rows[0]["mean"] == "40.00" and rows[0]["fold_acc"] == "30.00 40.00 50.00 40.00 40.00"
     assert float(rows[0]["ci95"]) == pytest.approx(2.776445 * np.std([30, 40, 50, 40, 40], ddof=1) / 5 ** 0.5, abs=0.01)

@@ -14,6 +14,7 @@ import data
 import pretrain_byola
 import trainer
 import utils
+from monitor import Monitor
 from tests.conftest import ROOT
 from tests.test_pretrain_byola import tiny
 
@@ -215,7 +216,7 @@ def test_knn_monitor_equals_a_hand_computation_on_the_encoders_embeddings(tiny_c
                                                                    "model.mlp_hidden=32"])
     torch.manual_seed(0)
     encoder = models.build_encoder(cfg).eval()
-    monitor = trainer.Monitor({"cache": str(tiny_cache), "every": 1, "k": 3, "temperature": 0.07}, "logmel",
+    monitor = Monitor({"cache": str(tiny_cache), "every": 1, "k": 3, "temperature": 0.07}, "logmel",
                               torch.device("cpu"))
     df = data.read_manifest(tiny_cache)
     mean, std = data.logmel_stats(tiny_cache, df[df["split"] == "train"], max_clips=1000)

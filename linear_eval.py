@@ -58,7 +58,7 @@ import hear_adapter
 import methods
 import models
 from audio import LOG_SILENCE, fix_length
-from config import ConfigError, apply_overrides, dump_config, load_config
+from config import ConfigError, apply_overrides, load_config
 from data import LabelMap, load_array, read_manifest, select, stratified_subset
 from datasets import REGISTRY, all_tasks, find_task
 from probe import append_result, carve_validation, fit_linear_probe, mean_ci95
@@ -399,8 +399,6 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--long", choices=("pad", "resize", "chunk"),
                         help="ViT inputs longer than the training crop (= eval.long; pad is the seed's)")
     parser.add_argument("--pool", choices=("cls", "mean"), help="ViT embedding pooling (= eval.pool)")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the merged config (DEFAULTS + the overrides) as YAML and exit")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of DEFAULTS (e.g. eval.long=pad)")
     args = parser.parse_intermixed_args(argv)  # options may sit between key=value overrides
     if args.label_fraction is not None and not 0 < args.label_fraction <= 1:
@@ -417,9 +415,6 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = apply_overrides(DEFAULTS, args.overrides + flags)
     if cfg["eval"]["long"] not in ("pad", "resize", "chunk") or cfg["eval"]["pool"] not in ("cls", "mean"):
         raise ConfigError("eval.long must be pad, resize or chunk and eval.pool cls or mean")
-    if args.print_config:
-        print(dump_config(cfg), end="")
-        return cfg
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     folds = [int(f) for f in args.folds.split(",") if f.strip()] or None
     device = pick_device(cfg["eval"]["device"])

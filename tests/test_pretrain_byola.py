@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,10 +9,10 @@ import torch
 
 import augment
 import config as config_lib
+import linear_eval
 import losses
 import models
 import pretrain_byola
-from tests.conftest import ROOT
 
 DEMO = "config/demo_byola.yaml"
 
@@ -48,13 +46,11 @@ def test_pretrain_byola_resume_is_exact_and_linear_eval_reads_the_checkpoint(tin
     assert read_log(tmp_path / "a" / "log.csv") == read_log(tmp_path / "b" / "log.csv")
     assert set(a["encoder"]) == {k[len("encoder."):] for k in a["modules"]["online"] if k.startswith("encoder.")}
     # linear_eval.py --ckpt with no other flag, and the random-init twin from the same config
-    for ckpt in (tmp_path / "a" / "ckpt_last.pt", f"random:{tmp_path / 'a' / 'config.yaml'}"):
-        done = subprocess.run([sys.executable, "linear_eval.py", "--ckpt", str(ckpt), "--task", str(tiny_cache),
-                               "--results", str(tmp_path / "r.csv"), f"eval.embed_dir={tmp_path / 'emb'}",
-                               "probe.epochs=5"], cwd=ROOT, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-2000:]
-    with open(tmp_path / "r.csv") as f:
-        row, twin = list(csv.DictReader(f))
+    row = linear_eval.main(["--ckpt", str(tmp_path / "a" / "ckpt_last.pt"), "--task", str(tiny_cache), "--results",
+                            str(tmp_path / "r.csv"), f"eval.embed_dir={tmp_path / 'emb'}", "probe.epochs=5"])
+    twin = linear_eval.main(["--ckpt", f"random:{tmp_path / 'a' / 'config.yaml'}", "--task", str(tiny_cache),
+                             "--results", str(tmp_path / "r.csv"), f"eval.embed_dir={tmp_path / 'emb'}",
+                             "probe.epochs=5"])
     assert 0 <= float(row["mean"]) <= 100 and twin["model"].endswith("-random")
     assert row["ckpt_sha256"] != twin["ckpt_sha256"]
 

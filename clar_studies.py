@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 import methods
-from augment_wave import WAVE_AUGMENTATIONS
+from augment import WAVE_AUGMENTATIONS
 from data import read_manifest
 from utils import atomic_write_text
 

@@ -5,7 +5,7 @@
     python pretrain_clar.py --config config/demo_clar.yaml --resume              # continue from OUT/ckpt_last.pt
     torchrun --nproc_per_node 4 pretrain_clar.py --config config/clar.yaml      # global batch split over GPUs
 
-Each training clip gives two views, two independent passes of augment_wave.BatchWaveAugment over the same crop,
+Each training clip gives two views, two independent passes of augment.BatchWaveAugment over the same crop,
 made batched on the training device. The encoder (models.ClarEncoder: 1-D ResNet18 on the wave, or 2-D
 ResNet18 on audio.ClarFeatures) maps both to h [B, 512], the projection head to z [B, 128]. losses.clar_loss:
 NT-Xent over z of all clips (modes clar, selfsupervised) + cross entropy of a linear classifier on z for the
@@ -28,7 +28,7 @@ import probe
 import trainer
 import utils
 from audio import SAMPLE_RATE, ClarFeatureConfig
-from augment_wave import BatchWaveAugment
+from augment import BatchWaveAugment
 from config import ConfigError
 from losses import clar_loss
 

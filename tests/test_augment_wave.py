@@ -1,4 +1,4 @@
-"""CLAR waveform augmentations (augment_wave.py) and the CLAR feature front end (audio.ClarFeatures)."""
+"""CLAR waveform augmentations (augment.py, waveform section) and the CLAR feature front end (audio.ClarFeatures)."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-import augment_wave
+import augment
 from audio import ClarFeatureConfig, ClarFeatures
 
 SR = 16000
@@ -25,7 +25,7 @@ def dominant_hz(wave: torch.Tensor) -> float:
 @pytest.mark.parametrize("semitones, factor", [(12, 2.0), (-12, 0.5), (7, 2 ** (7 / 12))])
 def test_pitch_shift_moves_the_dominant_frequency_and_keeps_length(semitones, factor):
     wave = tone(440.0)
-    shifted = augment_wave.pitch_shift(wave, semitones)
+    shifted = augment.pitch_shift(wave, semitones)
     assert shifted.shape == wave.shape
     assert dominant_hz(shifted) == pytest.approx(440.0 * factor, abs=3.0)
 
@@ -33,10 +33,10 @@ def test_pitch_shift_moves_the_dominant_frequency_and_keeps_length(semitones, fa
 @pytest.mark.parametrize("rate", [0.5, 0.8, 1.5])
 def test_time_stretch_keeps_length_and_pitch(rate):
     wave = tone(1000.0)
-    stretched = augment_wave.phase_vocoder_stretch(wave, rate)
+    stretched = augment.phase_vocoder_stretch(wave, rate)
     assert stretched.shape[-1] == round(len(wave) / rate)
     assert dominant_hz(stretched) == pytest.approx(1000.0, abs=3.0)
-    out = augment_wave.time_stretch(wave, rate)
+    out = augment.time_stretch(wave, rate)
     assert out.shape == wave.shape
     if rate > 1:  # sped up: the end is zero padding
         assert out[round(len(wave) / rate) + 1:].abs().max() == 0
@@ -45,47 +45,47 @@ def test_time_stretch_keeps_length_and_pitch(rate):
 def test_fft_resample_scales_frequency():
     """1 s of 500 Hz squeezed into 8000 samples plays (at 16 kHz) as 1000 Hz."""
     wave = tone(500.0)
-    assert dominant_hz(augment_wave.fft_resample(wave, SR // 2)) == pytest.approx(1000.0, abs=2.0)
-    assert augment_wave.fft_resample(wave, SR).equal(wave)
+    assert dominant_hz(augment.fft_resample(wave, SR // 2)) == pytest.approx(1000.0, abs=2.0)
+    assert augment.fft_resample(wave, SR).equal(wave)
 
 
-@pytest.mark.parametrize("shape", augment_wave.FADE_SHAPES)
+@pytest.mark.parametrize("shape", augment.FADE_SHAPES)
 def test_fade_shapes_hit_zero_and_one_at_their_ends(shape):
-    curve = augment_wave.fade_curve(101, shape)
+    curve = augment.fade_curve(101, shape)
     assert curve[0].item() == 0 and curve[-1].item() == pytest.approx(1.0, abs=1e-6)
     assert (curve.diff() >= 0).all()  # monotone rise
-    out = augment_wave.fade(torch.ones(1000), 100, 300, shape)
+    out = augment.fade(torch.ones(1000), 100, 300, shape)
     assert out[0] == 0 and out[-1] == 0
     assert out[99].item() == pytest.approx(1.0, abs=1e-6) and out[700].item() == pytest.approx(1.0, abs=1e-6)
     assert (out[100:700] == 1).all()
 
 
 def test_fade_log_and_exponential_bend_opposite_ways():
-    assert augment_wave.fade_curve(101, "log")[50] > 0.5 > augment_wave.fade_curve(101, "exponential")[50]
+    assert augment.fade_curve(101, "log")[50] > 0.5 > augment.fade_curve(101, "exponential")[50]
 
 
 def test_time_mask_covers_exactly_the_segment():
     wave = torch.randn(1000)
-    out = augment_wave.time_mask(wave, 200, 125, 0.0)
+    out = augment.time_mask(wave, 200, 125, 0.0)
     changed = (out != wave).nonzero().squeeze(1)
     assert changed.min() == 200 and changed.max() == 324 and (out[200:325] == 0).all()
     noise = torch.full((125,), 7.0)
-    assert (augment_wave.time_mask(wave, 200, 125, noise)[200:325] == 7).all()
+    assert (augment.time_mask(wave, 200, 125, noise)[200:325] == 7).all()
     assert (wave != 0).all(), "the input must not be modified in place"
 
 
 @pytest.mark.parametrize("shift", [0, 5, -300, 999])
 def test_time_shift_equals_roll(shift):
     wave = torch.randn(2, 1000)
-    assert augment_wave.time_shift(wave, shift).equal(torch.roll(wave, shift, -1))
+    assert augment.time_shift(wave, shift).equal(torch.roll(wave, shift, -1))
 
 
-@pytest.mark.parametrize("color", augment_wave.NOISE_COLORS)
+@pytest.mark.parametrize("color", augment.NOISE_COLORS)
 @pytest.mark.parametrize("snr", [0.0, 7.5, 19.0])
 def test_noise_at_snr_measures_that_snr(color, snr):
     torch.manual_seed(0)
     wave = tone(300.0)
-    noisy = augment_wave.add_noise(wave, augment_wave.colored_noise(len(wave), color), snr)
+    noisy = augment.add_noise(wave, augment.colored_noise(len(wave), color), snr)
     noise = noisy - wave
     measured = 10 * torch.log10(wave.pow(2).mean() / noise.pow(2).mean()).item()
     assert abs(measured - snr) < 0.5
@@ -95,8 +95,8 @@ def test_colored_noise_spectral_slopes():
     torch.manual_seed(0)
     n = 4 * SR
     low_high = {}
-    for color in augment_wave.NOISE_COLORS:
-        noise = augment_wave.colored_noise(n, color)
+    for color in augment.NOISE_COLORS:
+        noise = augment.colored_noise(n, color)
         assert noise.pow(2).mean().item() == pytest.approx(1.0, rel=1e-4)
         power = torch.fft.rfft(noise).abs().pow(2)
         low_high[color] = (power[4 * 100:4 * 200].mean() / power[4 * 4000:4 * 5000].mean()).item()
@@ -107,7 +107,7 @@ def test_colored_noise_spectral_slopes():
 
 
 def test_wave_augment_composes_keeps_length_and_is_seeded():
-    aug = augment_wave.WaveAugment(list(augment_wave.WAVE_AUGMENTATIONS), p=1.0)
+    aug = augment.WaveAugment(list(augment.WAVE_AUGMENTATIONS), p=1.0)
     wave = tone(440.0, seconds=0.5)
     torch.manual_seed(3)
     first = aug(wave)
@@ -115,18 +115,18 @@ def test_wave_augment_composes_keeps_length_and_is_seeded():
     second = aug(wave)
     assert first.shape == wave.shape and torch.isfinite(first).all() and first.equal(second)
     assert not first.equal(wave)
-    assert augment_wave.WaveAugment(["fade", "time_mask"], p=0.0)(wave).equal(wave)
+    assert augment.WaveAugment(["fade", "time_mask"], p=0.0)(wave).equal(wave)
     with pytest.raises(ValueError, match="unknown waveform augmentation"):
-        augment_wave.WaveAugment(["time_warp"])
+        augment.WaveAugment(["time_warp"])
 
 
 def test_wave_augment_order_matters():
     """A pair (a, b) applies a first: fade then shift differs from shift then fade."""
     wave = torch.ones(1000)
     torch.manual_seed(0)
-    ab = augment_wave.WaveAugment(["fade", "time_shift"], p=1.0)(wave)
+    ab = augment.WaveAugment(["fade", "time_shift"], p=1.0)(wave)
     torch.manual_seed(0)
-    ba = augment_wave.WaveAugment(["time_shift", "fade"], p=1.0)(wave)
+    ba = augment.WaveAugment(["time_shift", "fade"], p=1.0)(wave)
     assert not ab.equal(ba)
 
 # ----------------------------------------------------------------------------- features

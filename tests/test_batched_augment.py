@@ -10,7 +10,6 @@ import torch
 from torchvision.transforms import RandomResizedCrop as TVCrop
 
 import augment
-import augment_wave
 import pretrain_msn
 import utils
 
@@ -120,7 +119,7 @@ def test_msn_views_of_a_process_are_its_rows_of_the_one_process_views():
 
 
 def test_batch_wave_augment_equals_the_per_sample_version():
-    aug = augment_wave.BatchWaveAugment(list(augment_wave.WAVE_AUGMENTATIONS), p=0.7, snr_db=[0.0, 20.0])
+    aug = augment.BatchWaveAugment(list(augment.WAVE_AUGMENTATIONS), p=0.7, snr_db=[0.0, 20.0])
     torch.manual_seed(0)
     wave = torch.randn(8, 4000) * 0.3 * torch.linspace(0.2, 1, 8)[:, None]
     params = aug.draw(16, 4000, utils.key_generator(0, 5, 1))
@@ -132,7 +131,7 @@ def test_batch_wave_augment_equals_the_per_sample_version():
 
 
 def test_batch_wave_augment_draws_follow_the_per_sample_ranges():
-    aug = augment_wave.BatchWaveAugment(list(augment_wave.WAVE_AUGMENTATIONS), p=0.5, max_semitones=15, snr_db=[5, 25],
+    aug = augment.BatchWaveAugment(list(augment.WAVE_AUGMENTATIONS), p=0.5, max_semitones=15, snr_db=[5, 25],
                                    max_fade=0.5, max_mask=0.125, max_shift=0.5, stretch=[0.5, 1.5])
     n, length = 4000, 800
     params = dict(aug.draw(n, length, utils.key_generator(9)))
@@ -148,15 +147,15 @@ def test_batch_wave_augment_draws_follow_the_per_sample_ranges():
     snr = params["mixed_noise"]["snr"]
     assert 5 <= snr.min() and snr.max() < 25 and abs(snr.mean() - 15) < 0.5
     wave = torch.randn(3, length)
-    never = augment_wave.BatchWaveAugment(["fade", "white_noise"], p=0.0)
-    assert torch.equal(never.apply(wave, never.draw(3, length, utils.key_generator(0))), wave)
+    assert torch.equal(augment.BatchWaveAugment(["fade", "white_noise"], p=0.0).apply(
+        wave, augment.BatchWaveAugment(["fade", "white_noise"], p=0.0).draw(3, length, utils.key_generator(0))), wave)
 
 
 def test_fade_gain_batch_equals_fade_curve_exactly():
-    for shape_index, shape in enumerate(augment_wave.FADE_SHAPES):
+    for shape_index, shape in enumerate(augment.FADE_SHAPES):
         for n in (1, 2, 7, 1001):
-            gain = augment_wave.fade_gain_batch(2000, torch.tensor([n, 0]), torch.tensor([0, n]),
+            gain = augment.fade_gain_batch(2000, torch.tensor([n, 0]), torch.tensor([0, n]),
                                            torch.tensor([shape_index, shape_index]))
-            curve = augment_wave.fade_curve(n, shape)
+            curve = augment.fade_curve(n, shape)
             assert torch.equal(gain[0, :n], curve) and torch.equal(gain[1, 2000 - n:], curve.flip(0))
             assert (gain[0, n:] == 1).all() and math.isclose(gain[1, :2000 - n].min().item(), 1.0)

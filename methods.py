@@ -12,10 +12,13 @@ recipes the package's drivers run. The code of a method lives in its script `pre
 validate, build, train_step; the script is importable, its CLI sits under `if __name__ == "__main__"`); the
 registry imports it only when a field of it is asked for, so reading the registry costs nothing.
 
-Who iterates over it: demo.py (the `demo` and `small` recipes), bench.py (`configs`, `bench_overrides`),
-hear_check.py (`hear_runs`), export.py and linear_eval.py (checkpoint kinds), results/make_tables.py and the
-config delta test (tests/test_config_deltas.py). None of them names a method. Adding a method: its script, one
-entry below, its configs, its test (docs/adding_a_method.md).
+Who reads it: demo.py (the `demo` and `small` recipes), bench.py (`configs`, `bench_overrides`, `gpu_target`,
+the scripts' optional `bench_views`), hear_check.py (`hear_runs`), results/make_tables.py (`studies`,
+`reference_tables`), linear_eval.py (`random:CONFIG` resolves a config file through its method) and
+tests/test_config_deltas.py (every config file is a delta; no driver names a method). export.py needs nothing
+from it: a checkpoint carries its complete config. portable.py and hear_ssl.py must not import it: they stand alone and
+dispatch on the encoder architecture stored in the file. Adding a method: its script, one entry below,
+its configs, its test (docs/adding_a_method.md).
 """
 from __future__ import annotations
 

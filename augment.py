@@ -1,5 +1,6 @@
-"""Spectrogram augmentations for MSN and BYOL-A (SPEC B2) and the batched view makers their scripts call
-(MSNViews, BYOLAViews). CLAR's waveform augmentations and BatchWaveAugment are in augment_wave.py.
+"""Spectrogram augmentations for MSN and BYOL-A (nttcslab/byol-a v2 `byol_a2/augmentations.py`) and the batched
+view makers their scripts call (MSNViews, BYOLAViews). CLAR's waveform augmentations and BatchWaveAugment are
+in augment_wave.py.
 
     views = augment.BYOLAViews(cfg["aug"], (n_mels, crop_frames), norm_stats, seed=cfg["seed"])
     view1, view2 = views(logmel, step, rank, world)   # logmel [B, 1, F, T] of the global batch -> this process's

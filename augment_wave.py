@@ -1,4 +1,4 @@
-"""CLAR's waveform augmentations (Al-Tahan and Mohsenzadeh 2021; SPEC A3): the per-sample cores and WaveAugment,
+"""CLAR's waveform augmentations (Al-Tahan and Mohsenzadeh 2021, Sec. 3.3): the per-sample cores and WaveAugment,
 and BatchWaveAugment, the batched view maker pretrain_clar.py calls on the training device.
 
     augment = BatchWaveAugment(["fade", "time_mask"], p=1.0)
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from augment import randint_rows
 
 # ============================================================================ waveform (CLAR)
-# CLAR's waveform augmentations (SPEC A3). Each deterministic core takes a wave [..., L] and explicit
+# CLAR's waveform augmentations (CLAR paper, Sec. 3.3). Each deterministic core takes a wave [..., L] and explicit
 # parameters; `WaveAugment` draws those parameters from torch's global RNG (captured by utils.rng_state)
 # and composes any subset, in any order, named in the config.
 
@@ -63,7 +63,8 @@ def crop_or_pad(wave: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def time_stretch(wave: torch.Tensor, rate: float, n_fft: int = 512, hop: int = 128) -> torch.Tensor:
-    """Phase-vocoder time stretch by `rate` in [0.5, 1.5], then crop or pad to the original length (SPEC A3)."""
+    """Phase-vocoder time stretch by `rate` in [0.5, 1.5], then crop or pad to the original length (CLAR paper,
+    Sec. 3.3)."""
     return crop_or_pad(phase_vocoder_stretch(wave, rate, n_fft, hop), wave.shape[-1])
 
 
@@ -99,7 +100,7 @@ def color_noise(noise: torch.Tensor, color: str = "white") -> torch.Tensor:
 def add_noise(wave: torch.Tensor, noise: torch.Tensor, snr_db: float) -> torch.Tensor:
     """wave + g * noise with g chosen so that 10 log10(mean(wave^2) / mean((g noise)^2)) = snr_db.
 
-    Unlike the reference's mixed noise, the sum is not clipped to [0, 1] (SPEC A3).
+    Unlike the reference's mixed noise, the sum is not clipped to [0, 1] (CLAR paper, Sec. 3.3).
     """
     p_wave = wave.pow(2).mean(-1, keepdim=True)
     p_noise = noise.pow(2).mean(-1, keepdim=True).clamp_min(1e-20)
@@ -151,7 +152,7 @@ def _randint(low: int, high: int) -> int:
 
 
 class WaveAugment:
-    """CLAR view generator (SPEC A3): for one wave [L], apply each augmentation in `names`, in that order,
+    """CLAR view generator (CLAR paper, Sec. 3.3): for one wave [L], apply each augmentation in `names`, in that order,
     with probability `p`, its strength drawn uniformly from the configured range.
 
         augment = WaveAugment(["fade", "time_mask"], p=1.0)

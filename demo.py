@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--track", default="demo", choices=sorted(TRACKS))
     parser.add_argument("--published", action="append", default=[], metavar="CKPT",
                         help="released weights to probe beside the recipes, as linear_eval.py --ckpt takes them "
-                             "(e.g. byola:AudioNTT2020-BYOLA-64x96d512.pth); repeatable")
+                             "(a prefix:PATH form or an encoder file; see linear_eval.py --help); repeatable")
     args = parser.parse_args()
     start = time.time()
     results, page = f"results/{args.track}.csv", Path(f"results/{args.track}.md")

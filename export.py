@@ -25,9 +25,9 @@ def export(ckpt: str, out: str, norm_stats: tuple[float, float] | None = None) -
     """Read the training checkpoint `ckpt` (or `byola:PATH`, a published BYOL-A weight file), write its encoder file
     to `out`; returns the file's dict."""
     if ckpt.startswith(official.PREFIX):
-        bundle = official.byola_bundle(ckpt[len(official.PREFIX):], norm_stats)
+        bundle = official.bundle(ckpt[len(official.PREFIX):], norm_stats)
     elif norm_stats is not None:
-        raise ValueError("--norm-stats applies to byola: weight files only (a checkpoint carries its own)")
+        raise ValueError(f"--norm-stats applies to {official.PREFIX} weight files only (a checkpoint carries its own)")
     else:
         bundle = portable.from_checkpoint(load_checkpoint(ckpt), ckpt)
     portable.save(bundle, out)
@@ -38,10 +38,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--ckpt", required=True,
-                        help="training checkpoint (runs/<config>/ckpt_last.pt) or byola:<official BYOL-A .pth>")
+                        help=f"training checkpoint (runs/<config>/ckpt_last.pt) or {official.PREFIX}<weight file>")
     parser.add_argument("--out", required=True, help="encoder file to write")
     parser.add_argument("--norm-stats", type=float, nargs=2, metavar=("MEAN", "STD"),
-                        help="byola: only, the log-mel mean and std to store (default: downstream statistics)")
+                        help=f"{official.PREFIX} only: log-mel mean and std to store (default: downstream statistics)")
     args = parser.parse_args(argv)
     bundle = export(args.ckpt, args.out, tuple(args.norm_stats) if args.norm_stats else None)
     norm, arch = bundle["norm"], bundle["config"]["model"]["arch"]

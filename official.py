@@ -81,7 +81,7 @@ def detect(weights: dict) -> dict:
     if blocks == 2 and fc3[1] == fc0[0]:
         conv_dim = fc0[1]
         return {"arch": "audiontt2022", "version": 2, "n_mels": conv_dim // base * 4, "dim": conv_dim + fc3[0],
-                "base": base, "mlp_hidden": fc0[0]}
+                "base": base, "mlp_hidden": fc0[0], "dropout": 0.3}  # dropout: inactive in eval; byol-a v2's
     raise ValueError(f"{blocks} conv blocks with fc.0 {tuple(fc0)} and fc.3 {tuple(fc3)} is neither v1 "
                      "(3 blocks, fc d -> d) nor v2 (2 blocks, fc hidden -> d - conv)")
 
@@ -140,3 +140,15 @@ def byola_bundle(path: str | os.PathLike, norm_stats: tuple[float, float] | None
                        "logmel_from": "BYOL-A pretraining front end (Slaney mel, 64 bins, 60-7800 Hz)",
                        "official": f"nttcslab/byol-a v{version}, d {model['dim']}, key prefix {prefix!r}",
                        "file": Path(path).name}}
+
+
+bundle = byola_bundle  # the released-weights reader that export.py and linear_eval.py call (PREFIX:PATH)
+
+# The results page's table of released encoders (results/make_tables.py): the reference.csv table that holds the
+# byol-a README's published rows, the names linear_eval.py gives the measured rows, and the columns.
+TABLE = "byola_official"
+TITLE = "BYOL-A: the published encoder through this probe"
+ROW_TITLES = {"byola-official-v1-d512": "BYOL-A d512 (official weights, this probe)"}
+TASKS = ("nsynth", "sc35")
+NOT_MEASURED = ("Not measured here (no weight file): `python linear_eval.py --ckpt "
+                "byola:AudioNTT2020-BYOLA-64x96d512.pth --task nsynth` adds the row (docs/methods.md).")

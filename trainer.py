@@ -22,11 +22,6 @@ train step. Everything else lives here, once:
     kNN monitor train.monitor: monitor.Monitor scores the frozen encoder before the first step and every
                 `every` epochs (DINO's weighted kNN); `knn_acc` rows in log.csv, monitor_* in results.json
     costs       results.json: median step time, clips/s, peak memory, and (train.count_flops) model FLOPs per step
-    the loop    epochs of global batches (optim.batch_size is the GLOBAL batch: process r of N takes positions
-                r::N of every batch); train.max_steps; mid-epoch resume; a tqdm bar and the CSV log
-    checkpoint  one file layout for every method (CHECKPOINT_KEYS), written atomically, only when the loss and
-                every weight are finite; --resume restores weights, optimisers, the per-process RNG and the
-                per-process augmentation state, so a resumed run equals the straight one
 
 A method plugs in like this (pretrain_byola.py is the smallest example), and gets one entry in methods.py, the
 registry that demo.py, bench.py, hear_check.py and the tests iterate over (docs/adding_a_method.md):

@@ -139,7 +139,7 @@ def test_learning_curves_from_knn_monitor_rows(tmp_path):
 
 
 def test_official_byola_row_beside_the_published_row_only_when_measured(tmp_path):
-    args = ["--reference", str(REFERENCE), "--clar", str(tmp_path), "--runs", str(tmp_path / "none")]
+    args = ["--reference", str(REFERENCE), "--studies", str(tmp_path), "--runs", str(tmp_path / "none")]
     empty = write_results(tmp_path / "empty.csv", [result("esc50", "msn_vitb32", "41.25")])
     page = mt.main(["--results", str(empty), *args, "--out", str(tmp_path / "a.md")]).read_text()
     section = page.split("## BYOL-A: the published encoder through this probe")[1].split("##")[0]

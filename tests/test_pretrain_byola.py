@@ -126,7 +126,7 @@ def _byola_step(joint_views: bool):
     view2 = 0.5 * view1 + torch.randn(6, 1, 64, 32) + 1.0  # a view with other batch statistics
     run = pretrain_byola.BYOLA(trainer.Env(cfg, 0, 1, torch.device("cpu")), lambda *_: (view1, view2), online,
                                target, online, target, torch.optim.Adam(online.parameters(), lr=1e-3))
-    loss = pretrain_byola.train_step(run, (torch.zeros(6, 1, 64, 32),), 0)["loss"]
+    loss = pretrain_byola.train_step(run, batch=(torch.zeros(6, 1, 64, 32),), step=0)["loss"]
     return loss, online, target, before, (view1, view2)
 
 

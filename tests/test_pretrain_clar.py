@@ -190,7 +190,8 @@ def _clar_step(arch: str, joint_views: bool):
     env = trainer.Env(cfg, 0, 1, torch.device("cpu"), steps_per_epoch=1)
     lars = optim.LARS(optim.decay_groups(list(net.named_parameters()), 1e-4), lr=0.1, momentum=0.9, eta=0.001)
     adam = torch.optim.Adam(net.online.parameters(), lr=1e-3)
-    out = pretrain_clar.train_step(env, net, net, lars, adam, _FixedViews(wave1, wave2), (wave1, targets, labels), 3)
+    out = pretrain_clar.train_step(env=env, net=net, model=net, lars=lars, adam=adam, views=_FixedViews(wave1, wave2),
+                                   batch=(wave1, targets, labels), step=3)
     return out["loss"], net, before, (wave1, wave2, targets, labels)
 
 

@@ -13,7 +13,7 @@ import pytest
 import config
 import data
 import preprocess
-import synthetic
+import synthdata
 import utils
 from tests.conftest import ROOT
 from tests.test_checkpoint_faults import DieAfter
@@ -78,7 +78,7 @@ def _manifest(path):
 
 
 def _wav(path):
-    synthetic.write_wav(path, np.zeros(4000, np.float32))
+    synthdata.write_wav(path, np.zeros(4000, np.float32))
 
 
 def _checkpoint(path):

@@ -1,7 +1,7 @@
 """Audio I/O and feature extraction: the one place where waveforms become features.
 
     wave = load_audio("clip.flac")              # mono float32 numpy [L] at 16 kHz
-    logmel = LogMel()(torch.from_numpy(wave))   # float32 [64, T], SPEC A1
+    logmel = LogMel()(torch.from_numpy(wave))   # float32 [64, T], the seed's front end, EVAR evar/ar_base.py
 
 Every loader error is an `AudioError` whose message names the file and the problem, so a
 preprocessing run can skip the clip, record the reason and carry on.
@@ -11,16 +11,23 @@ from __future__ import annotations
 import functools
 import os
 import re
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
 
-SAMPLE_RATE = 16000
-LOG_EPS = float(np.finfo(np.float32).eps)  # 1.1920929e-07, as BYOL-A / EVAR: ln(mel + eps)
-LOG_SILENCE = float(np.log(LOG_EPS))  # -15.94: the log-mel of digital silence
+# The feature front ends live in the one-file encoder module (what an installed encoder computes), used here as is:
+# LogMel(Config) the log-mel of every log-mel encoder, ClarFeatures(Config) CLAR's 3-channel input.
+from audio_ssl_repro import (  # noqa: F401  (re-exported: audio is where waveforms become features)
+    LOG_EPS,
+    LOG_SILENCE,
+    SAMPLE_RATE,
+    ClarFeatureConfig,
+    ClarFeatures,
+    LogMel,
+    LogMelConfig,
+)
 
 
 class AudioError(Exception):
@@ -32,7 +39,7 @@ class AudioError(Exception):
 
 
 def resample(wave: torch.Tensor, orig_sr: int, new_sr: int = SAMPLE_RATE) -> torch.Tensor:
-    """Resample the last axis with torchaudio's windowed-sinc resampler (SPEC A1)."""
+    """Resample the last axis with torchaudio's windowed-sinc resampler (the seed's front end, EVAR evar/ar_base.py)."""
     if orig_sr == new_sr:
         return wave
     return _resampler(orig_sr, new_sr)(wave)
@@ -49,14 +56,19 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, min_seconds: floa
 
     Channels are averaged (EVAR/BYOL-A: mono = mean of channels), then resampled with torchaudio.
     Raises AudioError for an unreadable, empty, too short (< `min_seconds` after resampling) or
-    non-finite clip.
+    non-finite clip, and for a file whose header does not parse (guessed_format_reason).
     """
     if not os.path.isfile(path):
         raise AudioError(path, "missing (no such file)")
     if os.path.getsize(path) == 0:
         raise AudioError(path, "empty file (0 bytes)")
     try:
-        data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            if f.format == "RAW":
+                raise AudioError(path, guessed_format_reason(f))
+            data, file_sr = f.read(dtype="float32", always_2d=True), f.samplerate
+    except AudioError:
+        raise
     except Exception as err:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise AudioError(path, f"unreadable ({reason})") from None
@@ -69,6 +81,14 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, min_seconds: floa
     if len(wave) < min_seconds * sr:
         raise AudioError(path, f"too short ({len(wave) / sr:.3f} s < {min_seconds} s)")
     return wave
+
+
+def guessed_format_reason(f: sf.SoundFile) -> str:
+    """The errors.csv reason for a file whose header did not parse: libsndfile then guesses a headerless (RAW)
+    format from the extension alone (.au/.snd: u-law at 8000 Hz, .vox: VOX ADPCM, .gsm: GSM 6.10), which
+    decodes any bytes as noise. Such a file is skipped, never decoded by guessing."""
+    return (f"header does not parse (damaged or not a {os.path.splitext(f.name)[1]} file); libsndfile would guess "
+            f"headerless {f.subtype} at {f.samplerate} Hz from the extension, so it is not decoded")
 
 
 def truncation_warning(path: str | os.PathLike) -> str | None:
@@ -86,52 +106,6 @@ def truncation_warning(path: str | os.PathLike) -> str | None:
     return f"loaded, truncated: header says {declared:.3f} s, data ends at {info.duration:.3f} s"
 
 
-@dataclass
-class LogMelConfig:
-    """Log-mel front end of SPEC A1 (MSN-audio seed, BYOL-A/EVAR conventions)."""
-
-    sample_rate: int = SAMPLE_RATE
-    n_fft: int = 1024
-    win_length: int = 1024
-    hop_length: int = 160
-    n_mels: int = 64
-    f_min: float = 60.0
-    f_max: float = 7800.0
-    mel_scale: str = "slaney"  # "htk" (with no filter norm) = BYOL-A v1 torchaudio default
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-class LogMel(torch.nn.Module):
-    """waveform [..., L] -> ln(mel power + eps) [..., n_mels, 1 + L // hop].
-
-    Centred STFT with reflect padding, periodic Hann, power 2; Slaney mel scale with Slaney area
-    normalisation (= librosa/nnAudio, what EVAR and BYOL-A v2 use) unless mel_scale="htk".
-    """
-
-    def __init__(self, cfg: LogMelConfig | None = None):
-        super().__init__()
-        self.cfg = cfg = cfg or LogMelConfig()
-        if cfg.mel_scale not in ("slaney", "htk"):
-            raise ValueError(f"mel_scale must be 'slaney' or 'htk', got {cfg.mel_scale!r}")
-        slaney = cfg.mel_scale == "slaney"
-        fbank = torchaudio.functional.melscale_fbanks(
-            cfg.n_fft // 2 + 1, cfg.f_min, cfg.f_max, cfg.n_mels, cfg.sample_rate,
-            norm="slaney" if slaney else None, mel_scale=cfg.mel_scale)
-        self.register_buffer("fbank", fbank, persistent=False)  # [n_fft // 2 + 1, n_mels]
-        self.register_buffer("window", torch.hann_window(cfg.win_length), persistent=False)
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        # = torchaudio MelSpectrogram(power=2) (tested); re^2 + im^2 is ~4x faster than |S|.pow(2) on CPU
-        shape = wave.shape
-        spec = torch.stft(wave.float().reshape(-1, shape[-1]), self.cfg.n_fft, self.cfg.hop_length,
-                          self.cfg.win_length, self.window, center=True, pad_mode="reflect", return_complex=True)
-        power = spec.real.square() + spec.imag.square()  # [N, n_fft // 2 + 1, frames]
-        mel = torch.matmul(power.transpose(1, 2), self.fbank).transpose(1, 2)
-        return torch.log(mel + LOG_EPS).reshape(*shape[:-1], self.cfg.n_mels, -1)
-
-
 def fix_length(wave: np.ndarray | torch.Tensor, length: int, offset: int = 0, value: float = 0.0):
     """Crop `wave` [..., L] to `length` samples from `offset`, or pad on the right with `value` (EVAR: zeros).
 
@@ -144,82 +118,3 @@ def fix_length(wave: np.ndarray | torch.Tensor, length: int, offset: int = 0, va
     if isinstance(wave, torch.Tensor):
         return torch.nn.functional.pad(wave, (0, pad), value=value)
     return np.pad(wave, [(0, 0)] * (wave.ndim - 1) + [(0, pad)], constant_values=value)
-
-
-@dataclass
-class ClarFeatureConfig:
-    """CLAR's 3-channel time-frequency input (SPEC A3 / B4).
-
-    Default = the paper: 16 ms window (256 samples) and 8 ms stride (128) at 16 kHz, linear STFT bins
-    0..n_mels-1 (the Nyquist bin is dropped so that 129 bins stack with 128 mels). The code's variant is
-    n_fft=2048, win_length=2048, freq_scale="log": 128 DFT bins at f_min * (f_max / f_min)^(k / 128) Hz.
-    """
-
-    sample_rate: int = SAMPLE_RATE
-    n_fft: int = 256
-    win_length: int = 256
-    hop_length: int = 128
-    n_mels: int = 128
-    f_min: float = 40.0
-    f_max: float = 8000.0
-    freq_scale: str = "linear"  # "log" = the code's log-frequency STFT kernels
-    amin: float = 1e-10  # power floor of the log: 10 log10(max(|S|^2, amin))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-class ClarFeatures(torch.nn.Module):
-    """wave [B, L] -> [B, 3, n_mels, 1 + L // hop]: stacked (10 log10 |S|^2, angle(S), 10 log10 mel power).
-
-    Centred STFT with reflect padding and a periodic Hann window, batched on the wave's device. Mel:
-    Slaney scale and area normalisation (as A1), f_min..f_max. With the paper's 16 ms window about 13 of the
-    128 lowest mel filters fall between STFT bins and stay empty (constant 10 log10(amin)); that is the
-    paper's setting, kept as is. Buffers are not persistent, so the module adds nothing to a state_dict.
-    """
-
-    def __init__(self, cfg: ClarFeatureConfig | None = None):
-        super().__init__()
-        self.cfg = cfg = cfg or ClarFeatureConfig()
-        if cfg.freq_scale not in ("linear", "log"):
-            raise ValueError(f"freq_scale must be 'linear' or 'log', got {cfg.freq_scale!r}")
-        n_freqs = cfg.n_fft // 2 + 1
-        if cfg.freq_scale == "linear" and n_freqs - 1 < cfg.n_mels:
-            raise ValueError(f"n_fft {cfg.n_fft} gives {n_freqs} bins; need at least n_mels + 1 = {cfg.n_mels + 1}")
-        window = torch.hann_window(cfg.win_length)
-        self.register_buffer("window", window, persistent=False)
-        import warnings
-
-        with warnings.catch_warnings():  # the empty low filters of the paper's setting are documented above
-            warnings.filterwarnings("ignore", message="At least one mel filterbank has all zero values")
-            fbank = torchaudio.functional.melscale_fbanks(n_freqs, cfg.f_min, cfg.f_max, cfg.n_mels,
-                                                          cfg.sample_rate, norm="slaney", mel_scale="slaney")
-        self.register_buffer("mel_fbank", fbank, persistent=False)
-        if cfg.freq_scale == "log":  # DFT rows at log-spaced frequencies over the zero-padded n_fft frame
-            freqs = cfg.f_min * (cfg.f_max / cfg.f_min) ** (torch.arange(cfg.n_mels) / cfg.n_mels)
-            n = torch.arange(cfg.n_fft)
-            basis = torch.exp(-2j * np.pi * freqs[:, None].double() * n[None].double() / cfg.sample_rate)
-            self.register_buffer("log_basis", basis.to(torch.complex64), persistent=False)  # [n_mels, n_fft]
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        cfg = self.cfg
-        with torch.autocast(wave.device.type, enabled=False):
-            spec = torch.stft(wave.float(), cfg.n_fft, cfg.hop_length, cfg.win_length, self.window, center=True,
-                              pad_mode="reflect", return_complex=True)  # [B, n_freqs, T]
-            power = spec.real ** 2 + spec.imag ** 2
-            mel = torch.einsum("bft,fm->bmt", power, self.mel_fbank)
-            if cfg.freq_scale == "linear":
-                spec = spec[:, :cfg.n_mels]
-            else:
-                spec = self._log_frequency_stft(wave.float())
-            magnitude_db = 10 * torch.log10((spec.real ** 2 + spec.imag ** 2).clamp_min(cfg.amin))
-            mel_db = 10 * torch.log10(mel.clamp_min(cfg.amin))
-            return torch.stack([magnitude_db, torch.angle(spec), mel_db], dim=1)
-
-    def _log_frequency_stft(self, wave: torch.Tensor) -> torch.Tensor:
-        cfg = self.cfg
-        padded = torch.nn.functional.pad(wave[:, None], (cfg.n_fft // 2, cfg.n_fft // 2), mode="reflect")[:, 0]
-        frames = padded.unfold(-1, cfg.n_fft, cfg.hop_length)  # [B, T, n_fft]
-        left = (cfg.n_fft - cfg.win_length) // 2
-        window = torch.nn.functional.pad(self.window, (left, cfg.n_fft - cfg.win_length - left))
-        return torch.einsum("btn,kn->bkt", (frames * window).to(torch.complex64), self.log_basis)

@@ -1,4 +1,4 @@
-"""Augmentations: spectrogram views for MSN and BYOL-A (SPEC B2), waveform views for CLAR (SPEC A3), and the
+"""Augmentations: spectrogram views for MSN and BYOL-A (byol-a v2), waveform views for CLAR (CLAR paper), and the
 batched view makers the training scripts call (MSNViews, BYOLAViews, BatchWaveAugment).
 
 Every augmentation exposes its deterministic core (a function of explicit parameters) separately
@@ -19,19 +19,19 @@ import utils
 
 # ============================================================================ spectrogram (MSN / BYOL-A)
 # All spectrogram augmentations take a batch logmel [B, 1, F, T] on any device and apply the reference's
-# per-sample semantics sample by sample in batch order (SPEC B2). Random draws use the global NumPy /
+# per-sample semantics sample by sample in batch order (nttcslab/byol-a v2). Random draws use the global NumPy /
 # Python / torch RNGs exactly where the reference does, so utils.rng_state() captures them for resume.
 
 LOG_EPS = float(np.finfo(np.float32).eps)
 
 
 def log_mixup_exp(xa: torch.Tensor, xb: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
-    """BYOL-A log-mixup-exp: log(alpha * exp(xa) + (1 - alpha) * exp(xb) + eps) (SPEC B2)."""
+    """BYOL-A log-mixup-exp: log(alpha * exp(xa) + (1 - alpha) * exp(xb) + eps) (nttcslab/byol-a v2)."""
     return torch.log(alpha * xa.exp() + (1 - alpha) * xb.exp() + LOG_EPS)
 
 
 class MixupBYOLA:
-    """BYOL-A mixup with a FIFO memory of the last `n_memory` UNMIXED inputs (SPEC B2, v2 ratio 0.2).
+    """BYOL-A mixup with a FIFO memory of the last `n_memory` UNMIXED inputs (nttcslab/byol-a v2, v2 ratio 0.2).
 
     Per sample, in batch order: alpha = ratio * U[0, 1) (np.random); if the memory is non-empty, z = a
     uniformly drawn memory item (np.random.randint) and out = log_mixup_exp(x, z, 1 - alpha), else out = x;
@@ -153,7 +153,7 @@ class RandomResizedCrop:
 
 
 class RandomResizeCropBYOLA:
-    """BYOL-A RandomResizeCrop (SPEC B2): zero canvas [F*v0, T*v1] with the input in its centre, a box of
+    """BYOL-A RandomResizeCrop (nttcslab/byol-a v2): zero canvas [F*v0, T*v1] with the input in its centre, a box of
     U(freq_scale)*F x U(time_scale)*T (np.random), position by Python random.randint, bicubic resize with
     align_corners=True to `size` (None = the input size, as in BYOL-A).
     """
@@ -212,9 +212,10 @@ class RandomLinearFader:
 
 
 class RunningNorm:
-    """BYOL-A v1 RunningNorm (SPEC B2): running scalar mean/std of the first epoch_samples*max_update_epochs
-    samples, frozen afterwards. Each sample (in batch order) first updates the statistics, then is normalised
-    with the updated ones: mu += (mean(x) - mu)/n; var += (mean((x - mu)^2) - var)/n; std clamped at eps.
+    """BYOL-A v1 RunningNorm (nttcslab/byol-a byol_a/augmentations.py): running scalar mean/std of the first
+    epoch_samples*max_update_epochs samples, frozen afterwards. Each sample (in batch order) first updates the
+    statistics, then is normalised with the updated ones: mu += (mean(x) - mu)/n;
+    var += (mean((x - mu)^2) - var)/n; std clamped at eps.
     """
 
     def __init__(self, epoch_samples: int, max_update_epochs: int = 10):
@@ -281,7 +282,7 @@ def normalize_global(x: torch.Tensor) -> torch.Tensor:
 
 class LogMelViews:
     """Per-clip normalisation, then per view MixupBYOLA -> random resized crop -> RandomLinearFader (BYOL-A v2
-    order, SPEC B2), batched; the parameters come from the ranges of the per-sample classes above.
+    order, nttcslab/byol-a v2), batched; the parameters come from the ranges of the per-sample classes above.
 
         views = LogMelViews(aug, sizes=[(64, 96)] * 2, scales=[None] * 2, stats=(mean, std), seed=0)
         view_list = views(logmel, step, rank, world)   # logmel [N, 1, F, T]: the GLOBAL batch
@@ -351,7 +352,7 @@ class LogMelViews:
 
 
 class MSNViews(LogMelViews):
-    """The seed's MSN views (SPEC A2, B2): 1 target and 1 anchor view (rand_size, rand_scale) and focal_views
+    """The seed's MSN views (nttcslab/byol-a v2): 1 target and 1 anchor view (rand_size, rand_scale) and focal_views
     focal views (focal_size, focal_scale).
 
         target, anchor, focal = MSNViews(aug, focal_views=10, seed=0)(logmel, step, rank, world)
@@ -374,7 +375,7 @@ class MSNViews(LogMelViews):
 
 
 class BYOLAViews(LogMelViews):
-    """BYOL-A v2's two views (train_v2.py; SPEC B2): PrecomputedNorm, then per view MixupBYOLA (log-mixup-exp)
+    """BYOL-A v2's two views (train_v2.py; byol-a v2): PrecomputedNorm, then per view MixupBYOLA (log-mixup-exp)
     -> RandomResizeCrop (virtual crop 1.0-1.5, frequency and time scale 0.6-1.5) -> RandomLinearFader, the
     output the size of the input crop; then NormalizeBatch over both views together.
 
@@ -390,7 +391,7 @@ class BYOLAViews(LogMelViews):
 
 
 # ============================================================================ waveform (CLAR)
-# CLAR's waveform augmentations (SPEC A3). Each deterministic core takes a wave [..., L] and explicit
+# CLAR's waveform augmentations (CLAR paper). Each deterministic core takes a wave [..., L] and explicit
 # parameters; `WaveAugment` draws those parameters from torch's global RNG (captured by utils.rng_state)
 # and composes any subset, in any order, named in the config.
 
@@ -433,7 +434,7 @@ def crop_or_pad(wave: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def time_stretch(wave: torch.Tensor, rate: float, n_fft: int = 512, hop: int = 128) -> torch.Tensor:
-    """Phase-vocoder time stretch by `rate` in [0.5, 1.5], then crop or pad to the original length (SPEC A3)."""
+    """Phase-vocoder time stretch by `rate` in [0.5, 1.5], then crop or pad to the original length (CLAR paper)."""
     return crop_or_pad(phase_vocoder_stretch(wave, rate, n_fft, hop), wave.shape[-1])
 
 
@@ -469,7 +470,7 @@ def color_noise(noise: torch.Tensor, color: str = "white") -> torch.Tensor:
 def add_noise(wave: torch.Tensor, noise: torch.Tensor, snr_db: float) -> torch.Tensor:
     """wave + g * noise with g chosen so that 10 log10(mean(wave^2) / mean((g noise)^2)) = snr_db.
 
-    Unlike the reference's mixed noise, the sum is not clipped to [0, 1] (SPEC A3).
+    Unlike the reference's mixed noise, the sum is not clipped to [0, 1] (CLAR paper, arXiv 2010.09542).
     """
     p_wave = wave.pow(2).mean(-1, keepdim=True)
     p_noise = noise.pow(2).mean(-1, keepdim=True).clamp_min(1e-20)
@@ -521,7 +522,7 @@ def _randint(low: int, high: int) -> int:
 
 
 class WaveAugment:
-    """CLAR view generator (SPEC A3): for one wave [L], apply each augmentation in `names`, in that order,
+    """CLAR view generator (CLAR paper): for one wave [L], apply each augmentation in `names`, in that order,
     with probability `p`, its strength drawn uniformly from the configured range.
 
         augment = WaveAugment(["fade", "time_mask"], p=1.0)

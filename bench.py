@@ -448,7 +448,7 @@ def print_scale_table(results: dict[int, dict]) -> None:
 
 def bench_scale(args: argparse.Namespace) -> None:
     results = {}
-    for clips in [int(n) for n in str(args.clips).split(",")]:
+    for clips in [int(n) for n in str(args.clips).split(",") if n]:
         root = Path(args.dir) / f"scale_{clips}"
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
@@ -458,7 +458,202 @@ def bench_scale(args: argparse.Namespace) -> None:
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)
         print(f"N={clips:,}: " + ", ".join(f"{k} {v:,.2f}" for k, v in results[clips].items()), flush=True)
-    print_scale_table(results)
+    if results:
+        print_scale_table(results)
+    if args.disk_dtypes:
+        print_disk_table(scale_disk(args))
+
+
+# ----------------------------------------------------------------------------- scale: against the disk (issue 21)
+
+CROP_FRAMES, N_MELS, CLIP_FRAMES = 96, 64, 1001
+BASELINE_CROPS_PER_S = 1300  # random crops/s of the memory-mapped pack at 200k clips before block order (issue 21)
+
+
+def write_big_pack(root: Path, clips: int, dtype: str) -> Path:
+    """A packed cache of `clips` ten-second log-mels written in 64 MB chunks straight into 2 GiB shards (one
+    random chunk repeated: generating it costs nothing), its index.npz and a manifest; returns root."""
+    import data
+    folder = root / data.PACKED_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    frame_bytes = N_MELS * np.dtype(dtype).itemsize
+    per_shard = data.SHARD_BYTES // (CLIP_FRAMES * frame_bytes)
+    chunk = np.random.default_rng(0).normal(-5, 2, size=(64 << 20) // frame_bytes * N_MELS).astype(dtype).tobytes()
+    entries, ids = {}, [f"Y{i:010d}" for i in range(clips)]
+    for shard, first in enumerate(range(0, clips, per_shard)):
+        count, name = min(per_shard, clips - first), f"logmel-all-0-{shard + 1:03d}.bin"
+        left = count * CLIP_FRAMES * frame_bytes
+        with open(folder / name, "wb") as f:
+            while left > 0:
+                left -= f.write(chunk[:min(left, len(chunk))])
+        entries.update({ids[first + k]: (name, k * CLIP_FRAMES, CLIP_FRAMES) for k in range(count)})
+    data.write_pack_index(folder, "index.npz", entries, ids, N_MELS, dtype)
+    pd.DataFrame({"id": ids, "logmel": [f"logmel/{c}.npy" for c in ids], "wave": "", "label": "/m/09x0r,/m/04rlf",
+                  "split": "unbalanced_train", "fold": "", "duration": 10.0,  # AudioSet-like rows
+                  "source": [f"audioset/unbalanced_train_segments/{c}_30.000.flac" for c in ids]}).to_csv(
+        root / "manifest.csv", index=False)
+    return root
+
+
+def drop_cache(files: list[Path]) -> None:
+    """Evict the files from the page cache (posix_fadvise DONTNEED), so that the next reads come from the disk."""
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+
+def disk_sequential(files: list[Path], max_bytes: int = 4 << 30, block: int = 16 << 20) -> float:
+    """Cold sequential read bandwidth (bytes/s) over the first `max_bytes` of the pack, in 16 MB reads."""
+    drop_cache(files)
+    done, start = 0, time.perf_counter()
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        offset = 0
+        while done < max_bytes and (n := len(os.pread(fd, block, offset))):
+            done, offset = done + n, offset + n
+        os.close(fd)
+        if done >= max_bytes:
+            break
+    return done / (time.perf_counter() - start)
+
+
+def disk_random(files: list[Path], read_bytes: int, threads: int, seconds: float = 4.0) -> float:
+    """Cold random reads/s of `read_bytes` at random frame-aligned offsets of the pack, `threads` in flight."""
+    from concurrent.futures import ThreadPoolExecutor
+    drop_cache(files)
+    sizes = [os.path.getsize(p) for p in files]
+
+    def worker(seed: int) -> int:
+        rng, fds, count = np.random.default_rng(seed), [os.open(p, os.O_RDONLY) for p in files], 0
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            k = int(rng.integers(len(files)))
+            os.pread(fds[k], read_bytes, int(rng.integers(0, (sizes[k] - read_bytes) // 4096)) * 4096)
+            count += 1
+        for fd in fds:
+            os.close(fd)
+        return count
+
+    with ThreadPoolExecutor(threads) as pool:
+        return sum(pool.map(worker, range(threads))) / seconds
+
+
+def worker_private_mb(loader_iter) -> float:
+    """Mean private anonymous memory (MB) of a DataLoader iterator's worker processes (0 without workers)."""
+    values = []
+    for w in getattr(loader_iter, "_workers", []):
+        try:
+            with open(f"/proc/{w.pid}/smaps_rollup") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except FileNotFoundError:  # a worker that has just exited
+            continue
+        values.append(int(fields["Anonymous"].split()[0]) / 1024)
+    return float(np.mean(values)) if values else 0.0
+
+
+def loader_rate(root: Path, order: str, read: str, workers: int, seconds: float, batch: int = 64,
+                cold: bool = True) -> tuple[float, float]:
+    """Crops/s of the training loader (trainer's keyed batches over data.LogMelCrops) in `order` with `read`,
+    for `seconds` after dropping the pack from the page cache; and the workers' private memory (MB)."""
+    from torch.utils.data import DataLoader
+
+    import data
+    import utils
+    df = data.read_manifest(root, data.TRAIN_COLUMNS)
+    dataset = data.LogMelCrops(root, df, frames=CROP_FRAMES, random_crop=True, read=read)
+    batches = data.training_batches(dataset, {"order": order, "block_clips": 256, "open_blocks": 8}, batch, 0)
+    dataset.read = read  # measure exactly this read path
+    if cold:
+        drop_cache([m.filename for m in dataset.packed.maps])
+    keyed = utils.KeyedBatches(batches.epoch(0), 0, 0)
+    loader = iter(DataLoader(utils.KeyedItems(dataset), batch_sampler=keyed, num_workers=workers,
+                             prefetch_factor=4 if workers else None))
+    next(loader)
+    seen, start = 0, time.perf_counter()
+    memory = 0.0
+    for batches_seen, (logmel, _) in enumerate(loader, 1):
+        seen += len(logmel)
+        if batches_seen % 20 == 0:
+            memory = max(memory, worker_private_mb(loader))  # the workers are gone once the epoch ends
+        if time.perf_counter() - start > seconds:
+            break
+    rate = seen / (time.perf_counter() - start)
+    del loader
+    return rate, memory
+
+
+def startup_seconds(root: Path) -> tuple[float, int]:
+    """Seconds to open the cache for training (manifest, pack index, dataset, block order) and the loader's
+    per-clip index bytes (pack index + targets + block numbers)."""
+    import data
+    start = time.perf_counter()
+    df = data.read_manifest(root, data.TRAIN_COLUMNS)  # as pretrain_msn.py / pretrain_byola.py
+    dataset = data.LogMelCrops(root, df, frames=CROP_FRAMES, random_crop=True)
+    data.training_batches(dataset, {"order": "block", "block_clips": 256, "open_blocks": 8}, 64, 0)
+    seconds = time.perf_counter() - start
+    return seconds, dataset.packed.nbytes + dataset.targets.nbytes + dataset.block_of.nbytes
+
+
+def free_ram() -> int:
+    with open("/proc/meminfo") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return int(fields["MemAvailable"].split()[0]) * 1024
+
+
+def scale_disk(args: argparse.Namespace) -> list[dict]:
+    """One row per dtype: the disk's cold figures on a pack larger than free RAM, their bounds, the loader in
+    random and block order, memory and start-up."""
+    rows = []
+    for dtype in args.disk_dtypes.split(","):
+        clip_bytes = CLIP_FRAMES * N_MELS * np.dtype(dtype).itemsize
+        crop_bytes = CROP_FRAMES * N_MELS * np.dtype(dtype).itemsize
+        clips = int(args.pack_gb * 1e9 / clip_bytes) if args.pack_gb else int(1.1 * free_ram() / clip_bytes)
+        root = Path(args.dir) / f"disk_{dtype}"
+        shutil.rmtree(root, ignore_errors=True)
+        try:
+            start = time.perf_counter()
+            write_big_pack(root, clips, dtype)
+            row = {"dtype": dtype, "clips": clips, "pack GB": clips * clip_bytes / 1e9,
+                   "free RAM GB": free_ram() / 1e9, "write s": time.perf_counter() - start}
+            files = sorted((root / "packed").glob("*.bin"))
+            row["seq GB/s"] = disk_sequential(files) / 1e9
+            row["rand reads/s qd1"] = disk_random(files, crop_bytes, 1)
+            row[f"rand reads/s qd{args.workers}"] = disk_random(files, crop_bytes, args.workers)
+            row["bound: clips/s in order"] = row["seq GB/s"] * 1e9 / clip_bytes
+            row["bound: random crops/s"] = row[f"rand reads/s qd{args.workers}"]
+            for order, read in (("random", "mmap"), ("random", "pread"), ("block", "mmap")):
+                rate, memory = loader_rate(root, order, read, args.workers, args.seconds)
+                row[f"loader {order}/{read} crops/s"], row[f"worker MB {order}/{read}"] = rate, memory
+            row["startup s"], index_bytes = startup_seconds(root)
+            row["index B/clip"] = index_bytes / clips
+            print(f"{dtype}: " + ", ".join(f"{k} {v:,.2f}" if isinstance(v, float) else f"{k} {v}"
+                                           for k, v in row.items()), flush=True)
+            rows.append(row)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
+def print_disk_table(rows: list[dict]) -> None:
+    """The disk table with the ratios to the bounds and the targets of issue 21."""
+    print(f"\n{'on a pack larger than free RAM (cold)':44s}" + "".join(f"{r['dtype']:>14s}" for r in rows))
+    for key in rows[0]:
+        if key != "dtype":
+            print(f"{key:44s}" + "".join(f"{r[key]:14,.2f}" if isinstance(r[key], float) else f"{r[key]:>14,}"
+                                          for r in rows))
+    print()
+    for r in rows:
+        bound = max(r["bound: clips/s in order"], r["bound: random crops/s"])
+        best_key = max((k for k in r if k.startswith("loader ")), key=lambda k: r[k])
+        best = r[best_key]
+        print(f"{r['dtype']}: best loader {best_key[7:]} {best:,.0f} crops/s = {best / bound:.0%} of the better "
+              f"bound ({bound:,.0f}/s; target >= 70%) and {best / BASELINE_CROPS_PER_S:.1f}x the "
+              f"{BASELINE_CROPS_PER_S:,}/s before (target >= 5x)")
+        print(f"{r['dtype']}: index {r['index B/clip']:.0f} B/clip (target <= 64) -> "
+              f"{r['index B/clip'] * SCALE_TARGET_CLIPS / 1e6:.0f} MB at 2 M; start-up "
+              f"{r['startup s']:.2f} s at {r['clips']:,} -> {r['startup s'] * SCALE_TARGET_CLIPS / r['clips']:.1f} s "
+              f"at 2 M, linear extrapolation (target <= 5 s)")
 
 
 def main() -> None:
@@ -487,13 +682,16 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seconds", type=float, default=5.0)
     p = sub.add_parser("scale", help="how manifest, pack, sampler, loader, index and embedding cache grow with N")
-    p.add_argument("--clips", default="10000,50000,200000", help="N, or comma-separated Ns")
+    p.add_argument("--clips", default="10000,50000", help="N, or comma-separated Ns, of the growth table ('' = none)")
     p.add_argument("--dir", default="/tmp/bench_scale", help="where the caches are written (deleted after each N)")
     p.add_argument("--frames", type=int, default=1001, help="log-mel frames per clip (1001 = 10 s)")
     p.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="pack storage type")
     p.add_argument("--dim", type=int, default=768, help="embedding size for the embedding-cache write")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for the loader and the crops")
-    p.add_argument("--keep", action="store_true", help="keep the caches")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers (and reads in flight) for the loaders")
+    p.add_argument("--keep", action="store_true", help="keep the caches of the growth table")
+    p.add_argument("--disk-dtypes", default="float32,float16", help="dtypes of the disk table ('' = none)")
+    p.add_argument("--pack-gb", type=float, default=None, help="disk-table pack size (default 1.1 x free RAM)")
+    p.add_argument("--seconds", type=float, default=8.0, help="seconds per loader measurement of the disk table")
     args = parser.parse_args()
     {"preprocess": bench_preprocess, "loader": bench_loader, "augment": bench_augment, "train": bench_train,
      "gpu": bench_gpu, "eval": bench_eval, "scale": bench_scale}[args.mode](args)

@@ -1,4 +1,4 @@
-"""The CLAR paper's three studies (Al-Tahan and Mohsenzadeh 2021, Sec. 6-8; SPEC A3), one command each.
+"""The CLAR paper's three studies (Al-Tahan and Mohsenzadeh 2021, Sec. 6-8), one command each.
 
     python clar_studies.py augpairs --config config/clar.yaml [--augs fade,time_mask,...] [--encoders 1d,2d]
     python clar_studies.py representation --config config/clar.yaml [--caches cache/speechcommands,cache/esc50]
@@ -45,8 +45,10 @@ def run(args, name: str, overrides: list[str]) -> dict:
         print(f"[{args.study}] {name}: reusing {done}")
         return json.loads(done.read_text())
     print(f"[{args.study}] {name}", flush=True)
+    interrupted = any((out_dir / ckpt).is_file() for ckpt in ("ckpt_last.pt", "ckpt_prev.pt"))
+    again = "--overwrite" if args.force else "--resume" if interrupted else None
     command = [sys.executable, str(PRETRAIN), "--config", args.config, *args.overrides, *overrides,
-               f"train.out_dir={out_dir}"]
+               f"train.out_dir={out_dir}", *([again] if again else [])]  # an interrupted run continues
     if subprocess.run(command).returncode != 0:
         raise SystemExit(f"clar_studies.py: run {name} failed: {' '.join(command)}")
     return json.loads(done.read_text())

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from utils import atomic_write_text
+
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader that also reads 1e-4 (no dot) as a float, as YAML 1.2 and Python do."""
@@ -41,6 +43,23 @@ def yaml_load(text_or_file):
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message says which key and why."""
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML file `path`, parsed; a file that does not parse is a one-line ConfigError naming the file, the
+    line and the column (1-based, as editors count) and the problem."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml_load(f)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = " ".join(": ".join(filter(None, [err.context, err.problem])).split())
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: YAML error: {' '.join(str(err).split())}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start}: {err.reason})") from None
 
 
 def _flat_keys(cfg: dict, prefix: str = "") -> list[str]:
@@ -106,8 +125,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    with open(path) as f:
-        cfg = yaml_load(f)
+    cfg = read_yaml(path)
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     cfg = apply_overrides(cfg, overrides or [])
@@ -131,13 +149,9 @@ def check_keys(cfg: dict, reference: dict, where: str = "") -> None:
 
 
 def save_config(cfg: dict, path: str | os.PathLike) -> None:
-    """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False)
-    os.replace(tmp, path)
+    """Write the resolved config as YAML, atomically (utils.atomic_write_text: a failed write, e.g. a full disk,
+    leaves no temp file and says so in one line naming the file)."""
+    atomic_write_text(yaml.safe_dump(cfg, sort_keys=False), path)
 
 
 def merge(defaults: dict, cfg: dict) -> dict:
@@ -167,8 +181,7 @@ def resolve(path: str | os.PathLike, overrides: list[str], defaults: dict,
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    with open(path) as f:
-        cfg = yaml_load(f) or {}
+    cfg = read_yaml(path) or {}
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     cfg.pop("_meta", None)

@@ -3,7 +3,7 @@
 The cache is the contract between preprocessing and everything else:
 
     CACHE/manifest.csv      one row per clip: id, logmel, wave, label, split, fold, duration, source, extras
-    CACHE/logmel/<id>.npy   float32 [64, T] log-mel (SPEC A1)
+    CACHE/logmel/<id>.npy   float32 [64, T] log-mel (the seed's front end, EVAR evar/ar_base.py)
     CACHE/wave/<id>.npy     float32 [L] 16 kHz waveform (only with preprocess.py --waveform)
 
     df = read_manifest("cache/esc50")
@@ -18,12 +18,13 @@ time-major into shard files CACHE/packed/logmel-*.bin of up to 2 GiB, [sum T, F]
 CACHE/packed/index.npz (ids, shard, offsets, lengths, files, n_mels, dtype); LogMelCrops then slices those
 memory maps instead of opening a file per clip (see `bench.py loader` and `bench.py scale`). Log-mels may be
 float16 (preprocess.py --dtype float16); every dataset returns float32.
-Cropping follows SPEC B3 (EVAR): shorter clips are zero-padded on the right; longer ones are
+Cropping follows EVAR (nttcslab/eval-audio-repr data.py): shorter clips are zero-padded on the right; longer ones are
 cropped at random for training and from the start for evaluation.
 """
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import sys
@@ -36,17 +37,17 @@ import torch
 from torch.utils.data import Dataset
 
 from audio import LOG_SILENCE, fix_length
-from utils import temp_path
+from utils import atomic_write
 
 MANIFEST_COLUMNS = ["id", "logmel", "wave", "label", "split", "fold", "duration", "source"]
 
 
 def cache_params(folder: str | os.PathLike) -> dict:
     """The cache's preprocess.json params; without the file (a cache written by hand), 16 kHz and hop 160
-    (SPEC A1) with a printed warning, and data set None (not checked)."""
+    (the seed's front end, EVAR evar/ar_base.py) with a printed warning, and data set None (not checked)."""
     path = Path(folder) / "preprocess.json"
     if not path.is_file():
-        print(f"warning: {path}: not found; assuming 16000 Hz and log-mel hop 160 (SPEC A1), data set not checked",
+        print(f"warning: {path}: not found; assuming 16000 Hz and log-mel hop 160, data set not checked",
               file=sys.stderr)
         return {"dataset": None, "sample_rate": 16000, "logmel": {"hop_length": 160}}
     try:
@@ -58,17 +59,24 @@ def cache_params(folder: str | os.PathLike) -> dict:
     return params
 
 
-def read_manifest(cache: str | os.PathLike) -> pd.DataFrame:
-    """Read CACHE/manifest.csv with stable dtypes (label and split as str, fold as nullable int)."""
+TRAIN_COLUMNS = ["id", "logmel", "split"]  # all a log-mel pretraining set reads (start-up: docs/scale.md)
+
+
+def read_manifest(cache: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read CACHE/manifest.csv with stable dtypes (label and split as str, fold as nullable int); `columns`
+    reads only those (a 2 M-clip manifest opens in about 3 s with TRAIN_COLUMNS, 5 s whole)."""
     path = Path(cache) / "manifest.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no manifest; run preprocess.py to build the cache first")
-    df = pd.read_csv(path, dtype={"id": str, "label": str, "split": str, "logmel": str, "wave": str},
-                     keep_default_na=False)
-    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    wanted = MANIFEST_COLUMNS if columns is None else columns
+    header = pd.read_csv(path, nrows=0).columns
+    missing = [c for c in wanted if c not in header]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}")
-    df["fold"] = pd.to_numeric(df["fold"], errors="coerce").astype("Int64")
+    df = pd.read_csv(path, dtype={"id": str, "label": str, "split": str, "logmel": str, "wave": str},
+                     keep_default_na=False, usecols=None if columns is None else columns)
+    if "fold" in df:
+        df["fold"] = pd.to_numeric(df["fold"], errors="coerce").astype("Int64")
     return df
 
 
@@ -83,6 +91,30 @@ def select(df: pd.DataFrame, split: str | list[str] | None = None, folds: list[i
     for column, value in (where or {}).items():
         mask &= df[column].astype(str) == str(value)
     return df[mask].reset_index(drop=True)
+
+
+def assign_splits(labels: list[str], percent: tuple[int, int, int], seed: int = 0) -> list[str]:
+    """train / valid / test for each clip of a data set that has no split of its own (preprocess.py --split), in
+    `percent` (summing to 100), stratified: each class's clips, in the given order, are shuffled by
+    numpy.random.default_rng(seed) (classes in sorted order) and the first round(n * test / 100) go to test, the
+    next round(n * valid / 100) to valid, the rest to train. Unlabelled clips ("") all go to train: they can
+    only serve pretraining, and `data.split=train` keeps pretraining off the valid and test clips."""
+    if len(percent) != 3 or sum(percent) != 100 or min(percent) < 0:
+        raise ValueError(f"split percentages train,valid,test must be three numbers >= 0 summing to 100, "
+                         f"got {','.join(map(str, percent))}")
+    out = ["train"] * len(labels)
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
+    for label in sorted(by_label):
+        if label == "":
+            continue
+        idx = [by_label[label][j] for j in rng.permutation(len(by_label[label]))]
+        n_test, n_valid = round(len(idx) * percent[2] / 100), round(len(idx) * percent[1] / 100)
+        for k, i in enumerate(idx):
+            out[i] = "test" if k < n_test else "valid" if k < n_test + n_valid else "train"
+    return out
 
 
 @dataclass
@@ -133,7 +165,7 @@ def load_array(cache: str | os.PathLike, relpath: str) -> np.ndarray:
 
 def crop_frames(logmel: np.ndarray, frames: int, random_crop: bool,
                 rng: np.random.Generator | None = None) -> np.ndarray:
-    """Crop or right-pad [F, T] to [F, frames]; the crop start is random or 0 (SPEC B3).
+    """Crop or right-pad [F, T] to [F, frames]; the crop start is random or 0 (nttcslab/eval-audio-repr).
 
     Padding is log-mel silence (LOG_SILENCE), as if the waveform had been zero-padded (EVAR).
     """
@@ -185,13 +217,11 @@ def write_pack_index(folder: Path, name: str, entries: dict[str, tuple[str, int,
     ids = [cid for cid in ids if cid in entries]
     files = sorted({entries[cid][0] for cid in ids})
     number = {f: i for i, f in enumerate(files)}
-    tmp = temp_path(folder / name)
-    with open(tmp, "wb") as f:
-        np.savez(f, ids=np.array(ids, dtype=str), files=np.array(files, dtype=str),
-                 shard=np.array([number[entries[c][0]] for c in ids], dtype=np.int32),
-                 offsets=np.array([entries[c][1] for c in ids], dtype=np.int64),
-                 lengths=np.array([entries[c][2] for c in ids], dtype=np.int32), n_mels=n_mels, dtype=dtype)
-    os.replace(tmp, folder / name)
+    atomic_write(folder / name, lambda f: np.savez(
+        f, ids=np.array(ids, dtype=str), files=np.array(files, dtype=str),
+        shard=np.array([number[entries[c][0]] for c in ids], dtype=np.int32),
+        offsets=np.array([entries[c][1] for c in ids], dtype=np.int64),
+        lengths=np.array([entries[c][2] for c in ids], dtype=np.int32), n_mels=n_mels, dtype=dtype))
 
 
 def read_pack_index(path: Path) -> dict[str, tuple[str, int, int]]:
@@ -221,16 +251,79 @@ def pack_logmels(cache: str | os.PathLike, df: pd.DataFrame | None = None, dtype
 class Packed:
     """Read access to CACHE/packed for a list of ids: clip(i) = the i-th id's log-mel [F, T] (a view).
 
-    Index arrays only (file number, offset, length per clip: 16 bytes a clip); shard files are memory-mapped.
-    Also reads the single-file layout of earlier versions (packed/logmel.npy + index.npz with ids/offsets/lengths).
+    The compact index: per clip only its shard number, frame offset and frame count (int32 + int64 + int32 = 16
+    bytes), in numpy arrays that forked loader workers share instead of copying. Shard files are memory-mapped
+    (`clip`) or read with one pread of just the crop (`crop_pread`). Also reads the single-file layout of earlier
+    versions (packed/logmel.npy + index.npz with ids/offsets/lengths).
     """
 
     def __init__(self, maps: list[np.ndarray], file: np.ndarray, offsets: np.ndarray, lengths: np.ndarray):
         self.maps, self.file, self.offsets, self.lengths = maps, file, offsets, lengths
+        self.arrays = [np.asarray(m) for m in maps]  # plain views of the maps: slicing them costs less
+        self._fds: dict[int, int] = {}  # per process: opened lazily, so that forked workers open their own
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the per-clip index arrays."""
+        return self.file.nbytes + self.offsets.nbytes + self.lengths.nbytes
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.maps[0].shape[1] * self.maps[0].dtype.itemsize
+
+    @property
+    def pack_bytes(self) -> int:
+        return sum(m.nbytes for m in self.maps)
 
     def clip(self, i: int) -> np.ndarray:
         offset = self.offsets[i]
-        return self.maps[self.file[i]][offset:offset + self.lengths[i]].T
+        return self.arrays[self.file[i]][offset:offset + self.lengths[i]].T
+
+    def _fd(self, shard: int) -> int:
+        if self._pid != os.getpid():
+            self._fds, self._pid = {}, os.getpid()
+        if shard not in self._fds:
+            self._fds[shard] = os.open(self.maps[shard].filename, os.O_RDONLY)
+        return self._fds[shard]
+
+    def crop_pread(self, i: int, start: int, frames: int) -> np.ndarray:
+        """Frames [start, start + frames) of clip i as [F, frames] (frames within the clip), read with one pread:
+        the kernel reads just these bytes, where a memory map may read ahead far past a random crop."""
+        shard, m = int(self.file[i]), self.maps[int(self.file[i])]
+        size = frames * self.frame_bytes
+        buf = os.pread(self._fd(shard), size, m.offset + int(self.offsets[i] + start) * self.frame_bytes)
+        if len(buf) != size:
+            raise OSError(f"{m.filename}: short read of clip {i} (pack truncated?); rebuild with preprocess.py --pack")
+        return np.frombuffer(buf, dtype=m.dtype).reshape(frames, m.shape[1]).T
+
+    def advise_random(self) -> None:
+        """No read-ahead on the memory maps (random crops): each fault reads only its pages."""
+        for m in self.maps:
+            if isinstance(getattr(m, "_mmap", None), mmap.mmap) and hasattr(mmap, "MADV_RANDOM"):
+                m._mmap.madvise(mmap.MADV_RANDOM)
+
+    def will_need(self, first: int, last: int) -> None:
+        """Ask the kernel to read clips first..last (consecutive in one shard) in the background, in one sequential
+        read (posix_fadvise WILLNEED); the page cache it fills is shared by every loader worker."""
+        shard = int(self.file[first])
+        begin = self.maps[shard].offset + int(self.offsets[first]) * self.frame_bytes
+        end = self.maps[shard].offset + int(self.offsets[last] + self.lengths[last]) * self.frame_bytes
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self._fd(shard), begin, end - begin, os.POSIX_FADV_WILLNEED)
+
+    def blocks(self, block_clips: int) -> list[np.ndarray]:
+        """The clips in pack order (shard, then offset) cut into blocks of up to `block_clips` consecutive clips;
+        a block never spans two shards. Each block is an array of indices into this Packed."""
+        order = np.lexsort((self.offsets, self.file))
+        cuts = np.flatnonzero(np.diff(self.file[order])) + 1  # shard boundaries
+        blocks = []
+        for run in np.split(order, cuts):
+            blocks += [run[k:k + block_clips] for k in range(0, len(run), block_clips)]
+        return blocks
 
 
 def open_packed(cache: str | os.PathLike, ids: list[str]) -> Packed | None:
@@ -274,7 +367,7 @@ class _CacheDataset(Dataset):
         self.random_crop = random_crop
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.targets)
 
     def _rng(self) -> np.random.Generator:
         # torch's per-worker seed makes crops reproducible under torch.manual_seed, workers or not
@@ -284,17 +377,33 @@ class _CacheDataset(Dataset):
 class LogMelCrops(_CacheDataset):
     """(logmel [1, F, frames] float32 tensor, label index) items; frames=None keeps the whole clip.
 
-    Reads CACHE/packed when it holds every clip (one memory map, no file opened per item), else the
-    per-clip files.
+    Reads CACHE/packed when it holds every clip (no file opened per item), else the per-clip files. With the pack,
+    only the crop is read: `read="mmap"` slices the memory map, `read="pread"` reads the crop's bytes with one
+    pread (no read-ahead: the better choice for random crops from a pack larger than RAM; see docs/scale.md).
+    After `use_blocks(blocks)` (block order, BlockBatches), the first read from a block asks the kernel to read the
+    whole block sequentially (posix_fadvise WILLNEED), so the crops that follow come from the page cache.
     """
 
     column = "logmel"
 
     def __init__(self, cache, df, labels=None, frames: int | None = 96, random_crop: bool = False,
-                 use_packed: bool = True):
+                 use_packed: bool = True, read: str = "mmap"):
         super().__init__(cache, df, labels, random_crop)
-        self.frames = frames
+        if read not in ("mmap", "pread"):
+            raise ValueError(f"read={read!r}: expected 'mmap' or 'pread'")
+        self.frames, self.read = frames, read
         self.packed = open_packed(self.cache, self.df["id"].tolist()) if use_packed else None
+        if self.packed is not None:  # the compact index: keep only numpy arrays, which forked workers share
+            self.df, self.paths = None, None
+        self.blocks: list[np.ndarray] | None = None
+        self._advised: set[int] = set()
+
+    def use_blocks(self, blocks: list[np.ndarray]) -> None:
+        """Read in block order: `blocks` = Packed.blocks(...) of this dataset's pack."""
+        self.blocks = blocks
+        self.block_of = np.empty(len(self), dtype=np.int32)
+        for b, members in enumerate(blocks):
+            self.block_of[members] = b
 
     def _clip(self, i: int) -> np.ndarray:
         """Clip i's whole log-mel [F, T] as a view of the packed map or of its memory-mapped file."""
@@ -302,16 +411,42 @@ class LogMelCrops(_CacheDataset):
             return load_array(self.cache, self.paths[i])
         return self.packed.clip(i)
 
+    def _advise_block(self, i: int) -> None:
+        block = int(self.block_of[i])
+        if block not in self._advised:
+            if len(self._advised) > 256:
+                self._advised.clear()
+            self._advised.add(block)
+            members = self.blocks[block]
+            self.packed.will_need(int(members[0]), int(members[-1]))
+
+    def _packed_crop(self, i: int) -> np.ndarray:
+        """Clip i cropped to [F, self.frames] reading only the crop's frames (same draws as crop_frames)."""
+        total = int(self.packed.lengths[i])
+        rng = self._rng() if self.random_crop else None  # drawn as in crop_frames, so the crops are unchanged
+        start = int(rng.integers(0, total - self.frames + 1)) if rng is not None and total > self.frames else 0
+        n = min(self.frames, total)
+        if self.read == "pread":
+            part = self.packed.crop_pread(i, start, n)
+        else:
+            part = self.packed.clip(i)[:, start:start + n]
+        return np.asarray(fix_length(part, self.frames, 0, value=LOG_SILENCE), dtype=np.float32)
+
     def __getitem__(self, i: int):
-        logmel = self._clip(i)
-        if self.frames is not None:
-            rng = self._rng() if self.random_crop else None
-            logmel = crop_frames(logmel, self.frames, self.random_crop, rng)
+        if self.blocks is not None:
+            self._advise_block(i)
+        if self.packed is not None and self.frames is not None:
+            logmel = self._packed_crop(i)
+        else:
+            logmel = self._clip(i)
+            if self.frames is not None:
+                rng = self._rng() if self.random_crop else None
+                logmel = crop_frames(logmel, self.frames, self.random_crop, rng)
         return torch.from_numpy(np.array(logmel, dtype=np.float32))[None], int(self.targets[i])
 
 
 class WaveClips(_CacheDataset):
-    """(wave [samples] float32 tensor, label index) items of a fixed length (SPEC B3 crop/pad)."""
+    """(wave [samples] float32 tensor, label index) items of a fixed length (nttcslab/eval-audio-repr crop/pad)."""
 
     column = "wave"
 
@@ -329,13 +464,16 @@ class WaveClips(_CacheDataset):
 
 
 def logmel_stats(cache: str | os.PathLike, df: pd.DataFrame, max_clips: int = 10000,
-                 seed: int = 0) -> tuple[float, float]:
-    """Scalar mean and std (ddof 0) over up to `max_clips` log-mels, as BYOL-A v2 PrecomputedNorm."""
+                 seed: int = 0, frames: int | None = None) -> tuple[float, float]:
+    """Scalar mean and std (ddof 0) over up to `max_clips` randomly chosen clips, as BYOL-A v2 calc_norm_stats
+    (train_v2.py): with `frames`, over one random crop of that many frames per clip (crop_frames: what the
+    training step sees; short clips padded with log-mel silence), else over whole clips."""
     rng = np.random.default_rng(seed)
     rows = rng.permutation(len(df))[:max_clips]
     total = total_sq = count = 0.0
     for r in rows:
-        x = load_array(cache, df["logmel"].iloc[r]).astype(np.float64)
+        x = load_array(cache, df["logmel"].iloc[r])
+        x = (x if frames is None else crop_frames(x, frames, True, rng)).astype(np.float64)
         total, total_sq, count = total + x.sum(), total_sq + (x * x).sum(), count + x.size
     mean = total / count
     return float(mean), float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
@@ -359,8 +497,67 @@ class EpochBatches:
         return [order[b * self.batch_size:(b + 1) * self.batch_size].tolist() for b in range(len(self))]
 
 
+class BlockBatches:
+    """Global batches in block order, for a pack larger than the page cache (webdataset-style shard shuffling).
+
+    Each epoch visits the blocks (`Packed.blocks`: runs of consecutive clips of one shard) in a random order and
+    shuffles the clips of every `open_blocks` consecutive blocks of that order together (a shuffle buffer of
+    open_blocks x block clips), so the reads stay inside a few blocks that the loader fetches sequentially.
+    A pure function of (seed, epoch); every clip once per epoch; n // batch_size batches (drop last).
+    What it changes for training: a batch draws from open_blocks blocks, not the whole set (see docs/scale.md).
+    """
+
+    def __init__(self, blocks: list[np.ndarray], batch_size: int, seed: int = 0, open_blocks: int = 8):
+        self.blocks, self.batch_size, self.seed, self.open_blocks = blocks, batch_size, seed, open_blocks
+        self.n = int(sum(len(b) for b in blocks))
+        self.window = open_blocks * max(len(b) for b in blocks)
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        stream = np.concatenate([self.blocks[b] for b in rng.permutation(len(self.blocks))])
+        window_of = np.arange(self.n) // self.window
+        order = stream[np.lexsort((rng.random(self.n), window_of))]  # shuffled inside each window
+        return [order[b * self.batch_size:(b + 1) * self.batch_size].tolist() for b in range(len(self))]
+
+
+def physical_memory() -> int:
+    """Bytes of RAM of this machine (0 where unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+ORDERS = ("auto", "random", "block")
+
+
+def training_batches(dataset: LogMelCrops, dcfg: dict, batch_size: int, seed: int) -> EpochBatches | BlockBatches:
+    """The global batch order of a log-mel pretraining set (data.order): `random` = EpochBatches (per-clip random
+    order; the default while the pack fits in half the RAM), `block` = BlockBatches over blocks of
+    data.block_clips clips with data.open_blocks open at once (a pack larger than that). A pack read in random
+    order from disk is read with pread (no read-ahead)."""
+    order = dcfg["order"]
+    if order not in ORDERS:
+        raise ValueError(f"data.order={order!r}: expected one of {', '.join(ORDERS)}")
+    packed = dataset.packed
+    too_big = packed is not None and packed.pack_bytes > physical_memory() // 2
+    if order == "auto":
+        order = "block" if too_big else "random"
+    if order == "block":
+        if packed is None:
+            raise ValueError(f"{dataset.cache}: data.order=block needs the packed cache (preprocess.py --pack)")
+        dataset.use_blocks(packed.blocks(dcfg["block_clips"]))
+        return BlockBatches(dataset.blocks, batch_size, seed, dcfg["open_blocks"])
+    if too_big:
+        dataset.read = "pread"
+    return EpochBatches(len(dataset), batch_size, seed)
+
+
 class RatioBatches:
-    """Global batches with a fixed labelled/unlabelled ratio (CLAR's stratified sampling, SPEC A3).
+    """Global batches with a fixed labelled/unlabelled ratio (CLAR's stratified sampling, CLAR paper, arXiv 2010.09542).
 
     Each epoch both pools are shuffled with (seed, epoch). A batch of `batch_size` holds
     round(batch_size * n_labelled / n) labelled clips (at least one if any) and the rest unlabelled; a pool

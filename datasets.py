@@ -7,7 +7,7 @@
     dataset, task = find_task("esc10")   # ("esc50", TaskSpec(where={"esc10": True}, unit_seconds=5.0, ...))
 
 preprocess.py turns the clips into a cache, linear_eval.py takes its tasks (row filter, unit length, label
-column; SPEC B3) and default cache folders from here, results/make_tables.py the tasks' titles. A new data
+column; EVAR code) and default cache folders from here, results/make_tables.py the tasks' titles. A new data
 set is one `adapt_<name>` function plus one REGISTRY entry.
 
 Audio is every file libsndfile reads, whatever its extension (`scan`): known extensions are taken as audio,
@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
 import soundfile as sf
 
 # extensions of the formats soundfile's libsndfile 1.2 reads (soundfile.available_formats(), + Ogg Opus, MP3)
@@ -35,6 +36,8 @@ AUDIO_EXTENSIONS = frozenset(
     " .ircam .sf .paf .svx .8svx .iff .xi .htk .sds .avr .sd2 .mat .mat4 .mat5 .pvf .wve .mpc".split())
 # containers/codecs libsndfile does not decode, typical of YouTube downloaders and phones
 CONVERT_EXTENSIONS = frozenset(".m4a .mp4 .m4b .aac .webm .weba .mkv .mka .wma .ape .wv .amr .3gp .ac3 .alac".split())
+NSYNTH_FAMILIES = frozenset("bass brass flute guitar keyboard mallet organ reed string synth_lead vocal".split())
+NSYNTH_SOURCES = frozenset(("acoustic", "electronic", "synthetic"))
 SC10_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 GTZAN_SPLIT_FRACTIONS = (0.5, 0.2, 0.3)  # train/valid/test when no fault-filtered lists are given
 GTZAN_KAGGLE_BROKEN = {"jazz/jazz.00054": "known broken in Kaggle's GTZAN copy (genres_original/jazz/jazz.00054.wav "
@@ -144,6 +147,53 @@ def _require(path: Path, what: str) -> Path:
 def _read_list(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
+# ----------------------------------------------------------------------------- strict metadata
+# A metadata row that does not parse is reported as '<file>:<line>' (errors.csv, kind error) and skipped, never
+# guessed at; a label id that the data set's class table does not know is an error naming it. CSV lines are
+# parsed one at a time, so an unclosed quote cannot swallow the rows after it into a field.
+
+
+def bad_row(path: Path, where: int | str, reason: str) -> Skipped:
+    """A metadata row that is skipped: errors.csv names it '<file>:<line>' (or '<file>:<entry>')."""
+    return Skipped(Path(f"{path}:{where}"), f"bad metadata row, skipped: {reason}", "error")
+
+
+def csv_fields(line: str) -> list[str]:
+    """The fields of one CSV line; ValueError for an unclosed or stray quote."""
+    try:
+        rows = list(csv.reader([line], strict=True, skipinitialspace=True))
+    except csv.Error as err:
+        raise ValueError(f"malformed CSV ({err}): {line[:120]!r}") from None
+    return [field.strip() for field in rows[0]] if rows else []
+
+
+def read_csv_strict(path: Path, columns: tuple[str, ...], what: str) -> tuple[list[tuple[int, dict]], list[Skipped]]:
+    """(line number, row) of each good line of a CSV with a header row holding `columns`, and the bad lines
+    (a quote error or another number of fields than the header) as bad_row. DatasetLayoutError when the file
+    is not UTF-8 text or its header lacks one of `columns`."""
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        header = csv_fields(lines[0]) if lines else []
+    except (UnicodeDecodeError, ValueError) as err:
+        raise DatasetLayoutError(f"{path}: not a readable CSV ({err})") from None
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DatasetLayoutError(f"{path}: missing column(s) {missing} (expected {what})")
+    rows, bad = [], []
+    for n, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            continue
+        try:
+            fields = csv_fields(line)
+        except ValueError as err:
+            bad.append(bad_row(path, n, str(err)))
+            continue
+        if len(fields) != len(header):
+            bad.append(bad_row(path, n, f"{len(fields)} fields, the header has {len(header)}: {line[:120]!r}"))
+            continue
+        rows.append((n, dict(zip(header, fields))))
+    return rows, bad
+
 
 def strip_audio_extension(name: str) -> str:
     """'blues/blues.00000.wav' -> 'blues/blues.00000' (lists name .wav files; they match by stem)."""
@@ -171,23 +221,39 @@ def _listed_files(folder: Path, names: list[str], listing: str) -> tuple[dict[st
 # ----------------------------------------------------------------------------- adapters
 
 
+def esc50_row_problem(row: dict, category_of: dict[str, tuple[str, int]]) -> str | None:
+    """Why a row of esc50.csv is unusable (None when it is fine); `category_of` (target -> (category, line))
+    collects the first category seen per target: a target with two categories is a broken row."""
+    if not row["filename"] or not row["category"]:
+        return "empty filename or category"
+    if not (row["fold"].isdigit() and row["target"].isdigit()):
+        return f"fold and target must be integers, got fold={row['fold']!r} target={row['target']!r}"
+    if row["esc10"].lower() not in ("true", "false"):
+        return f"esc10 must be True or False, got {row['esc10']!r}"
+    category, line = category_of.get(row["target"], (row["category"], 0))
+    if category != row["category"]:
+        return f"target {row['target']} is {category!r} on line {line}, here {row['category']!r}"
+    return None
+
+
 def adapt_esc50(root: Path, **_) -> Found:
-    """ESC-50 (Piczak 2015): audio/*.wav and meta/esc50.csv; label = category, folds 1-5, esc10 flag."""
+    """ESC-50 (Piczak 2015): audio/*.wav and meta/esc50.csv; label = category, folds 1-5, esc10 flag. A row
+    that does not parse (quotes, field count, non-integer fold/target, a target with two categories) is
+    reported with its line and skipped."""
     path = _require(root / "meta" / "esc50.csv", "ESC-50 metadata")
-    try:
-        meta = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise DatasetLayoutError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
-    missing = [c for c in ("filename", "fold", "target", "category", "esc10") if c not in meta.columns]
-    if missing:
-        raise DatasetLayoutError(f"{path}: missing column(s) {missing} (expected ESC-50's meta/esc50.csv)")
-    bad = meta[~meta["fold"].str.fullmatch(r"\d+") | ~meta["target"].str.fullmatch(r"\d+")]
-    if len(bad):
-        raise DatasetLayoutError(f"{path}: row {bad.index[0] + 2}: fold and target must be integers")
-    files, skipped = _listed_files(root / "audio", meta["filename"].tolist(), "meta/esc50.csv")
-    clips = [Clip(files[r.filename], strip_audio_extension(r.filename), r.category, "", int(r.fold),
-                  {"esc10": r.esc10.lower() == "true", "target": int(r.target)}) for r in meta.itertuples()]
-    return Found(clips, skipped)
+    rows, bad = read_csv_strict(path, ("filename", "fold", "target", "category", "esc10"), "ESC-50's meta/esc50.csv")
+    good, category_of = [], {}
+    for n, row in rows:
+        problem = esc50_row_problem(row, category_of)
+        if problem:
+            bad.append(bad_row(path, n, problem))
+        else:
+            category_of.setdefault(row["target"], (row["category"], n))
+            good.append(row)
+    files, skipped = _listed_files(root / "audio", [r["filename"] for r in good], "meta/esc50.csv")
+    clips = [Clip(files[r["filename"]], strip_audio_extension(r["filename"]), r["category"], "", int(r["fold"]),
+                  {"esc10": r["esc10"].lower() == "true", "target": int(r["target"])}) for r in good]
+    return Found(clips, bad + skipped)
 
 
 def _gtzan_splits(keys: list[str], split_dir: Path | None, seed: int) -> dict[str, str]:
@@ -244,7 +310,8 @@ def adapt_nsynth(root: Path, **_) -> Found:
         folder = root / f"nsynth-{split}"
         if not folder.is_dir():
             continue
-        examples = _read_examples(_require(folder / "examples.json", "NSynth metadata"))
+        examples, bad = _read_examples(_require(folder / "examples.json", "NSynth metadata"))
+        skipped += bad
         notes = sorted(examples)
         files, extra = _listed_files(folder / "audio", [f"{n}.wav" for n in notes], f"{folder.name}/examples.json")
         skipped += extra
@@ -252,28 +319,54 @@ def adapt_nsynth(root: Path, **_) -> Found:
             ex = examples[note]
             clips.append(Clip(files[f"{note}.wav"], f"{split}/{note}", ex["instrument_family_str"], split, None,
                               {"pitch": int(ex["pitch"]), "instrument_source_str": ex["instrument_source_str"]}))
-    if not clips:
+    if not any((root / f"nsynth-{split}").is_dir() for split in ("train", "valid", "test")):
         raise DatasetLayoutError(f"{root}: no nsynth-{{train,valid,test}}/ folder found (NSynth layout)")
     return Found(clips, skipped)
 
 
-def _read_examples(path: Path) -> dict[str, dict]:
-    """NSynth's examples.json: note -> {instrument_family_str, instrument_source_str, pitch, ...}, checked."""
+def nsynth_entry_problem(note: str, ex) -> str | None:
+    """Why an examples.json entry is unusable (None when it is fine); an unknown family or source is one."""
+    if not isinstance(ex, dict):
+        return f"note {note!r}: not an object"
+    missing = [k for k in ("instrument_family_str", "instrument_source_str", "pitch") if k not in ex]
+    if missing:
+        return f"note {note!r}: missing {missing}"
+    if ex["instrument_family_str"] not in NSYNTH_FAMILIES:
+        return f"note {note!r}: unknown instrument_family_str {ex['instrument_family_str']!r}"
+    if ex["instrument_source_str"] not in NSYNTH_SOURCES:
+        return f"note {note!r}: unknown instrument_source_str {ex['instrument_source_str']!r}"
+    if isinstance(ex["pitch"], bool) or not isinstance(ex["pitch"], int) or not 0 <= ex["pitch"] <= 127:
+        return f"note {note!r}: pitch must be a MIDI number 0-127, got {ex['pitch']!r}"
+    return None
+
+
+def _read_examples(path: Path) -> tuple[dict[str, dict], list[Skipped]]:
+    """NSynth's examples.json: note -> {instrument_family_str, instrument_source_str, pitch, ...} of the good
+    entries, and the bad ones (bad_row '<file>:<note>'). A file that is not a JSON object is an error."""
     try:
         examples = json.loads(path.read_text(encoding="utf-8"))
-        for ex in examples.values():
-            ex["instrument_family_str"], ex["instrument_source_str"], int(ex["pitch"])
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
+    except (ValueError, UnicodeDecodeError) as err:
         raise DatasetLayoutError(f"{path}: not NSynth's examples.json ({type(err).__name__}: {err})") from None
-    return examples
+    if not isinstance(examples, dict):
+        raise DatasetLayoutError(f"{path}: not NSynth's examples.json (a {type(examples).__name__}, not an object)")
+    good, bad = {}, []
+    for note, ex in examples.items():
+        problem = nsynth_entry_problem(note, ex)
+        if problem:
+            bad.append(bad_row(path, note, problem))
+        else:
+            good[note] = ex
+    return good, bad
 
 
 def adapt_speechcommands(root: Path, **_) -> Found:
     """Speech Commands v0.02 (Warden 2018): <word>/*.wav, validation_list.txt, testing_list.txt (matched by
     stem); _background_noise_ excluded; column sc10 marks the ten digit words."""
-    valid = {strip_audio_extension(n) for n in _read_list(_require(root / "validation_list.txt", "validation list"))}
-    test = {strip_audio_extension(n) for n in _read_list(_require(root / "testing_list.txt", "testing list"))}
     files, skipped = scan(root, depth=2)
+    on_disk = {f"{p.parent.name}/{p.stem}" for p in files}
+    valid, bad_valid = _read_sc_list(_require(root / "validation_list.txt", "validation list"), on_disk, set())
+    test, bad_test = _read_sc_list(_require(root / "testing_list.txt", "testing list"), on_disk, valid)
+    skipped += bad_valid + bad_test
     clips = []
     for path in files:
         word, key = path.parent.name, f"{path.parent.name}/{path.stem}"
@@ -285,39 +378,127 @@ def adapt_speechcommands(root: Path, **_) -> Found:
     return Found(clips, skipped)
 
 
-def read_segment_csv(path: Path) -> list[tuple[str, float, float, list[str]]]:
-    """AudioSet segment CSV: '#' comment lines, then YTID, start_seconds, end_seconds, "mid1,mid2"."""
-    rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for n, row in enumerate(csv.reader(f, skipinitialspace=True), 1):
-            if not row or row[0].startswith("#"):
+def _read_sc_list(path: Path, on_disk: set[str], taken: set[str]) -> tuple[set[str], list[Skipped]]:
+    """Keys (word/stem) of a Speech Commands split list, and its bad lines: not '<word>/<file>.wav', a file that
+    is not on disk, or one the other list already holds."""
+    keys, bad = set(), []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        name = line.strip()
+        if not name:
+            continue
+        if not re.fullmatch(r"[^/\s]+/[^/\s]+\.wav", name):
+            bad.append(bad_row(path, n, f"expected <word>/<file>.wav, got {name[:120]!r}"))
+        elif strip_audio_extension(name) not in on_disk:
+            bad.append(bad_row(path, n, f"{name} is not on disk"))
+        elif strip_audio_extension(name) in taken:
+            bad.append(bad_row(path, n, f"{name} is in validation_list.txt too (it stays in valid)"))
+        else:
+            keys.add(strip_audio_extension(name))
+    return keys, bad
+
+
+class Segment(NamedTuple):
+    """One row of an AudioSet segment CSV (line: its line number in the file)."""
+
+    ytid: str
+    start: float
+    end: float
+    mids: list[str]
+    line: int
+
+
+def segment_problem(fields: list[str]) -> str | None:
+    """Why the fields of a segment CSV line are not YTID, start_seconds, end_seconds, "mid1,mid2" (None: fine)."""
+    if len(fields) != 4:
+        return f'{len(fields)} fields, expected 4 (YTID, start_seconds, end_seconds, "mid1,mid2")'
+    if not YTID.fullmatch(fields[0]):
+        return f"YTID {fields[0]!r} is not 11 characters of [A-Za-z0-9_-]"
+    try:
+        start, end = float(fields[1]), float(fields[2])
+    except ValueError:
+        return f"start/end seconds {fields[1]!r}, {fields[2]!r} are not numbers"
+    if not (math.isfinite(start) and math.isfinite(end) and 0 <= start <= end):
+        return f"start/end seconds {fields[1]}, {fields[2]}: expected 0 <= start <= end"
+    mids = fields[3].split(",")
+    wrong = [m for m in mids if not MID.fullmatch(m)]
+    return f"label ids {wrong} are not /m/..., /t/... or /g/... ids" if wrong else None
+
+
+def read_segment_csv(path: Path) -> tuple[list[Segment], list[Skipped]]:
+    """AudioSet segment CSV: '#' comment lines, then YTID, start_seconds, end_seconds, "mid1,mid2". Each line
+    is parsed on its own; a bad one (a quote error, a short row, a malformed id or time) is a bad_row."""
+    rows, bad = [], []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip() or line.lstrip().startswith("#"):
                 continue
             try:
-                rows.append((row[0], float(row[1]), float(row[2]), [m for x in row[3:] for m in x.split(",") if m]))
-            except (IndexError, ValueError):
-                raise DatasetLayoutError(f"{path}: line {n}: expected YTID, start_seconds, end_seconds, "
-                                         f'"mid1,mid2", got {",".join(row)!r}') from None
-    return rows
+                fields = csv_fields(line.rstrip("\r\n"))
+            except ValueError as err:
+                bad.append(bad_row(path, n, str(err)))
+                continue
+            problem = segment_problem(fields)
+            if problem:
+                bad.append(bad_row(path, n, f"{problem}: {line.strip()[:120]!r}"))
+            else:
+                rows.append(Segment(fields[0], float(fields[1]), float(fields[2]), fields[3].split(","), n))
+    return rows, bad
 
 
-def _audioset_tables(folders: list[Path]) -> tuple[dict[str, list[tuple]], dict[str, str]]:
-    """ytid -> [(start, split, mids)] from every segment CSV found, and mid -> display name."""
+def read_class_table(path: Path) -> tuple[dict[str, str], list[Skipped]]:
+    """class_labels_indices.csv: mid -> display name, and its bad rows."""
+    rows, bad = read_csv_strict(path, ("mid", "display_name"), "AudioSet's index,mid,display_name")
+    names = {}
+    for n, row in rows:
+        if MID.fullmatch(row["mid"]) and row["display_name"]:
+            names[row["mid"]] = row["display_name"]
+        else:
+            bad.append(bad_row(path, n, f"mid {row['mid']!r} / display_name {row['display_name']!r}"))
+    return names, bad
+
+
+def check_label_ids(segments: list[tuple[Path, Segment]], names: dict[str, str], table: Path | None) -> None:
+    """DatasetLayoutError naming the first label id that the class table does not know (and how many)."""
+    if table is None:
+        return
+    unknown = [(path, seg.line, mid) for path, seg in segments for mid in seg.mids if mid not in names]
+    if unknown:
+        path, line, mid = unknown[0]
+        ids = sorted({m for _, _, m in unknown})
+        raise DatasetLayoutError(f"{path}: line {line}: label id {mid!r} is not in {table} ({len(ids)} unknown "
+                                 f"id(s) on {len(unknown)} row label(s): {ids[:5]}); use the class table of the "
+                                 "same AudioSet release")
+
+
+def _audioset_tables(folders: list[Path], extra: Path | None = None
+                     ) -> tuple[dict[str, list[tuple]], dict[str, str], list[Skipped]]:
+    """ytid -> [(start, split, mids)] from every segment CSV found (and `extra`, one more segment CSV: split
+    from its name, else train), mid -> display name, and the bad rows of all of them. Every label id must be
+    in class_labels_indices.csv when there is one."""
     index: dict[str, list[tuple]] = {}
     names: dict[str, str] = {}
+    table, bad, segments = None, [], []
+    found = [(folder / name, split) for folder in folders for name, split in AUDIOSET_CSVS.items()
+             if (folder / name).is_file()]
+    if extra is not None:
+        found.append((extra, AUDIOSET_CSVS.get(extra.name, "train")))
+    for path, split in found:
+        rows, wrong = read_segment_csv(path)
+        bad += wrong
+        for seg in rows:
+            index.setdefault(seg.ytid, []).append((seg.start, split, seg.mids))
+            segments.append((path, seg))
     for folder in folders:
-        for name, split in AUDIOSET_CSVS.items():
-            if (folder / name).is_file():
-                for ytid, start, _, mids in read_segment_csv(folder / name):
-                    index.setdefault(ytid, []).append((start, split, mids))
-        if (folder / "class_labels_indices.csv").is_file() and not names:
-            table = pd.read_csv(folder / "class_labels_indices.csv", dtype=str, keep_default_na=False)
-            if not {"mid", "display_name"} <= set(table.columns):
-                raise DatasetLayoutError(f"{folder / 'class_labels_indices.csv'}: expected columns index,mid,"
-                                         "display_name")
-            names = dict(zip(table["mid"], table["display_name"]))
-    return index, names
+        if (folder / "class_labels_indices.csv").is_file() and table is None:
+            table = folder / "class_labels_indices.csv"
+            names, wrong = read_class_table(table)
+            bad += wrong
+    check_label_ids(segments, names, table)
+    return index, names, bad
 
 
+YTID = re.compile(r"[A-Za-z0-9_-]{11}")
+MID = re.compile(r"/[a-z]/[0-9A-Za-z_]+")  # AudioSet ontology ids: /m/09x0r, /t/dd00088, /g/122z_qxw
 _AUDIOSET_NAME = re.compile(r"(?P<id>[A-Za-z0-9_-]{11})(?:_(?P<start>\d+(?:\.\d+)?)(?:_(?P<end>\d+(?:\.\d+)?))?)?")
 
 
@@ -337,10 +518,10 @@ def match_segment(stem: str, index: dict[str, list[tuple]]) -> tuple[str, tuple]
     return None
 
 
-def _file_labels(path: Path) -> dict[str, str]:
-    """A `file,label` CSV (file relative to the root) -> {file: label}."""
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    return dict(zip(table["file"], table["label"]))
+def _file_labels(path: Path) -> tuple[dict[str, str], list[Skipped]]:
+    """A `file,label` CSV (file relative to the root) -> {file: label}, and its bad rows."""
+    rows, bad = read_csv_strict(path, ("file", "label"), "a file,label CSV")
+    return {row["file"]: row["label"] for _, row in rows}, bad
 
 
 def adapt_audioset(root: Path, labels: Path | None = None, **_) -> Found:
@@ -359,12 +540,11 @@ def adapt_audioset(root: Path, labels: Path | None = None, **_) -> Found:
     elif labels is not None:
         head = _require(Path(labels), "--labels").read_text(encoding="utf-8").lstrip()[:5]
         if head.startswith("file"):
-            by_file = _file_labels(Path(labels))
-    index, names = _audioset_tables(folders)
-    if labels is not None and Path(labels).is_file() and not by_file:
-        split = AUDIOSET_CSVS.get(Path(labels).name, "train")
-        for ytid, start, _, mids in read_segment_csv(Path(labels)):
-            index.setdefault(ytid, []).append((start, split, mids))
+            by_file, bad = _file_labels(Path(labels))
+            skipped += bad
+    extra = Path(labels) if labels is not None and Path(labels).is_file() and not by_file else None
+    index, names, bad = _audioset_tables(folders, extra)
+    skipped += bad
     clips = []
     for path in files:
         rel = path.relative_to(root).as_posix()
@@ -384,11 +564,16 @@ def adapt_audioset(root: Path, labels: Path | None = None, **_) -> Found:
 
 
 def adapt_folder(root: Path, **_) -> Found:
-    """<class>/<file>: label = the class folder's name, no split or fold."""
-    files, skipped = scan(root, depth=2)
+    """Your own folder of audio, at any depth: label = the first folder under `root` (<class>/.../<file>); files
+    directly in `root` are unlabelled (label ""). No split or fold: preprocess.py --split assigns them."""
+    files, skipped = scan(root)
     if not files:
-        raise DatasetLayoutError(f"{root}: no <class>/<file> audio found")
-    return Found([Clip(p, f"{p.parent.name}/{p.stem}", p.parent.name) for p in files], skipped)
+        raise DatasetLayoutError(f"{root}: no audio found")
+    clips = []
+    for p in files:
+        rel = p.relative_to(root)
+        clips.append(Clip(p, rel.with_suffix("").as_posix(), rel.parts[0] if len(rel.parts) > 1 else ""))
+    return Found(clips, skipped)
 
 
 def adapt_synthetic(root: Path, size: str = "small", seed: int = 0, **_) -> Found:
@@ -402,7 +587,7 @@ def adapt_synthetic(root: Path, size: str = "small", seed: int = 0, **_) -> Foun
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """An evaluation task (SPEC B3): rows where column == value for each item of `where`, clips cut to
+    """An evaluation task (nttcslab/eval-audio-repr): rows where column == value for each item of `where`, clips cut to
     `unit_seconds`, classes from `label`; `title` is its column name in results/README.md."""
 
     where: dict | None

@@ -22,6 +22,7 @@ import pandas as pd
 # The probe sees ~150-300 training clips, i.e. one or two Adam steps per epoch at EVAR's batch min(200, N): at
 # EVAR's lr 3e-4 it has not converged after 200 epochs, so both tracks raise the probe's lr (and say so).
 PROBE_LR = "1e-2"
+OFFICIAL = "byola-official-v1-d512"  # linear_eval's name for byola:AudioNTT2020-BYOLA-64x96d512.pth (--byola-weights)
 # track: synthetic set size, then (name, script, config, overrides) per recipe
 TRACKS = {
     "demo": ("small", [
@@ -48,14 +49,17 @@ the same cache, from the random init (epoch 0) on.
 """
 
 
-def steps(track: str) -> list[list[str]]:
+def steps(track: str, byola_weights: str | None = None) -> list[list[str]]:
     size, recipes = TRACKS[track]
     cache, results = f"cache/{track}_{size}", f"results/{track}.csv"
     evals, train, twins = [], [], set()
+    if byola_weights:  # a published BYOL-A weight file (official.py), evaluated with the same probe
+        evals.append(["linear_eval.py", "--ckpt", f"byola:{byola_weights}", "--task", cache, "--results", results,
+                      f"probe.lr={PROBE_LR}"])
     for name, script, config, overrides in recipes:
         run = f"runs/{track}/{name.split('_', 1)[1]}"
         train.append([script, "--config", config, *overrides, f"train.out_dir={run}", f"data.cache={cache}",
-                      f"train.monitor.cache={cache}"])
+                      f"train.monitor.cache={cache}", "--overwrite"])  # every number is measured in this run
         evaluated = [(f"{run}/ckpt_last.pt", name)]
         if config not in twins:
             evaluated.append((f"random:{config}", f"{name}-random"))
@@ -83,7 +87,7 @@ def summary(results_csv: str, track: str) -> str:
     mean_logmel, time_aware = acc.get("handcrafted:mean_logmel"), acc.get("handcrafted:time_aware")
     lines = ["| recipe | probe % | random twin % | vs twin | vs mean log-mel | vs time-aware |",
              "|---|---|---|---|---|---|"]
-    for name, *_ in TRACKS[track][1]:
+    for name in [name for name, *_ in TRACKS[track][1]] + [OFFICIAL]:
         twin = acc.get(f"{name}-random", acc.get(f"{name.split('-')[0]}-random"))
         mine = acc.get(name)
         if mine is None:
@@ -92,17 +96,21 @@ def summary(results_csv: str, track: str) -> str:
         lines.append(f"| {name} | {mine:.1f} ± {ci[name] or '-'} | {twin if twin is not None else '-'} "
                      f"| {diff(twin)} | {diff(mean_logmel)} | {diff(time_aware)} |")
     lines.append(f"\nhand-crafted probes: mean log-mel {mean_logmel} %, time-aware {time_aware} % (chance 10 %)")
+    if OFFICIAL in acc:
+        lines.append(f"\n{OFFICIAL}: nttcslab/byol-a's released AudioNTT2020-BYOLA-64x96d512.pth (pretrained by NTT on "
+                     "AudioSet, not trained here; `--byola-weights`), through the same probe; no twin row of its own.")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--track", default="demo", choices=sorted(TRACKS))
+    parser.add_argument("--byola-weights", help="a published BYOL-A weight file to evaluate with the same probe")
     args = parser.parse_args()
     start = time.time()
     results, page = f"results/{args.track}.csv", Path(f"results/{args.track}.md")
     Path(results).unlink(missing_ok=True)  # every number in the table is measured in this run
-    for step in steps(args.track):
+    for step in steps(args.track, args.byola_weights):
         command = [sys.executable, *step]
         print(f"\n$ python {shlex.join(step)}", flush=True)
         t0 = time.time()

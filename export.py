@@ -2,10 +2,13 @@
 its input normalisation, without the training state (layout: portable.py).
 
     python export.py --ckpt runs/demo_msn/ckpt_last.pt --out encoder.pt
+    python export.py --ckpt byola:AudioNTT2020-BYOLA-64x96d512.pth --out byola.pt  # a published BYOL-A encoder
     python linear_eval.py --ckpt encoder.pt --task esc50                 # the probe reads it as a checkpoint
     hear-validator hear_ssl -m encoder.pt                                # and so does the HEAR module
 
 The file loads with torch.load(weights_only=True) and with models.load_encoder_file; it is written atomically.
+`byola:PATH` reads an official BYOL-A v1/v2 weight file (official.py); its `norm` entry records that BYOL-A
+normalises with the downstream task's statistics (linear_eval.py computes them), or `--norm-stats MEAN STD`.
 """
 from __future__ import annotations
 
@@ -13,13 +16,20 @@ import argparse
 import os
 import sys
 
+import official
 import portable
 from utils import load_checkpoint
 
 
-def export(ckpt: str, out: str) -> dict:
-    """Read the training checkpoint `ckpt`, write its encoder file to `out`; returns the file's dict."""
-    bundle = portable.from_checkpoint(load_checkpoint(ckpt), ckpt)
+def export(ckpt: str, out: str, norm_stats: tuple[float, float] | None = None) -> dict:
+    """Read the training checkpoint `ckpt` (or `byola:PATH`, a published BYOL-A weight file), write its encoder file
+    to `out`; returns the file's dict."""
+    if ckpt.startswith(official.PREFIX):
+        bundle = official.byola_bundle(ckpt[len(official.PREFIX):], norm_stats)
+    elif norm_stats is not None:
+        raise ValueError("--norm-stats applies to byola: weight files only (a checkpoint carries its own)")
+    else:
+        bundle = portable.from_checkpoint(load_checkpoint(ckpt), ckpt)
     portable.save(bundle, out)
     return bundle
 
@@ -27,10 +37,13 @@ def export(ckpt: str, out: str) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--ckpt", required=True, help="training checkpoint (runs/<config>/ckpt_last.pt)")
+    parser.add_argument("--ckpt", required=True,
+                        help="training checkpoint (runs/<config>/ckpt_last.pt) or byola:<official BYOL-A .pth>")
     parser.add_argument("--out", required=True, help="encoder file to write")
+    parser.add_argument("--norm-stats", type=float, nargs=2, metavar=("MEAN", "STD"),
+                        help="byola: only, the log-mel mean and std to store (default: downstream statistics)")
     args = parser.parse_args(argv)
-    bundle = export(args.ckpt, args.out)
+    bundle = export(args.ckpt, args.out, tuple(args.norm_stats) if args.norm_stats else None)
     norm, arch = bundle["norm"], bundle["config"]["model"]["arch"]
     n_params = sum(v.numel() for v in bundle["encoder"].values())
     print(f"{args.out}: {bundle['kind']} {arch}, {n_params:,} encoder values, input "

@@ -1,9 +1,10 @@
-"""Linear evaluation of a frozen encoder, following EVAR (nttcslab/eval-audio-repr) exactly (SPEC A4, B3).
+"""Linear evaluation of a frozen encoder, following EVAR (nttcslab/eval-audio-repr) exactly.
 
     python linear_eval.py --ckpt runs/msn/ckpt_last.pt --task esc50
     python linear_eval.py --ckpt random:config/msn.yaml --task gtzan          # the random-init baseline
     python linear_eval.py --ckpt encoder.pt --task esc50                      # an export.py encoder file
     python linear_eval.py --ckpt hear:hearbaseline --task esc50               # any HEAR module (HEAR API)
+    python linear_eval.py --ckpt byola:AudioNTT2020-BYOLA-64x96d512.pth --task nsynth  # published BYOL-A (official.py)
     python linear_eval.py --ckpt CKPT --task nsynth --label-fraction 0.01 --seeds 0,1,2
     python linear_eval.py --ckpt CKPT --task cache/synth_small --folds 5 eval.long=chunk probe.lr=3e-5
 
@@ -43,7 +44,6 @@ import importlib.metadata
 import inspect
 import json
 import math
-import os
 import re
 import sys
 import zlib
@@ -58,19 +58,20 @@ from torch.utils.data import Dataset
 
 import data
 import models
+import official
 from audio import LOG_SILENCE, SAMPLE_RATE, fix_length, resample
 from config import ConfigError, apply_overrides, load_config
 from data import LabelMap, load_array, read_manifest, select, stratified_subset
 from datasets import REGISTRY, all_tasks, find_task
 from probe import append_result, carve_validation, fit_linear_probe, mean_ci95
-from utils import file_sha256, git_commit, remove_stale_temps, temp_path
+from utils import atomic_write, file_sha256, git_commit, remove_stale_temps
 
 DEFAULTS = {
     "data": {name: entry.cache for name, entry in REGISTRY.items()},  # default cache folders (datasets.py)
     "eval": {
         "long": "chunk",         # ViT inputs longer than the training crop: pad (the seed) | resize | chunk
         "pool": "cls",           # ViT embedding: cls token | mean of patch tokens
-        "unit_seconds": None,    # clip length fed to the encoder; null = the task's (SPEC B3)
+        "unit_seconds": None,    # clip length fed to the encoder; null = the task's (nttcslab/eval-audio-repr)
         "protocol": "auto",      # auto | folds (cross-validation) | splits (train/valid/test)
         "label_column": None,    # null = the task's (datasets.py; e.g. nsynth_pitch: pitch)
         "batch_size": 32,        # embedding batch
@@ -80,7 +81,7 @@ DEFAULTS = {
         "device": "auto",        # auto | cpu | cuda
         "random_seed": 0,        # seed of the encoder's initialisation for --ckpt random:CONFIG
     },
-    "probe": {  # EVAR lineareval.py + general-learning TorchMLPClassifier2 (SPEC B3)
+    "probe": {  # EVAR lineareval.py + general-learning TorchMLPClassifier2
         "lr": 3e-4,
         "weight_decay": 1e-8,
         "epochs": 200,
@@ -91,7 +92,7 @@ DEFAULTS = {
     },
 }
 
-# the tasks (row filter, unit seconds, label column; SPEC B3) are datasets.REGISTRY's
+# the tasks (row filter, unit seconds, label column; nttcslab/eval-audio-repr) are datasets.REGISTRY's
 TASKS = tuple(all_tasks())
 
 # ============================================================================ tasks and folds
@@ -112,7 +113,7 @@ class Task:
 
 
 def resolve_task(task: str, cfg: dict, cache: str | None = None) -> Task:
-    """TASK name (datasets.REGISTRY) or cache folder -> Task (SPEC B3 task table)."""
+    """TASK name (datasets.REGISTRY) or cache folder -> Task (nttcslab/eval-audio-repr task table)."""
     where, unit, label, dataset = None, None, "label", None
     if find_task(task):
         dataset, spec = find_task(task)
@@ -253,8 +254,8 @@ def load_hear(spec: str) -> tuple[nn.Module, dict]:
 
 
 def load_encoder(ckpt: str, random_seed: int = 0) -> tuple[nn.Module, dict]:
-    """A checkpoint or export.py file, `random:<config.yaml>` or `hear:MODULE[:WEIGHTS]` -> (encoder in eval mode,
-    info: model, ckpt_sha256, config)."""
+    """A checkpoint or export.py file, `random:<config.yaml>`, `hear:MODULE[:WEIGHTS]` or `byola:<official BYOL-A
+    weight file>` -> (encoder in eval mode, info: model, ckpt_sha256, config)."""
     if ckpt.startswith("hear:"):
         return load_hear(ckpt)
     if ckpt.startswith("random:"):
@@ -266,13 +267,20 @@ def load_encoder(ckpt: str, random_seed: int = 0) -> tuple[nn.Module, dict]:
         text = json.dumps({k: v for k, v in cfg.items() if k != "_meta"}, sort_keys=True)
         sha = "random-" + hashlib.sha256(f"{text}|seed={random_seed}".encode()).hexdigest()
         return encoder.eval(), {"model": f"{name}-random", "ckpt_sha256": sha, "config": name}
+    if ckpt.startswith(official.PREFIX):  # a published BYOL-A weight file, read as export.py would
+        path = ckpt[len(official.PREFIX):]
+        bundle = official.byola_bundle(path)
+        encoder = models.build_encoder(bundle["config"])
+        encoder.load_state_dict(bundle["encoder"])
+        name = bundle["config"]["_meta"]["config_name"]
+        return encoder.eval(), {"model": name, "ckpt_sha256": bundle["source"]["sha256"], "config": name}
     encoder, state = models.load_encoder_file(ckpt)  # a training checkpoint or an export.py file
     name = state["config"].get("_meta", {}).get("config_name", Path(ckpt).stem)
     return encoder.eval(), {"model": name, "ckpt_sha256": file_sha256(ckpt), "config": name}
 
 
 class UnitClips(Dataset):
-    """Clip i as encoder input at the unit length (SPEC B3): normalised log-mel [1, F, frames] or wave [samples].
+    """Clip i as encoder input at the unit length (EVAR code): normalised log-mel [1, F, frames] or wave [samples].
 
     Right padding is silence (zeros in the wave, ln(eps) in the log-mel); longer clips start at 0, or at a
     random start fixed per clip id where `random_crop[i]` (EVAR's train/valid crops, reproducible).
@@ -302,7 +310,7 @@ class UnitClips(Dataset):
 
 def unit_logmel_stats(clips: Dataset, max_clips: int) -> tuple[float, float]:
     """Scalar mean and std (ddof 0) over the first `max_clips` unit-length training inputs, padding and crops
-    included, as EVAR's ar.precompute sees them (SPEC B3; EVAR's RunningMean drops its first batch, we do not)."""
+    included, as EVAR's ar.precompute sees them (EVAR's RunningMean drops its first batch, we do not)."""
     total = total_sq = count = 0.0
     for i in range(min(len(clips), max_clips)):
         x = clips[i].double()
@@ -342,13 +350,13 @@ def task_embeddings(encoder: nn.Module, info: dict, task: Task, cfg: dict, devic
     dataset = UnitClips(task.cache, task.df, kind, unit_samples, random_crop, mean, std, hop=task.hop)
     X = models.embed_dataset(encoder, dataset, ecfg["long"], ecfg["pool"], ecfg["batch_size"], ecfg["workers"],
                            device, desc=f"embed {task.name}")
-    if not np.isfinite(X).all():
-        raise ValueError(f"{info['model']}: non-finite embeddings on {task.name}")
+    bad = task.df["id"][~np.isfinite(X).all(axis=1)].tolist()
+    if bad:  # a NaN or inf in a cached clip (or a diverged encoder): name the clips, never probe NaN
+        raise ValueError(f"{info['model']}: non-finite embeddings on {task.name} for {len(bad)} of {len(X)} clips "
+                         f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); check those clips' cache files")
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent)
-    tmp = temp_path(path, ".npy")  # np.save adds .npy to any other name
-    np.save(tmp, X)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.save(f, X))
     print(f"embeddings: {path} {X.shape}")
     return X
 
@@ -428,7 +436,8 @@ def parse_args(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--ckpt", required=True,
-                        help="checkpoint or export.py file, random:<config.yaml>, or hear:MODULE[:WEIGHTS]")
+                        help="checkpoint or export.py file, random:<config.yaml>, hear:MODULE[:WEIGHTS] or "
+                             "byola:<official BYOL-A .pth>")
     parser.add_argument("--task", required=True, help=f"{', '.join(TASKS)} or a cache folder")
     shots = parser.add_mutually_exclusive_group()
     shots.add_argument("--label-fraction", type=float, help="stratified fraction of the training labels")
@@ -481,5 +490,5 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, OSError) as err:  # OSError: FileNotFoundError, a full disk (one line)
         sys.exit(f"linear_eval.py: error: {err}")

@@ -1,5 +1,5 @@
-"""Objectives: MSN (Assran et al. 2022; SPEC B1) and NT-Xent / CLAR (Chen et al. 2020; Al-Tahan and
-Mohsenzadeh 2021; SPEC A3). All maths is done in fp32, also under bf16 autocast.
+"""Objectives: MSN (Assran et al. 2022; facebookresearch/msn) and NT-Xent / CLAR (Chen et al. 2020; Al-Tahan and
+Mohsenzadeh 2021; CLAR paper, arXiv 2010.09542). All maths is done in fp32, also under bf16 autocast.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from utils import all_reduce_sum, gather_with_grad, world_size
 
 # ============================================================================ MSN
-# Assran et al. 2022, "Masked Siamese Networks for Label-Efficient Learning"; msn src/losses.py (SPEC B1).
+# Assran et al. 2022, "Masked Siamese Networks for Label-Efficient Learning"; msn src/losses.py.
 #   p = softmax(cos(z, prototypes) / tau)                    anchor and target, tau = 0.1
 #   t = Sinkhorn(sharpen(p_target, T)), T = 0.25, repeated over the V anchor views (view-major)
 #   loss = mean_rows sum_k -t_k log p_k + w_memax (log K - H(mean p_anchor)) + w_ent mean_rows H(p_anchor)
@@ -62,7 +62,7 @@ class _AllReduceMean(torch.autograd.Function):
 def msn_loss(anchor_z: torch.Tensor, target_z: torch.Tensor, prototypes: torch.Tensor, temperature: float = 0.1,
              sharpen_T: float = 0.25, use_sinkhorn: bool = True, me_max_weight: float = 1.0,
              ent_weight: float = 0.0) -> dict[str, torch.Tensor]:
-    """MSN objective (SPEC B1), computed in fp32.
+    """MSN objective (facebookresearch/msn), computed in fp32.
 
     anchor_z [V*B, d]: head outputs of V anchor views, view-major (view 0 = rows 0..B-1);
     target_z [B, d]: head outputs of the target view; prototypes [K, d].
@@ -98,7 +98,7 @@ def _msn_loss_fp32(anchor_z, target_z, prototypes, temperature, sharpen_T, use_s
 
 
 # ============================================================================ NT-Xent / CLAR
-# SimCLR's NT-Xent (Chen et al. 2020) as CLAR uses it (SPEC A3/B4): for 2N projections of N clips (two views
+# SimCLR's NT-Xent (Chen et al. 2020) as CLAR uses it (CLAR paper; CLAR code): for 2N projections of N clips (two views
 # each), anchor i, positive j(i) = the other view of the same clip, tau = 0.5:
 #   l_i = -log( exp(sim(z_i, z_j) / tau) / sum_{k != i} exp(sim(z_i, z_k) / tau) ),  loss = mean_i l_i
 # with sim the cosine similarity. Under torchrun the candidates k are the projections of EVERY process
@@ -173,7 +173,7 @@ def labelled_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch
 def clar_loss(z1: torch.Tensor, z2: torch.Tensor, logits1: torch.Tensor | None, logits2: torch.Tensor | None,
               targets: torch.Tensor, mode: str = "clar", tau: float = 0.5,
               ce_weight: float = 1.0, contrastive: str = "ntxent") -> dict[str, torch.Tensor]:
-    """CLAR objective (Al-Tahan and Mohsenzadeh 2021, SPEC A3): {"loss", "ntxent", "ce"}.
+    """CLAR objective (Al-Tahan and Mohsenzadeh 2021): {"loss", "ntxent", "ce"}.
 
     mode "clar": NT-Xent on all clips + ce_weight * CE on the labelled ones; "selfsupervised": NT-Xent only;
     "supervised": CE only. CE is the mean over both views' labelled rows (the reference code sums the two

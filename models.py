@@ -18,43 +18,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# shared with the one-file encoder module (what an installed encoder runs): position embeddings, chunking, ResNets
+import audio_ssl_repro as portable_encoders
+from audio_ssl_repro import ResNet18Nd, resize_pos_embed, sincos_pos_embed, split_chunks  # noqa: F401
+
 # ============================================================================ ViT encoders (MSN)
-# Two ViTs with one interface. Both return the CLS token after the final LayerNorm (MSN, SPEC B1) and
+# Two ViTs with one interface. Both return the CLS token after the final LayerNorm (MSN, facebookresearch/msn) and
 # drop tokens MSN-style when asked: after the position embeddings, ONE torch.randperm(N)[:floor(N(1-p))]
 # shared by the whole batch, kept in permutation order, CLS always first (msn deit.py L213-233).
-#   vit_b_32   torchvision vit_b_32 behind a learnable 1x1 Conv2d 1 -> 3 channels (SPEC A2); views are
+#   vit_b_32   torchvision vit_b_32 behind a learnable 1x1 Conv2d 1 -> 3 channels (the MSN-audio seed); views are
 #              224x224 / 96x96 resized crops of the log-mel; pos-embeds bicubic-interpolated for 96.
 #   vit_audio  patches the [64, T] log-mel directly with a [pf, pt] patch (square, or frequency-band
 #              strips such as [4, 16] / [64, 2]); fixed 2-D sin-cos or learned pos-embeds.
 # Position embeddings are defined on the training grid (vit_b_32: 7x7; vit_audio: 64/pf x crop_frames/pt)
 # and bicubic-interpolated to any other token grid (focal views, other lengths); the training grid itself
 # is used unchanged.
-
-
-def sincos_pos_embed(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
-    """Fixed 2-D sin-cos position embeddings [grid_h * grid_w, dim] (MAE): half the channels encode the
-    row (frequency) index, half the column (time) index, each as sin/cos at geometric frequencies."""
-    if dim % 4:
-        raise ValueError(f"sin-cos position embeddings need a width divisible by 4, got {dim}")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
-    rows, cols = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64),
-                                torch.arange(grid_w, dtype=torch.float64), indexing="ij")
-    parts = []
-    for pos in (rows.reshape(-1), cols.reshape(-1)):
-        angle = pos[:, None] * omega[None]
-        parts += [angle.sin(), angle.cos()]
-    return torch.cat(parts, dim=1).float()
-
-
-def resize_pos_embed(pos: torch.Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> torch.Tensor:
-    """pos [1, 1 + gh*gw, D] (CLS first) on `src_grid` -> [1, 1 + dh*dw, D]; patch part bicubic-resized
-    (msn deit.py interpolate_pos_encoding), returned unchanged when the grids agree."""
-    if tuple(src_grid) == tuple(dst_grid):
-        return pos
-    cls, patches = pos[:, :1], pos[:, 1:]
-    grid = patches.reshape(1, *src_grid, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=dst_grid, mode="bicubic", align_corners=False).to(pos.dtype)
-    return torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(1, dst_grid[0] * dst_grid[1], -1)], dim=1)
 
 
 def drop_tokens(x: torch.Tensor, patch_drop: float) -> torch.Tensor:
@@ -65,19 +43,6 @@ def drop_tokens(x: torch.Tensor, patch_drop: float) -> torch.Tensor:
     n = x.shape[1] - 1
     keep = torch.randperm(n)[:int(n * (1 - patch_drop))].to(x.device)
     return torch.cat([x[:, :1], x[:, 1:][:, keep]], dim=1)
-
-
-def split_chunks(x: torch.Tensor, frames: int) -> torch.Tensor:
-    """x [B, C, F, T] -> [B * n, C, F, frames]: consecutive chunks, the last one aligned to the clip's end (so
-    no chunk is mostly padding); a clip shorter than `frames` is one right-zero-padded chunk."""
-    length = x.shape[-1]
-    if length <= frames:
-        return F.pad(x, (0, frames - length))
-    starts = list(range(0, length - frames + 1, frames))
-    if starts[-1] + frames < length:
-        starts.append(length - frames)
-    chunks = torch.stack([x[..., s:s + frames] for s in starts], dim=1)  # [B, n, C, F, frames]
-    return chunks.flatten(0, 1)
 
 
 class _ViT(nn.Module):
@@ -119,7 +84,7 @@ class _ViT(nn.Module):
 
 
 class ViTB32(_ViT):
-    """torchvision vit_b_32 on 1-channel "images": Conv2d(1, 3, 1) stem, no classifier (SPEC A2).
+    """torchvision vit_b_32 on 1-channel "images": Conv2d(1, 3, 1) stem, no classifier (the MSN-audio seed).
 
     Training views are resized crops (224 / 96). embed(): "resize" = the whole [64, T] bilinearly resized
     to image_size x image_size (no antialias, as the training crops); "pad" = the seed's zero padding:
@@ -315,7 +280,7 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
 
 
 # ============================================================================ ResNet18 1D / 2D (CLAR)
-# CLAR encoders (SPEC A3 / B4). One ResNet18 written once for 1-D and 2-D: at width 64 and kernel 3 the 2-D
+# CLAR encoders (CLAR paper; CLAR code). One ResNet18 written once for 1-D and 2-D: at width 64 and kernel 3 the 2-D
 # net is torchvision's resnet18 without its classifier (same parameter names, so its state_dict loads); the
 # 1-D net swaps every conv, pool and batch norm for its 1-D version (kernel 9 in the blocks, as the CLAR
 # code) and reads the raw waveform. Both end in adaptive average pooling to 8 * width (512 at width 64).
@@ -325,82 +290,17 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
 RESNET_MODEL_DEFAULTS = {"width": 64, "kernel_1d": 9, "clip_seconds": 1.0, "features": {}}
 
 
-class BasicBlockNd(nn.Module):
-    """ResNet basic block (two kxk convs + identity or 1x1-conv shortcut) in 1-D or 2-D."""
-
-    def __init__(self, dim: int, in_ch: int, out_ch: int, stride: int = 1, kernel: int = 3):
-        super().__init__()
-        conv, norm = (nn.Conv1d, nn.BatchNorm1d) if dim == 1 else (nn.Conv2d, nn.BatchNorm2d)
-        self.conv1 = conv(in_ch, out_ch, kernel, stride, kernel // 2, bias=False)
-        self.bn1 = norm(out_ch)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv(out_ch, out_ch, kernel, 1, kernel // 2, bias=False)
-        self.bn2 = norm(out_ch)
-        self.downsample = None
-        if stride != 1 or in_ch != out_ch:
-            self.downsample = nn.Sequential(conv(in_ch, out_ch, 1, stride, bias=False), norm(out_ch))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + identity)
-
-
-class ResNet18Nd(nn.Module):
-    """ResNet18 trunk in 1-D or 2-D: x [B, C, (F,) T] -> [B, 8 * width] (global average pool)."""
-
-    def __init__(self, dim: int, in_channels: int, width: int = 64, kernel: int = 3):
-        super().__init__()
-        if dim not in (1, 2):
-            raise ValueError(f"dim must be 1 or 2, got {dim}")
-        conv, norm = (nn.Conv1d, nn.BatchNorm1d) if dim == 1 else (nn.Conv2d, nn.BatchNorm2d)
-        self.conv1 = conv(in_channels, width, 7, 2, 3, bias=False)
-        self.bn1 = norm(width)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = (nn.MaxPool1d if dim == 1 else nn.MaxPool2d)(3, 2, 1)
-        widths = [width, 2 * width, 4 * width, 8 * width]
-        in_ch = width
-        for i, out_ch in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            blocks = [BasicBlockNd(dim, in_ch, out_ch, stride, kernel), BasicBlockNd(dim, out_ch, out_ch, 1, kernel)]
-            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-            in_ch = out_ch
-        self.pool = nn.AdaptiveAvgPool1d(1) if dim == 1 else nn.AdaptiveAvgPool2d(1)
-        self.out_dim = 8 * width
-        for m in self.modules():  # torchvision's initialisation
-            if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.pool(x).flatten(1)
-
-
-class ClarEncoder(nn.Module):
+class ClarEncoder(portable_encoders.ClarEncoder):
     """CLAR encoder on 16 kHz waves [B, L] -> [B, embed_dim] (embed_dim = 8 * width, 512 in the paper).
 
     arch "resnet18_2d": audio.ClarFeatures [B, 3, F, T] -> 2-D ResNet18 (kernel 3, torchvision layout).
     arch "resnet18_1d": the wave [B, 1, L] -> 1-D ResNet18 (kernel `kernel_1d` in the blocks).
+    The network and `embed` are audio_ssl_repro's (what an exported encoder runs); training adds channels-last.
     """
-
-    input_kind = "wave"
 
     def __init__(self, arch: str, width: int = 64, kernel_1d: int = 9, clip_seconds: float = 1.0,
                  features: dict | None = None):
-        super().__init__()
-        from audio import SAMPLE_RATE, ClarFeatureConfig, ClarFeatures
-
-        self.arch, self.clip_samples = arch, int(round(clip_seconds * SAMPLE_RATE))
-        if arch == "resnet18_2d":
-            self.features = ClarFeatures(ClarFeatureConfig(**(features or {})))
-            self.resnet = ResNet18Nd(2, 3, width, 3)
-        elif arch == "resnet18_1d":
-            self.features = None
-            self.resnet = ResNet18Nd(1, 1, width, kernel_1d)
-        else:
-            raise ValueError(f"ClarEncoder arch must be resnet18_2d or resnet18_1d, got {arch!r}")
-        self.embed_dim = self.resnet.out_dim
+        super().__init__(arch, width, kernel_1d, clip_seconds, features)
         self.channels_last = False
 
     def use_channels_last(self) -> ClarEncoder:
@@ -417,19 +317,6 @@ class ClarEncoder(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.resnet(x)
 
-    def embed(self, x: torch.Tensor, long: str = "chunk", pool: str = "cls") -> torch.Tensor:
-        """[B, L] -> [B, embed_dim]. long="chunk": a wave longer than the training clip is cut into clip-length
-        chunks (the last one aligned to the end) whose embeddings are averaged; any other value embeds the
-        whole wave at once (the nets are fully convolutional). `pool` is unused (always average pooling)."""
-        length, clip = x.shape[-1], self.clip_samples
-        if long != "chunk" or length <= clip:
-            return self(x)
-        starts = list(range(0, length - clip + 1, clip))
-        if starts[-1] + clip < length:
-            starts.append(length - clip)
-        chunks = torch.stack([x[:, s:s + clip] for s in starts], dim=1)  # [B, n, clip]
-        return self(chunks.flatten(0, 1)).view(x.shape[0], len(starts), -1).mean(1)
-
 
 def build_resnet(model_cfg: dict) -> ClarEncoder:
     """ClarEncoder from the `model` config section (keys: arch, width, kernel_1d, clip_seconds, features)."""
@@ -440,7 +327,7 @@ def build_resnet(model_cfg: dict) -> ClarEncoder:
 class ProjectionHead(nn.Module):
     """CLAR projection 512 -> 512 -> 128: Linear, ReLU, Linear (paper); batch_norm=True adds the code's BN.
 
-    Returns the un-normalised projection; NT-Xent normalises it, the classifier reads it as is (SPEC A3).
+    Returns the un-normalised projection; NT-Xent normalises it, the classifier reads it as is (CLAR paper).
     """
 
     def __init__(self, in_dim: int = 512, hidden: int = 512, out_dim: int = 128, batch_norm: bool = False):
@@ -456,8 +343,10 @@ class ClarNet(nn.Module):
     """CLAR's training net: encoder + projection head + classifier on z (modes with CE) + an online linear head
     on the detached h (the paper's learning-speed curves).
 
-    per_view_projection=True runs the projection head on each view separately, as CLAR's shared_step does,
-    so a projection batch norm sees one view at a time; the default (False) projects both views in one pass.
+    Each view goes through the encoder and the projection head on its own, as CLAR's shared_step does
+    (`h1 = forward(aud1); h2 = forward(aud2); z1 = projection(h1); z2 = projection(h2)`), so every batch norm
+    layer sees one view's statistics. model_cfg["joint_views"] = True runs both views as one batch of 2B
+    through encoder and projection (batch norm statistics over both views), an option that changes the loss.
     """
 
     def __init__(self, encoder: nn.Module, model_cfg: dict, n_classes: int, with_classifier: bool):
@@ -465,15 +354,19 @@ class ClarNet(nn.Module):
         self.encoder = encoder
         self.projection = ProjectionHead(encoder.embed_dim, model_cfg["proj_hidden"], model_cfg["proj_dim"],
                                          model_cfg["proj_batch_norm"])
-        self.per_view = model_cfg.get("proj_per_view", False)
+        self.joint_views = bool(model_cfg.get("joint_views", False))
         self.classifier = nn.Linear(model_cfg["proj_dim"], n_classes) if with_classifier else None
         self.online = nn.Linear(encoder.embed_dim, n_classes)
 
     def forward(self, wave1: torch.Tensor, wave2: torch.Tensor):
         """Both views [B, L] -> z1, z2 [B, proj_dim], classifier logits of each view (or None), online logits."""
         n = wave1.shape[0]
-        h = self.encoder(torch.cat([wave1, wave2]))
-        z = torch.cat([self.projection(h[:n]), self.projection(h[n:])]) if self.per_view else self.projection(h)
+        if self.joint_views:
+            h = self.encoder(torch.cat([wave1, wave2]))
+            z = self.projection(h)
+        else:
+            h1, h2 = self.encoder(wave1), self.encoder(wave2)
+            h, z = torch.cat([h1, h2]), torch.cat([self.projection(h1), self.projection(h2)])
         logits = self.classifier(z) if self.classifier is not None else None
         online = self.online(h[:n].detach())
         return z[:n], z[n:], (logits[:n] if logits is not None else None), \
@@ -481,9 +374,53 @@ class ClarNet(nn.Module):
 
 # ============================================================================ AudioNTT2022 and BYOL (BYOL-A v2)
 # BYOL-A v2 (Niizumi et al. 2023; nttcslab/byol-a v2/byol_a2/models.py): a 2-block CNN, a per-frame MLP, the
-# CNN features and the MLP output stacked per frame, then temporal pooling max_t + mean_t (a SUM, SPEC B3).
+# CNN features and the MLP output stacked per frame, then temporal pooling max_t + mean_t (a SUM, EVAR code).
 # BYOL (Grill et al. 2020; lucidrains byol-pytorch as v2 uses it): MLP projector and predictor
 # Linear-BN-ReLU-Linear, an EMA target of encoder + projector, loss 2 - 2 cos per view pair.
+
+
+def conv_blocks(n_blocks: int, channels: int) -> nn.Sequential:
+    """n_blocks x [Conv2d 3x3 (pad 1) -> BatchNorm2d -> ReLU -> MaxPool2d(2)], 1 input channel, one flat Sequential
+    (state_dict keys features.0/1 for block 1, features.4/5 for block 2, ...: the BYOL-A weight files' keys)."""
+    layers = []
+    for i in range(n_blocks):
+        layers += [nn.Conv2d(1 if i == 0 else channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
+                   nn.MaxPool2d(2)]
+    return nn.Sequential(*layers)
+
+
+def conv_frames(features: torch.Tensor) -> torch.Tensor:
+    """CNN output [B, C, F', T'] -> per-frame vectors [B, T', F' * C], the channel index running fastest (BYOL-A)."""
+    return features.permute(0, 3, 2, 1).flatten(2)
+
+
+class AudioNTT2020(nn.Module):
+    """BYOL-A v1 encoder (Niizumi et al. 2021; nttcslab/byol-a byol_a/models.py, the released
+    AudioNTT2020-BYOLA-64x96d{512,1024,2048} weights): log-mel [B, 1, F, T] -> Conv(3x3, 64)-BN-ReLU-MaxPool(2)
+    x3 -> per frame [64 * F/8] -> Linear(64 F/8, d)-ReLU-Dropout(0.3)-Linear(d, d)-ReLU -> max_t + mean_t -> [B, d].
+    Built for the published weights (official.py); the package trains v2 (AudioNTT2022)."""
+
+    input_kind = "logmel"
+
+    def __init__(self, n_mels: int = 64, dim: int = 512, base: int = 64, dropout: float = 0.3):
+        super().__init__()
+        self.features = conv_blocks(3, base)
+        self.fc = nn.Sequential(nn.Linear(base * (n_mels // 8), dim), nn.ReLU(), nn.Dropout(dropout),
+                                nn.Linear(dim, dim), nn.ReLU())
+        self.embed_dim = dim
+
+    def frames(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 1, F, T] -> per-frame features [B, T/8, dim]."""
+        return self.fc(conv_frames(self.features(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = self.frames(x)
+        return frames.max(dim=1).values + frames.mean(dim=1)
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor, long: str = "chunk", pool: str = "cls") -> torch.Tensor:
+        """As AudioNTT2022.embed: the whole normalised log-mel at once (T >= 8), max + mean over frames."""
+        return self(x)
 
 
 class AudioNTT2022(nn.Module):
@@ -496,9 +433,7 @@ class AudioNTT2022(nn.Module):
     def __init__(self, n_mels: int = 64, dim: int = 3072, base: int = 64, mlp_hidden: int = 2048,
                  dropout: float = 0.3):
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, base, 3, padding=1), nn.BatchNorm2d(base), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(base, base, 3, padding=1), nn.BatchNorm2d(base), nn.ReLU(), nn.MaxPool2d(2))
+        self.features = conv_blocks(2, base)
         self.conv_dim = base * (n_mels // 4)
         if dim <= self.conv_dim:
             raise ValueError(f"AudioNTT2022: dim {dim} must exceed the CNN's per-frame size {self.conv_dim}")
@@ -508,8 +443,7 @@ class AudioNTT2022(nn.Module):
 
     def frames(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 1, F, T] -> per-frame features [B, T/4, dim]; a frame's CNN part is ordered (mel, channel)."""
-        x = self.features(x)                       # [B, C, F/4, T/4]
-        x = x.permute(0, 3, 2, 1).flatten(2)       # [B, T/4, F/4 * C], the channel index running fastest
+        x = conv_frames(self.features(x))          # [B, T/4, F/4 * C], the channel index running fastest
         return torch.cat([x, self.fc(x)], dim=-1)  # [B, T/4, dim]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -533,17 +467,32 @@ class BYOLMLP(nn.Sequential):
 
 class BYOLNet(nn.Module):
     """BYOL's online net: encoder -> projector -> predictor. Its EMA target is `target_copy()`: encoder ->
-    projector, the same parameter names without the predictor (models.ema_update matches them by name)."""
+    projector, the same parameter names without the predictor (models.ema_update matches them by name).
 
-    def __init__(self, encoder: nn.Module, hidden: int = 4096, out_dim: int = 256, predictor: bool = True):
+    forward(*views) runs each view through the net on its own, so every batch norm layer normalises one view
+    with that view's batch statistics, as byol-pytorch's BYOL.forward (one online and one target call per
+    view; byol-a byol_a/byol_pytorch.diff). joint_views=True instead runs all views as ONE concatenated batch
+    (batch norm statistics over both views; fewer, larger kernel calls), an option that changes the loss."""
+
+    def __init__(self, encoder: nn.Module, hidden: int = 4096, out_dim: int = 256, predictor: bool = True,
+                 joint_views: bool = False):
         super().__init__()
         self.encoder, self.projector = encoder, BYOLMLP(encoder.embed_dim, hidden, out_dim)
         self.predictor = BYOLMLP(out_dim, hidden, out_dim) if predictor else None
+        self.joint_views = joint_views
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def single(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, 1, F, T] -> the prediction (online) or the projection (target) [B, out_dim]."""
         z = self.projector(self.encoder(x))
         return self.predictor(z) if self.predictor is not None else z
+
+    def forward(self, *views: torch.Tensor):
+        """One view [B, 1, F, T] -> [B, out_dim]; several views -> a tuple, one output per view."""
+        if len(views) == 1:
+            return self.single(views[0])
+        if self.joint_views:
+            return self.single(torch.cat(views)).split([len(v) for v in views])
+        return tuple(self.single(v) for v in views)
 
     def target_copy(self) -> BYOLNet:
         """A frozen copy of encoder + projector with this net's current weights."""
@@ -596,7 +545,8 @@ def load_encoder_file(path) -> tuple[nn.Module, dict]:
 
 
 def build_encoder(cfg: dict) -> nn.Module:
-    """The encoder named by cfg["model"]["arch"]: vit_b_32 | vit_audio | resnet18_2d | resnet18_1d | audiontt2022."""
+    """The encoder named by cfg["model"]["arch"]: vit_b_32 | vit_audio | resnet18_2d | resnet18_1d | audiontt2022 |
+    audiontt2020 (BYOL-A v1, for the published weights)."""
     arch = cfg["model"]["arch"]
     if arch in ("vit_b_32", "vit_audio"):
         return build_vit(cfg["model"])
@@ -604,5 +554,8 @@ def build_encoder(cfg: dict) -> nn.Module:
         return build_resnet(cfg["model"])
     if arch == "audiontt2022":
         return build_audiontt(cfg["model"])
-    raise ValueError(f"unknown model.arch {arch!r}; expected vit_b_32, vit_audio, resnet18_2d, resnet18_1d or "
-                     "audiontt2022")
+    if arch == "audiontt2020":
+        m = cfg["model"]
+        return AudioNTT2020(m.get("n_mels", 64), m.get("dim", 512), m.get("base", 64), m.get("dropout", 0.3))
+    raise ValueError(f"unknown model.arch {arch!r}; expected vit_b_32, vit_audio, resnet18_2d, resnet18_1d, "
+                     "audiontt2022 or audiontt2020")

@@ -1,7 +1,7 @@
 """Optimisers and schedules: LARS for CLAR, and the schedules of every method as functions of the global step
 (DINO-style: a resumed run needs only the step), the parameter groups and the EMA momentum.
 
-LARS (You et al. 2017, "Large Batch Training of Convolutional Networks") as SimCLR uses it, for CLAR (SPEC A3).
+LARS (You et al. 2017, "Large Batch Training of Convolutional Networks") as SimCLR uses it, for CLAR (CLAR paper).
 
     groups = utils.decay_groups(model.named_parameters(), weight_decay=1e-4)  # biases/norms: lars_exclude
     optimizer = LARS(groups, lr=1.2, momentum=0.9)
@@ -84,7 +84,7 @@ def multistep(epoch: float, base: float, milestones: list[int], gamma: float) ->
 
 def ema_momentum(step: int, total: int, start: float = 0.996, final: float = 1.0,
                  stretch: float = 1.25) -> float:
-    """MSN's target-encoder momentum: linear start -> final over stretch*total steps (SPEC B1)."""
+    """MSN's target-encoder momentum: linear start -> final over stretch*total steps (facebookresearch/msn)."""
     return start + step * (final - start) / (stretch * total)
 
 
@@ -97,7 +97,7 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | No
 
 
 def decay_groups(named_params, weight_decay: float) -> list[dict]:
-    """Two param groups: weight decay on matrices/kernels, none on biases and norm parameters (SPEC B1/A3)."""
+    """Two param groups: weight decay on matrices/kernels, none on biases and norm parameters (msn repo; CLAR paper)."""
     decay, no_decay = [], []
     for name, p in named_params:
         if not p.requires_grad:

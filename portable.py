@@ -1,11 +1,13 @@
-"""Portable encoder files: the encoder alone, with what it needs to embed 16 kHz audio (issue 11).
+"""Portable encoder files, the training side: a training checkpoint -> the encoder file that audio_ssl_repro.py
+(the one-file, installable encoder module) reads.
 
     python export.py --ckpt runs/demo_msn/ckpt_last.pt --out encoder.pt   # writes one (export.py)
     encoder, bundle = portable.load("encoder.pt")   # or a training checkpoint, converted in memory
     frontend = portable.Frontend(encoder.input_kind, bundle["logmel"], bundle["norm"])
     emb = encoder.embed(frontend(wave))             # wave [B, L] at 16 kHz -> [B, embed_dim]
 
-File layout (FORMAT; only tensors, str, numbers, lists, dicts and None, so torch.load(weights_only=True) reads it):
+The encoders returned here are audio_ssl_repro's (chosen by the architecture in the file), the very networks an
+installed copy builds. File layout (FORMAT; tensors, str, numbers, lists, dicts and None only):
 
     format    FORMAT
     kind      the training method: msn | clar | byola
@@ -23,20 +25,18 @@ the augmentations and is not part of the encoder's input.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
-import models
-from audio import LOG_SILENCE, LogMel, LogMelConfig
+import audio_ssl_repro
+from audio import LogMelConfig
+from audio_ssl_repro import FORMAT, Frontend  # noqa: F401  (Frontend: the encoder input, re-exported)
 from augment import RunningNorm
-from utils import atomic_torch_save, file_sha256
+from utils import atomic_torch_save, file_sha256, load_checkpoint
 
-FORMAT = "audio-ssl-repro/encoder-v1"
 WAVE_ARCHS = ("resnet18_1d", "resnet18_2d")
 
 
@@ -90,30 +90,14 @@ def from_checkpoint(ckpt: dict, path: str | os.PathLike) -> dict:
 
 
 def load(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """An export.py file or a training checkpoint -> (encoder with its weights in eval mode, portable dict)."""
-    encoder, state = models.load_encoder_file(path)
+    """An export.py file or a training checkpoint -> (audio_ssl_repro encoder with its weights in eval mode, the
+    file's dict, the checkpoint converted in memory)."""
+    state = load_checkpoint(path)
+    if "encoder" not in state:
+        raise ValueError(f"{path}: no 'encoder' entry (not a checkpoint or encoder file of this package)")
     bundle = state if state.get("format") == FORMAT else from_checkpoint(state, path)
-    return encoder, bundle
+    return audio_ssl_repro.encoder_from_bundle(bundle, path), bundle
 
 
 def save(bundle: dict, out: str | os.PathLike) -> None:
     atomic_torch_save(bundle, out)
-
-
-class Frontend(nn.Module):
-    """wave [B, L] at 16 kHz -> the encoder's input: (LogMel(wave) - mean) / std as [B, 1, n_mels, 1 + L // hop]
-    for log-mel encoders, the wave itself for wave encoders. `silence` is the input value of digital silence."""
-
-    def __init__(self, input_kind: str, logmel: dict | None, norm: dict):
-        super().__init__()
-        self.logmel = LogMel(LogMelConfig(**logmel)) if input_kind == "logmel" else None
-        self.mean, self.std = float(norm["mean"]), float(norm["std"])
-        if not (math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 0):
-            raise ValueError(f"input normalisation must have a finite mean and std > 0, got {norm}")
-        self.hop = self.logmel.cfg.hop_length if self.logmel is not None else 1  # samples per input step
-        self.silence = (LOG_SILENCE - self.mean) / self.std if self.logmel is not None else 0.0
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        if self.logmel is None:
-            return wave.float()
-        return ((self.logmel(wave) - self.mean) / self.std)[:, None]

@@ -5,17 +5,20 @@
     python preprocess.py --dataset audioset --root /data/audioset --out cache/audioset --shard 3/8 --pack
 
 Writes (see data.py for how it is read; the data sets and their adapters are datasets.REGISTRY's):
-    OUT/manifest.csv        id, logmel, wave, label, split, fold, duration, source, <data set extras>
-    OUT/logmel/<id>.npy     float32 (or --dtype float16) [64, T] log-mel, SPEC A1 (16 kHz, n_fft 1024, hop 160,
+    OUT/manifest.csv        id, logmel, wave, label, split, fold, duration, source, source_key, <data set extras>
+    OUT/logmel/<id>.npy     float32 (or --dtype float16) [64, T] log-mel, EVAR front end (16 kHz, n_fft 1024, hop 160,
                             60-7800 Hz, Slaney)
     OUT/wave/<id>.npy       float32 [L] 16 kHz mono (with --waveform)
     OUT/packed/             with --pack: shard files each worker appends its log-mels to, and index.npz
     OUT/preprocess.json     every parameter and the package versions
+    OUT/preprocess.lock     while a run writes: its host and pid (a second writer of the cache stops; see lock_cache)
     OUT/errors.csv          file, reason, kind: every file that is not a clip of the cache (kind error: skipped;
                             warning: kept, e.g. truncated; hidden, not_audio, excluded: not clips)
 
 Clips are processed in parallel; every file is written atomically (temp + rename), so an interrupted run
-leaves no half-written array and a second run resumes where it stopped. A broken clip is skipped and
+leaves no half-written array and a second run resumes where it stopped. A clip is reused only while its
+source_key matches (the source's size, mtime and sha256, the feature parameters, the synthetic generator's
+seed: cache_key); an edited or regenerated source is recomputed and counted. A broken clip is skipped and
 reported in errors.csv; it never aborts the run, nor does an id clash (assign_ids). `--shard K/N` (or the
 SLURM array / torchrun environment) processes every N-th clip (K = 1..N) so that several machines can share a
 large set; a later run without --shard merges the shards' results.
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -42,12 +46,23 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
+import data
 from audio import SAMPLE_RATE, AudioError, LogMel, LogMelConfig, load_audio, truncation_warning
 from data import MANIFEST_COLUMNS, PACKED_DIR, PackWriter, load_array, read_pack_index, write_pack_index
 from datasets import REGISTRY, Clip, DatasetLayoutError
-from utils import remove_stale_temps, temp_path
+from utils import (
+    FolderLock,
+    LockHeld,
+    atomic_write,
+    atomic_write_text,
+    file_sha256,
+    lock_holder,
+    remove_stale_temps,
+    temp_path,
+)
 
 DATASETS = tuple(REGISTRY)
+KEY_COLUMN = "source_key"  # manifest column: what the clip's features were computed from (cache_key)
 KINDS = ("error", "warning", "not_audio", "hidden", "excluded")  # errors.csv 'kind'; only 'error' skips a clip
 PACK_INDEX_SECONDS = 120.0  # --pack: save the pack index this often during a run (a kill loses at most this)
 
@@ -92,6 +107,51 @@ def assign_ids(clips: list[Clip], root: Path, previous: dict[str, str]) -> list[
     return ids
 
 
+# ----------------------------------------------------------------------------- what a cached clip is keyed on
+
+
+def feature_key(params: dict, seed: int | None = None) -> str:
+    """A digest of what determines a clip's features besides its source file: the feature parameters, and the
+    generator's seed for a generated (synthetic) set."""
+    keyed = {k: params[k] for k in ("sample_rate", "logmel", "log_offset", "dtype")}
+    if seed is not None:
+        keyed["generator_seed"] = int(seed)
+    return hashlib.sha1(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def source_stamp(path: Path) -> str:
+    """'size:mtime_ns' of a source file (a stat, no read)."""
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def cache_key(features: str, stamp: str, digest: str = "") -> str:
+    """A clip's source_key: 'features:size:mtime_ns:sha256[:16]' (the digest empty where it was not computed)."""
+    return f"{features}:{stamp}:{digest}"
+
+
+def fresh_key(key: str, source: Path, features: str, feature_file: Path) -> str | None:
+    """The clip's source_key, updated, when its cached features still belong to its source; None when stale.
+
+    Same features digest and same size + mtime: fresh. Another mtime with the same size: the bytes are
+    hashed and compared (a copy or a `touch` keeps the clip). A row without a key (caches before keys):
+    fresh when its feature file is newer than the source (as make). Not detected: a rewrite of the same size
+    within the file system's mtime resolution (as make and rsync)."""
+    try:
+        stamp, built = source_stamp(source), feature_file.stat().st_mtime_ns
+    except OSError:
+        return None
+    if not key:
+        return cache_key(features, stamp) if built >= os.stat(source).st_mtime_ns else None
+    parts = key.split(":")
+    if len(parts) != 4 or parts[0] != features:
+        return None
+    if f"{parts[1]}:{parts[2]}" == stamp:
+        return key
+    if parts[3] and parts[1] == stamp.split(":")[0] and file_sha256(source)[:16] == parts[3]:
+        return cache_key(features, stamp, parts[3])
+    return None
+
 # ----------------------------------------------------------------------------- per-clip work
 
 _WORKER: dict = {}
@@ -105,13 +165,7 @@ def _init_worker(params: dict, out: str, pack_tag: str | None) -> None:
 
 
 def _save_npy(array: np.ndarray, path: Path) -> None:
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed write (full disk) leaves no temp behind
+    atomic_write(path, lambda f: np.save(f, array), sync=False)  # a failed write (full disk) leaves no temp
 
 
 def process_clip(job: tuple[Clip, str, str]) -> tuple[str, dict | str]:
@@ -120,35 +174,41 @@ def process_clip(job: tuple[Clip, str, str]) -> tuple[str, dict | str]:
     clip, out, cid = job
     params, out = _WORKER["params"], Path(out)
     try:
-        wave = load_audio(clip.source, params["sample_rate"], params["min_seconds"])
+        stamp, digest = source_stamp(clip.source), file_sha256(clip.source)[:16]  # before the read: a later
+        wave = load_audio(clip.source, params["sample_rate"], params["min_seconds"])  # edit shows as stale
     except AudioError as err:
         return "error", err.reason
+    except OSError as err:
+        return "error", f"unreadable ({err.strerror or err})"
     logmel = _WORKER["logmel"](torch.from_numpy(wave)).numpy().astype(params["dtype"])
     try:
         _save_npy(logmel, out / "logmel" / f"{cid}.npy")
         if params["waveform"]:
             _save_npy(wave, out / "wave" / f"{cid}.npy")
         pack = _WORKER["pack"].append(logmel) if _WORKER["pack"] else None
-    except OSError as err:
-        return "fatal", f"{err.filename or out}: {err.strerror or err}"
+    except OSError as err:  # utils.atomic_write's error names the file; others have a filename
+        return "fatal", f"{err.filename}: {err.strerror}" if err.filename else str(err)
     return "ok", {"duration": len(wave) / params["sample_rate"], "pack": pack,
-                  "warning": truncation_warning(clip.source)}
+                  "warning": truncation_warning(clip.source), "key": cache_key(params["features"], stamp, digest)}
 
 
-def manifest_row(clip: Clip, cid: str, root: Path, duration: float, waveform: bool) -> dict:
+def manifest_row(clip: Clip, cid: str, root: Path, duration: float, waveform: bool, key: str) -> dict:
     return {"id": cid, "logmel": f"logmel/{cid}.npy", "wave": f"wave/{cid}.npy" if waveform else "",
             "label": clip.label, "split": clip.split, "fold": "" if clip.fold is None else clip.fold,
-            "duration": round(duration, 4), "source": source_name(clip.source, root), **clip.extras}
+            "duration": round(duration, 4), "source": source_name(clip.source, root), KEY_COLUMN: key,
+            **clip.extras}
 
 # ----------------------------------------------------------------------------- run bookkeeping
 
 
 def run_params(args: argparse.Namespace) -> dict:
     logmel = LogMelConfig(mel_scale=args.mel_scale)
-    return {"dataset": args.dataset, "sample_rate": SAMPLE_RATE, "logmel": logmel.to_dict(),
-            "log_offset": "ln(mel + 1.1920929e-07)", "waveform": bool(args.waveform), "dtype": args.dtype,
-            "min_seconds": args.min_seconds, "size": args.size if args.dataset == "synthetic" else None,
-            "split_dir": str(args.split_dir) if args.split_dir else None}
+    params = {"dataset": args.dataset, "sample_rate": SAMPLE_RATE, "logmel": logmel.to_dict(),
+              "log_offset": "ln(mel + 1.1920929e-07)", "waveform": bool(args.waveform), "dtype": args.dtype,
+              "min_seconds": args.min_seconds, "size": args.size if args.dataset == "synthetic" else None,
+              "split_dir": str(args.split_dir) if args.split_dir else None}
+    params["features"] = feature_key(params, args.seed if args.dataset == "synthetic" else None)  # per clip
+    return params
 
 
 def versions() -> dict:
@@ -167,7 +227,7 @@ def check_params(out: Path, params: dict, force: bool) -> None:
     except (ValueError, KeyError, TypeError):
         raise SystemExit(f"{path}: unreadable (not the JSON preprocess.py writes); use another --out, or "
                          "--force to rebuild the cache") from None
-    diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
+    diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v and k != "features"}
     if diff:
         lines = "\n".join(f"  {k}: cache has {a!r}, this run asks for {b!r}" for k, (a, b) in diff.items())
         raise SystemExit(f"{path}: this cache was built with other parameters:\n{lines}\n"
@@ -175,15 +235,11 @@ def check_params(out: Path, params: dict, force: bool) -> None:
 
 
 def write_csv_atomic(rows: list[dict], path: Path, columns: list[str]) -> None:
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(text.getvalue(), path)
 
 
 def read_rows(paths: list[Path]) -> dict[str, dict]:
@@ -255,6 +311,31 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 # ----------------------------------------------------------------------------- main
 
 
+def parse_percent(text: str) -> tuple[int, int, int]:
+    try:
+        parts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or sum(parts) != 100 or min(parts) < 0:
+        raise argparse.ArgumentTypeError(f"expected TRAIN,VALID,TEST percentages summing to 100, got {text!r}")
+    return parts
+
+
+def check_split_option(args: argparse.Namespace, clips: list[Clip]) -> None:
+    """--split is for a data set with no split or fold of its own (--dataset folder)."""
+    own = next((c for c in clips if c.split or c.fold is not None), None)
+    if args.split and own is not None:
+        raise SystemExit(f"--split: --dataset {args.dataset} has splits or folds of its own (e.g. {own.source}); "
+                         "--split is for one without (--dataset folder)")
+
+
+def with_splits(rows: dict[str, dict], order: list[str], percent: tuple[int, int, int], seed: int) -> None:
+    """--split: data.assign_splits over every clip of the manifest, in id order."""
+    ids = sorted(cid for cid in order if cid in rows)
+    for cid, split in zip(ids, data.assign_splits([str(rows[cid]["label"]) for cid in ids], percent, seed)):
+        rows[cid]["split"] = split
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -275,7 +356,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--labels", type=Path, help="audioset: folder with the segment CSVs and class_labels_indices.csv "
                    "(default: --root), or one file,label CSV")
     p.add_argument("--size", default="small", choices=("small", "default"), help="synthetic: data set size")
-    p.add_argument("--seed", type=int, default=0, help="synthetic generation and GTZAN fallback split")
+    p.add_argument("--seed", type=int, default=0, help="synthetic generation, GTZAN fallback split and --split")
+    p.add_argument("--split", type=parse_percent, metavar="TRAIN,VALID,TEST",
+                   help="percentages (e.g. 80,10,10): give every clip of a data set with no split of its own (your "
+                        "--dataset folder) a stratified train/valid/test split (data.assign_splits; unlabelled "
+                        "clips go to train)")
     p.add_argument("--min-seconds", type=float, default=0.1, help="skip clips shorter than this")
     p.add_argument("--mel-scale", default="slaney", choices=("slaney", "htk"))
     return p.parse_args(argv)
@@ -291,22 +376,31 @@ def find_clips(args: argparse.Namespace) -> tuple[list[Clip], dict[str, tuple[st
     return found.clips, {str(s.path): (s.reason, s.kind) for s in found.skipped}
 
 
-def plan(jobs, out: Path, root: Path, args, done_rows: dict, known: dict) -> tuple[dict, dict, list, int]:
-    """Split the jobs into resumed rows, known errors and clips to process."""
-    rows, errors, todo, resumed = {}, {}, [], 0
+def plan(jobs, out: Path, root: Path, args, done_rows: dict, known: dict, features: str
+         ) -> tuple[dict, dict, list, int, list[str]]:
+    """Split the jobs into resumed rows, known errors and clips to process; the ids among those to process
+    whose cached features are stale (fresh_key: source edited or replaced, other features or generator seed)."""
+    rows, errors, todo, resumed, stale = {}, {}, [], 0, []
     for clip, cid in jobs:
-        source = str(clip.source)
-        logmel_done = (out / "logmel" / f"{cid}.npy").exists()
+        source, logmel = str(clip.source), out / "logmel" / f"{cid}.npy"
+        logmel_done = logmel.exists()
         wave_done = not args.waveform or (out / "wave" / f"{cid}.npy").exists()
         same = cid in done_rows and done_rows[cid]["source"] == source_name(clip.source, root)
-        if same and logmel_done and wave_done:
-            rows[cid], resumed = {**done_rows[cid]}, resumed + 1
-        elif logmel_done and wave_done and not args.force and cid not in done_rows:
+        key = None
+        if logmel_done and wave_done and (same or (not args.force and cid not in done_rows)):
+            key = fresh_key(done_rows[cid].get(KEY_COLUMN) or "" if same else "", clip.source, features, logmel)
+            if key is None:
+                stale.append(cid)
+            elif not same:  # finished before an interruption: hashed now, as if it had been written by this run
+                key = cache_key(features, source_stamp(clip.source), file_sha256(clip.source)[:16])
+        if key is not None and same:
+            rows[cid], resumed = {**done_rows[cid], KEY_COLUMN: key}, resumed + 1
+        elif key is not None:
             info = sf.info(source)  # finished before an interruption: header only, no decoding
             samples = math.ceil(info.frames * SAMPLE_RATE / info.samplerate)  # = torchaudio's resampled length
-            rows[cid] = manifest_row(clip, cid, root, samples / SAMPLE_RATE, args.waveform)
+            rows[cid] = manifest_row(clip, cid, root, samples / SAMPLE_RATE, args.waveform, key)
             resumed += 1
-        elif known.get(source, ("", ""))[1] == "error":
+        elif known.get(source, ("", ""))[1] == "error" and cid not in stale:
             errors[source] = known[source]
             continue
         elif not clip.source.exists():
@@ -317,7 +411,7 @@ def plan(jobs, out: Path, root: Path, args, done_rows: dict, known: dict) -> tup
             continue
         if known.get(source, ("", ""))[1] == "warning":  # a resumed clip keeps its warning
             errors[source] = known[source]
-    return rows, errors, todo, resumed
+    return rows, errors, todo, resumed, stale
 
 
 def process_all(todo, out: Path, root: Path, args, params: dict, pack_tag: str | None, rows, errors,
@@ -343,7 +437,7 @@ def process_all(todo, out: Path, root: Path, args, params: dict, pack_tag: str |
                     errors[str(clip.source)] = (value, "error")
                     tqdm.write(f"skipped {clip.source}: {value}")
                     continue
-                rows[cid] = manifest_row(clip, cid, root, value["duration"], args.waveform)
+                rows[cid] = manifest_row(clip, cid, root, value["duration"], args.waveform, value["key"])
                 audio_seconds, written = audio_seconds + value["duration"], written + 1
                 if value["pack"]:
                     packed[cid] = value["pack"]
@@ -381,6 +475,18 @@ def pack_saver(out: Path, shard, ids: list[str], params: dict, packed: dict):
     return save
 
 
+def drop_from_packs(out: Path, ids: set[str]) -> None:
+    """Remove `ids` from every pack index of the cache (their packed log-mels are stale); a later --pack run
+    packs them again, and until then data.open_packed falls back to the per-clip files."""
+    for path in sorted((out / PACKED_DIR).glob("index*.npz")):
+        entries = read_pack_index(path)
+        if ids & set(entries):
+            with np.load(path) as index:
+                n_mels, dtype = int(index["n_mels"]), str(index["dtype"])
+            kept = {cid: e for cid, e in entries.items() if cid not in ids}
+            write_pack_index(out / PACKED_DIR, path.name, kept, list(entries), n_mels, dtype)
+
+
 def finish_pack(out: Path, ids: list[str], rows: dict, packed: dict, params: dict, shard, pack_tag: str) -> None:
     """Write this run's pack index: entries of earlier indexes and of this run's workers; a clip with none
     (done before without --pack, or by a killed run before its index was saved) is appended from its file."""
@@ -406,10 +512,96 @@ def summary_line(out: Path, summary: dict, suffix: str) -> str:
     extra = ", ".join(f"{summary[k]} {label}" for k, label in [
         ("warnings", "loaded with a warning"), ("not_audio", "not audio"), ("hidden", "hidden"),
         ("excluded", "outside the data set's layout or lists")] if summary[k])
-    return (f"{out}: {summary['written']} clips written, {summary['already_done']} already done, "
+    recomputed = f" ({summary['recomputed']} of them recomputed: stale)" if summary["recomputed"] else ""
+    return (f"{out}: {summary['written']} clips written{recomputed}, {summary['already_done']} already done, "
             f"{summary['skipped']} skipped" + (f", {extra}" if extra else "")
             + f" (see {out / f'errors{suffix}.csv'}), {summary['seconds']} s"
             + (f", {summary['x_realtime']}x real time" if summary["written"] else ""))
+
+
+def lock_name(shard: tuple[int, int] | None) -> str:
+    return f"preprocess.shard-{shard[0]}-of-{shard[1]}.lock" if shard else "preprocess.lock"
+
+
+def lock_cache(out: Path, shard: tuple[int, int] | None) -> FolderLock:
+    """Hold the cache's writer lock (utils.FolderLock): one run per shard, and a full run (which merges and
+    deletes the shards' files) only while no shard run is live. Another writer ends this run with one line
+    naming the holder (host, pid); the lock of a run that died is taken over with a warning."""
+    lock = FolderLock(out / lock_name(shard))
+    try:
+        warning = lock.acquire()
+    except LockHeld as err:
+        raise SystemExit(f"{out}: another preprocess.py is writing this cache ({err}); wait for it to end, "
+                         "or use another --out") from None
+    others = [out / lock_name(None)] if shard else sorted(out.glob("preprocess.shard-*-of-*.lock"))
+    for path in others:
+        holder = lock_holder(path)
+        if holder:
+            lock.release()
+            raise SystemExit(f"{out}: another preprocess.py is writing this cache ({path}: held by {holder}); "
+                             "wait for it to end, or use another --out")
+    if not shard:  # no shard run is live: a killed one's lock file goes (as the shards' manifests will)
+        for path in others:
+            path.unlink(missing_ok=True)
+    if warning:
+        print(warning, file=sys.stderr)
+    return lock
+
+
+def build(args: argparse.Namespace, shard, root: Path, out: Path, params: dict) -> dict:
+    """The run proper, under the cache's lock (main)."""
+    check_params(out, params, args.force)
+    clips, adapter_skips = find_clips(args)
+    check_split_option(args, clips)
+    earlier = sorted(out.glob("manifest*.csv"))
+    done_rows = read_rows(earlier)
+    ids = assign_ids(clips, root, {r["source"]: cid for cid, r in done_rows.items()})
+    pack_tag = f"s{shard[0]}of{shard[1]}" if shard else "all"
+    if args.force:
+        shutil.rmtree(out / PACKED_DIR, ignore_errors=True)  # a rebuilt clip would not match the pack
+        done_rows = {}
+    if args.pack:
+        (out / PACKED_DIR).mkdir(exist_ok=True)
+    remove_stale_files(out, pack_tag)
+    meta = {"params": params, "versions": versions(), "root": str(root.resolve()), "command": sys.argv}
+    atomic_write_text(json.dumps(meta, indent=2), out / "preprocess.json")
+
+    suffix = f".shard-{shard[0]}-of-{shard[1]}" if shard else ""
+    jobs = list(zip(clips, ids))
+    if shard:
+        jobs = jobs[shard[0] - 1::shard[1]]
+    known = {} if args.force else read_errors(sorted(out.glob("errors*.csv")))
+    rows, errors, todo, resumed, outdated = plan(jobs, out, root, args, done_rows, known, params["features"])
+    if outdated:
+        drop_from_packs(out, set(outdated))  # a pack must never serve the old features of a recomputed clip
+        print(f"{len(outdated)} cached clips are stale (source edited or replaced, or another generator seed): "
+              "recomputing them")
+    start, packed, order = time.time(), {}, [cid for _, cid in jobs]
+    save_pack = pack_saver(out, shard, order, params, packed) if args.pack else None
+    written, audio_seconds = process_all(todo, out, root, args, params, pack_tag if args.pack else None, rows,
+                                         errors, packed, save_pack)
+    if args.pack and rows:
+        finish_pack(out, order, rows, packed, params, shard, pack_tag)
+    seconds = time.time() - start
+
+    if args.split and not shard:
+        with_splits(rows, order, args.split, args.seed)
+    extra_columns = sorted({k for r in rows.values() for k in r} - set(MANIFEST_COLUMNS) - {KEY_COLUMN})
+    write_csv_atomic([rows[cid] for cid in order if cid in rows], out / f"manifest{suffix}.csv",
+                     MANIFEST_COLUMNS + [KEY_COLUMN] + extra_columns)
+    errors = {**adapter_skips, **errors}
+    write_csv_atomic([{"file": f, "reason": r, "kind": k} for f, (r, k) in errors.items()],
+                     out / f"errors{suffix}.csv", ["file", "reason", "kind"])
+    if not shard:  # the full manifest now holds what the shards found
+        for stale in list(out.glob("manifest.shard-*.csv")) + list(out.glob("errors.shard-*.csv")):
+            stale.unlink()
+    kinds = Counter(k for _, k in errors.values())
+    summary = {"written": written, "recomputed": len(outdated), "already_done": resumed, "skipped": kinds["error"],
+               "warnings": kinds["warning"], "not_audio": kinds["not_audio"], "hidden": kinds["hidden"],
+               "excluded": kinds["excluded"], "seconds": round(seconds, 2),
+               "x_realtime": round(audio_seconds / seconds, 1) if seconds > 0 and audio_seconds else 0.0}
+    print(summary_line(out, summary, suffix))
+    return summary
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -424,57 +616,12 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{root}: data set folder not found")
     params = run_params(args)
     prepare_out(out)
-    check_params(out, params, args.force)
-    clips, adapter_skips = find_clips(args)
-    earlier = sorted(out.glob("manifest*.csv"))
-    done_rows = read_rows(earlier)
-    ids = assign_ids(clips, root, {r["source"]: cid for cid, r in done_rows.items()})
-    pack_tag = f"s{shard[0]}of{shard[1]}" if shard else "all"
-    if args.force:
-        shutil.rmtree(out / PACKED_DIR, ignore_errors=True)  # a rebuilt clip would not match the pack
-        done_rows = {}
-    if args.pack:
-        (out / PACKED_DIR).mkdir(exist_ok=True)
-    remove_stale_files(out, pack_tag)
-    meta = {"params": params, "versions": versions(), "root": str(root.resolve()), "command": sys.argv}
-    tmp = temp_path(out / "preprocess.json")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, out / "preprocess.json")
-
-    suffix = f".shard-{shard[0]}-of-{shard[1]}" if shard else ""
-    jobs = list(zip(clips, ids))
-    if shard:
-        jobs = jobs[shard[0] - 1::shard[1]]
-    known = {} if args.force else read_errors(sorted(out.glob("errors*.csv")))
-    rows, errors, todo, resumed = plan(jobs, out, root, args, done_rows, known)
-    start, packed, order = time.time(), {}, [cid for _, cid in jobs]
-    save_pack = pack_saver(out, shard, order, params, packed) if args.pack else None
-    written, audio_seconds = process_all(todo, out, root, args, params, pack_tag if args.pack else None, rows,
-                                         errors, packed, save_pack)
-    if args.pack and rows:
-        finish_pack(out, order, rows, packed, params, shard, pack_tag)
-    seconds = time.time() - start
-
-    extra_columns = sorted({k for r in rows.values() for k in r} - set(MANIFEST_COLUMNS))
-    write_csv_atomic([rows[cid] for cid in order if cid in rows], out / f"manifest{suffix}.csv",
-                     MANIFEST_COLUMNS + extra_columns)
-    errors = {**adapter_skips, **errors}
-    write_csv_atomic([{"file": f, "reason": r, "kind": k} for f, (r, k) in errors.items()],
-                     out / f"errors{suffix}.csv", ["file", "reason", "kind"])
-    if not shard:  # the full manifest now holds what the shards found
-        for stale in list(out.glob("manifest.shard-*.csv")) + list(out.glob("errors.shard-*.csv")):
-            stale.unlink()
-    kinds = Counter(k for _, k in errors.values())
-    summary = {"written": written, "already_done": resumed, "skipped": kinds["error"],
-               "warnings": kinds["warning"], "not_audio": kinds["not_audio"], "hidden": kinds["hidden"],
-               "excluded": kinds["excluded"], "seconds": round(seconds, 2),
-               "x_realtime": round(audio_seconds / seconds, 1) if seconds > 0 and audio_seconds else 0.0}
-    print(summary_line(out, summary, suffix))
-    return summary
+    with lock_cache(out, shard):
+        return build(args, shard, root, out, params)
 
 
 if __name__ == "__main__":
     try:
         main()
     except OSError as err:  # anything not caught where it happens: still one line naming the file
-        sys.exit(f"preprocess.py: error: {err.filename or ''}: {err.strerror or err}")
+        sys.exit(f"preprocess.py: error: {f'{err.filename}: {err.strerror}' if err.filename else err}")

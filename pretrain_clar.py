@@ -1,4 +1,4 @@
-"""CLAR pretraining (Al-Tahan and Mohsenzadeh 2021; SPEC A3, B4): supervised, self-supervised or CLAR.
+"""CLAR pretraining (Al-Tahan and Mohsenzadeh 2021; haideraltahan/CLAR code): supervised, self-supervised or CLAR.
 
     python pretrain_clar.py --config config/demo_clar.yaml                       # -> runs/demo_clar
     python pretrain_clar.py --config config/demo_clar.yaml mode=selfsupervised encoder=1d label_fraction=0.1
@@ -48,7 +48,7 @@ DEFAULTS = {
         "arch": "resnet18_2d", "width": 64, "kernel_1d": 9, "clip_seconds": 1.0,
         "features": ClarFeatureConfig().to_dict(),
         "proj_hidden": 512, "proj_dim": 128, "proj_batch_norm": False,
-        "proj_per_view": False,  # True: project each view on its own (per-view projection BN, CLAR's shared_step)
+        "joint_views": False,  # True: both views through encoder + projection as one 2B batch (BN over both)
     },
     "augment": {
         "names": ["fade", "time_mask"], "p": 1.0, "max_semitones": 15.0, "snr_db": [0.0, 20.0],
@@ -197,7 +197,9 @@ def train_step(env: trainer.Env, net: models.ClarNet, model: torch.nn.Module, la
         z1, z2, logits1, logits2, online_logits = model(view1, view2)
     losses = clar_loss(z1, z2, logits1, logits2, target, cfg["mode"], cfg["loss"]["tau"], cfg["loss"]["ce_weight"],
                        cfg["loss"]["contrastive"])
-    online_loss = F.cross_entropy(online_logits.float(), label)
+    known = label >= 0  # unlabelled clips (label -1, e.g. files directly in a --dataset folder root) teach it nothing
+    online_loss = (F.cross_entropy(online_logits.float()[known], label[known]) if known.any()
+                   else online_logits.float().sum() * 0.0)
     lars.zero_grad(set_to_none=True)
     adam.zero_grad(set_to_none=True)
     (losses["loss"] + online_loss).backward()

@@ -1,4 +1,4 @@
-"""MSN pretraining on log-mel spectrograms (Assran et al. 2022, adapted to audio as in the seed; SPEC A2, B1).
+"""MSN pretraining on log-mel spectrograms (Assran et al. 2022, adapted to audio as in the seed; facebookresearch/msn).
 
     python pretrain_msn.py --config config/demo_msn.yaml [key=value ...] [--resume]
     torchrun --nproc_per_node 8 pretrain_msn.py --config config/msn.yaml data.cache=cache/audioset
@@ -61,7 +61,7 @@ def lr_at(step: int, o: dict, ipe: int, epochs: int) -> float:
 
 
 def wd_at(step: int, o: dict, ipe: int, epochs: int) -> float:
-    """Constant, or MSN's cosine weight_decay -> final_weight_decay over 1.25*epochs (SPEC B1)."""
+    """Constant, or MSN's cosine weight_decay -> final_weight_decay over 1.25*epochs (facebookresearch/msn)."""
     if o["final_weight_decay"] == o["weight_decay"]:
         return o["weight_decay"]
     return optim.cosine(step + 1, int(1.25 * epochs * ipe), o["weight_decay"], o["final_weight_decay"])
@@ -84,9 +84,9 @@ class MSN:
 def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
     """Data, the online and EMA target nets, the prototypes, AdamW and the views. Under torchrun the batch norms
     (the head's: msn_train.py L176-178) see the global batch, the online net is DDP-wrapped and the prototypes'
-    gradient is summed over processes in train_step (SPEC B1)."""
+    gradient is summed over processes in train_step (facebookresearch/msn)."""
     m, cache = cfg["msn"], cfg["data"]["cache"]
-    df = data.read_manifest(cache)
+    df = data.read_manifest(cache, data.TRAIN_COLUMNS)
     if cfg["data"]["split"] is not None:
         df = data.select(df, split=cfg["data"]["split"])
     dataset = data.LogMelCrops(cache, df, frames=cfg["model"]["crop_frames"], random_crop=True)
@@ -108,7 +108,7 @@ def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
     views = augment.MSNViews(cfg["aug"], m["focal_views"], stats, seed=cfg["seed"])
     run = MSN(env, views, online_net, target_net, prototypes, online, target, optimizer)
     return trainer.Parts(
-        dataset=dataset, batches=data.EpochBatches(len(dataset), cfg["optim"]["batch_size"], cfg["seed"]),
+        dataset=dataset, batches=data.training_batches(dataset, cfg["data"], cfg["optim"]["batch_size"], cfg["seed"]),
         modules={"online": online_net, "target": target_net, "prototypes": prototypes},
         optimizers={"adamw": optimizer}, encoder=target_net.encoder,
         step=lambda batch, step: train_step(run, batch, step),

@@ -1,5 +1,5 @@
 """The linear probe: EVAR's (nttcslab/eval-audio-repr lineareval.py + general-learning TorchMLPClassifier2;
-SPEC B3), the one probe of the package. linear_eval.py runs it per task and fold, pretrain_clar.py at the end
+EVAR code), the one probe of the package. linear_eval.py runs it per task and fold, pretrain_clar.py at the end
 of a run, synthetic.py --check on hand-crafted features.
 
     probe = fit_linear_probe(X_train, y_train, X_valid, y_valid, n_classes)   # early-stopped on X_valid
@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy import stats
 
-from utils import atomic_write_text, remove_stale_temps
+from utils import append_text, atomic_write_text, remove_stale_temps
 
 # The results CSV: one row per evaluation (linear_eval.py, synthetic.py --check), read by results/make_tables.py.
 RESULT_FIELDS = ["date", "task", "model", "ckpt_sha256", "config", "long", "pool", "label_fraction", "shots",
@@ -48,7 +48,7 @@ class StandardScaler:
 
 
 class EarlyStopping:
-    """general-learning EarlyStopping (SPEC B3): keep the weights of the best validation accuracy, ties to the
+    """general-learning EarlyStopping (EVAR code): keep the weights of the best validation accuracy, ties to the
     later epoch (`>=`); stop once `patience` epochs in a row have not reached the best (never if patience <= 0).
     """
 
@@ -89,7 +89,7 @@ def fit_linear_probe(X_train: np.ndarray, y_train: np.ndarray, X_valid: np.ndarr
                      n_classes: int, *, lr: float = 3e-4, weight_decay: float = 1e-8, epochs: int = 200,
                      patience: int = 20, batch_size: int = 200, seed: int = 0, standard_scaler: bool = True,
                      scaler_data: np.ndarray | None = None, device: str | torch.device = "cpu") -> LinearProbe:
-    """Train EVAR's linear probe on embeddings X [N, D] with labels y [N] in 0..n_classes-1 (SPEC B3).
+    """Train EVAR's linear probe on embeddings X [N, D] with labels y [N] in 0..n_classes-1.
 
     StandardScaler fitted on `scaler_data` (default X_train); nn.Linear(D, C) with torch's default init;
     Adam(lr, betas (0.9, 0.999), eps 1e-8, weight_decay); loss -mean(onehot * log_softmax) = CE / C;
@@ -195,8 +195,7 @@ def append_result(path: str | os.PathLike, row: dict) -> None:
         csv.DictWriter(upgraded, RESULT_FIELDS, restval="").writerows(old_rows)
         atomic_write_text(upgraded.getvalue(), path)
     writer.writerow(row)
-    with open(path, "a", newline="") as f:  # one small O_APPEND write
-        f.write(text.getvalue())
+    append_text(text.getvalue(), path)  # one small O_APPEND write; a full disk leaves no half row
 
 
 def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,

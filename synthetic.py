@@ -44,13 +44,14 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 import wave as wavfile
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from utils import atomic_write_text, remove_stale_temps, temp_path
+from utils import atomic_write, atomic_write_text, remove_stale_temps
 
 SAMPLE_RATE = 16000
 VERSION = 2  # bump when the generator changes: a cached set with another version is regenerated
@@ -205,13 +206,14 @@ def clip_table(size: str) -> list[dict]:
 def write_wav(path: Path, clip: np.ndarray) -> None:
     """16-bit PCM mono WAV via a temp file + rename (stdlib `wave`: no timestamps, byte-reproducible)."""
     pcm = np.clip(np.round(clip * 32767), -32768, 32767).astype("<i2")
-    tmp = temp_path(path)
-    with wavfile.open(str(tmp), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(SAMPLE_RATE)
-        f.writeframes(pcm.tobytes())
-    os.replace(tmp, path)
+
+    def write(f) -> None:
+        with wavfile.open(f, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(SAMPLE_RATE)
+            w.writeframes(pcm.tobytes())
+    atomic_write(path, write, sync=False)  # a failed write (full disk) leaves no temp and names the file
 
 
 def _csv_text(rows: list[dict]) -> str:
@@ -391,4 +393,7 @@ def main() -> None:
             append_result(args.results, row)
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except OSError as err:  # a full disk or an unwritable --root: one line naming the file
+        sys.exit(f"synthetic.py: error: {f'{err.filename}: {err.strerror}' if err.filename else err}")

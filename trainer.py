@@ -5,16 +5,19 @@ train step. Everything else lives here, once:
 
     config      config.resolve: the YAML merged onto COMMON + the method's DEFAULTS (one nested merge rule),
                 unknown keys and keys that moved are errors, then `key=value` overrides
-    run folder  train.out_dir (default runs/<config name>): config.yaml, log.csv, ckpt_last.pt (every epoch),
-                ckpt_epochNNN.pt (every train.save_every epochs and at the end), results.json
+    run folder  train.out_dir (default runs/<config name>): config.yaml, environment.txt (the installed versions,
+                environment_installed), log.csv, ckpt_last.pt (every epoch), ckpt_epochNNN.pt (every
+                train.save_every epochs and at the end), results.json
     seeding     the same initial weights in every process; before each step torch's RNG is seeded by
                 (seed, step, rank), so draws that are not keyed (dropout) resume exactly
     torchrun    utils.init_distributed; Env.wrap adds global batch norm, DDP and torch.compile
     the loop    epochs of global batches (optim.batch_size is the GLOBAL batch: process r of N takes positions
                 r::N of every batch); train.max_steps; mid-epoch resume; a tqdm bar and the CSV log
-    checkpoint  one file layout for every method (CHECKPOINT_KEYS), written atomically, only when the loss and
-                every weight are finite; --resume restores weights, optimisers, the per-process RNG and the
-                per-process augmentation state, so a resumed run equals the straight one
+    checkpoint  one file layout for every method (CHECKPOINT_KEYS), written atomically (new file complete first,
+                then the old one retired: LastGood), only when the loss and every weight are finite; --resume
+                (falling back to ckpt_prev.pt) restores weights, optimisers, the per-process RNG and the
+                per-process augmentation state, so a resumed run equals the straight one; a fresh run refuses a
+                folder that holds checkpoints unless --overwrite
 
 A method plugs in like this (pretrain_byola.py is the smallest example):
 
@@ -50,7 +53,10 @@ import utils
 # Keys every method's config has, with the same meaning everywhere (README "Configs").
 COMMON = {
     "seed": 0,
-    "data": {"cache": "cache/synth_small", "num_workers": 4},
+    "data": {"cache": "cache/synth_small", "num_workers": 4,
+             # log-mel packs: epoch order random (per clip) | block (blocks of consecutive clips; a pack larger
+             # than RAM) | auto (block when the pack exceeds half the RAM); data.training_batches, docs/scale.md
+             "order": "auto", "block_clips": 256, "open_blocks": 8},
     "optim": {"batch_size": 256, "lr": 1e-4},  # batch_size: the GLOBAL batch, split over torchrun processes
     "train": {"epochs": 100, "max_steps": None, "device": "auto", "out_dir": None, "amp": True, "compile": False,
               "log_every": 10, "save_every": 0,
@@ -235,16 +241,61 @@ def prepare_out_dir(cfg: dict) -> Path:
     return out_dir
 
 
-def load_resume(path: Path, kind: str, cfg: dict) -> dict:
-    """The checkpoint to resume from, checked to be of this method and this model config."""
+def environment_installed() -> str:
+    """What ran the run, as text: Python, platform, torch's CUDA/cuDNN, then every installed distribution as
+    `name==version` (pip freeze's form, so `pip install --no-deps -r` of the lines re-creates it)."""
+    import importlib.metadata
+    import platform
+
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    lines = [f"# python {platform.python_version()} on {platform.platform()}",
+             f"# torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {cudnn}"]
+    dists = {(d.metadata["Name"] or "").lower(): d.version for d in importlib.metadata.distributions()}
+    return "\n".join(lines + [f"{name}=={version}" for name, version in sorted(dists.items()) if name]) + "\n"
+
+
+def record_environment(out_dir: Path, step: int) -> None:
+    """environment.txt in the run folder; a resume under other versions adds environment_step<N>.txt."""
+    text, path = environment_installed(), out_dir / "environment.txt"
+    if path.is_file() and path.read_text() != text:
+        path = out_dir / f"environment_step{step}.txt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint to resume from")
-    ckpt = utils.load_checkpoint(path)
+        utils.atomic_write_text(text, path)
+
+
+def check_fresh(out_dir: Path, overwrite: bool) -> list[Path]:
+    """The checkpoints an earlier run left in out_dir; an error unless `overwrite` (--overwrite) says to start over:
+    a fresh run never deletes or overwrites the work of an earlier one by accident."""
+    earlier = sorted(out_dir.glob("ckpt*.pt")) if out_dir.is_dir() else []
+    if earlier and not overwrite:
+        names = ", ".join(p.name for p in earlier[:3]) + (", ..." if len(earlier) > 3 else "")
+        raise FileExistsError(f"{out_dir} holds checkpoints of an earlier run ({names}): continue it with --resume, "
+                              "or start over with --overwrite (deletes them)")
+    return earlier
+
+
+def load_resume(path: Path, kind: str, cfg: dict) -> tuple[Path, dict]:
+    """The checkpoint to resume from and its path, checked to be of this method and this model config. When
+    `path` is a ckpt_last.pt that is missing or unreadable (a kill or a full disk during a write), the ckpt_prev.pt
+    beside it is taken instead, and the run says which file it took and why."""
+    previous = path.with_name(PREVIOUS)
+    try:
+        ckpt = utils.load_checkpoint(path)
+    except (FileNotFoundError, ValueError) as err:
+        if path.name == LAST and not previous.is_file() and isinstance(err, FileNotFoundError):
+            raise FileNotFoundError(f"{path}: no checkpoint to resume from (nor {PREVIOUS})") from None
+        if path.name != LAST or not previous.is_file():
+            raise
+        why = "is missing" if isinstance(err, FileNotFoundError) else f"is unreadable ({err})"
+        path, ckpt = previous, utils.load_checkpoint(previous)
+        if utils.is_main():
+            print(f"resume: {LAST} {why}; taking {path} (epoch {ckpt.get('epoch')}, step {ckpt.get('step')})",
+                  file=sys.stderr)
     if ckpt.get("kind") != kind or "modules" not in ckpt:
         raise ValueError(f"{path}: not a {kind} checkpoint of this package (kind={ckpt.get('kind')!r})")
-    if ckpt["config"]["model"] != cfg["model"]:
+    if ckpt["config"].get("model") != cfg.get("model"):
         raise ValueError(f"{path}: its model config differs from this run's; resume with the same model.* keys")
-    return ckpt
+    return path, ckpt
 
 
 def restore(parts: Parts, ckpt: dict, env: Env) -> None:
@@ -274,16 +325,34 @@ class LastGood:
     """Which checkpoint is good. The loss is only seen one step after an update, so a checkpoint with finite but
     diverged weights would pass every check when it is written: ckpt_last.pt becomes the last good one once a
     step after it had a finite loss. Until then the one before it is kept as ckpt_prev.pt, and a non-finite loss
-    moves the suspect to ckpt_diverged.pt and puts ckpt_prev.pt back, so `--resume` starts from good weights."""
+    moves the suspect to ckpt_diverged.pt and puts ckpt_prev.pt back, so `--resume` starts from good weights.
 
-    def __init__(self, out_dir: Path, resumed: bool):
-        self.out_dir, self.pending = out_dir, False
-        self.good = out_dir / LAST if resumed else None
+    A complete checkpoint exists at every instant under a name `--resume` finds: the new file is written and
+    fsync'd under a temp name first; only then is the old ckpt_last.pt kept as ckpt_prev.pt (a hard link, so
+    ckpt_last.pt never disappears; a rename where links are not supported) and the new file renamed over it.
+    ckpt_prev.pt exists exactly while ckpt_last.pt is unconfirmed, which is also how a resumed run knows."""
 
-    def before_write(self) -> None:
-        last = self.out_dir / LAST
+    def __init__(self, out_dir: Path, resumed_from: Path | None):
+        self.out_dir = out_dir
+        self.pending = resumed_from is not None and (out_dir / PREVIOUS).is_file()
+        if resumed_from is None:
+            self.good = None
+        elif resumed_from.name != LAST:
+            self.good = resumed_from
+        else:
+            self.good = out_dir / (PREVIOUS if self.pending else LAST)
+
+    def retire_last(self) -> None:
+        """Called once the new ckpt_last.pt is complete on disk, just before it is renamed into place."""
+        last, previous = self.out_dir / LAST, self.out_dir / PREVIOUS
         if last.exists() and not self.pending:
-            os.replace(last, self.out_dir / PREVIOUS)
+            link = utils.temp_path(previous)
+            try:
+                os.link(last, link)
+                os.replace(link, previous)
+            except OSError:
+                link.unlink(missing_ok=True)
+                os.replace(last, previous)
         self.pending = True
 
     def confirm(self) -> None:
@@ -403,14 +472,17 @@ def step_costs(step_times: list[float], batch_size: int, device: torch.device) -
             "peak_memory_gib": peak}
 
 
-def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Path | None = None) -> dict:
-    """Run (or resume) one pretraining run of method `kind`; returns {history, out_dir, step, epoch, ...}."""
+def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Path | None = None,
+          overwrite: bool = False) -> dict:
+    """Run (or resume) one pretraining run of method `kind`; returns {history, out_dir, step, epoch, ...}.
+    A fresh run into a folder that holds checkpoints stops unless `overwrite` (then they are deleted)."""
     rank, world, device = utils.init_distributed()
     if cfg["train"]["device"] not in ("auto", None):
         device = torch.device(cfg["train"]["device"])
     cfg["_meta"]["git"] = utils.git_commit()
     out_dir = prepare_out_dir(cfg)
-    ckpt = load_resume(resume, kind, cfg) if resume is not None else None
+    resumed_from, ckpt = load_resume(resume, kind, cfg) if resume is not None else (None, None)
+    earlier = check_fresh(out_dir, overwrite) if ckpt is None else []
     env = Env(cfg, rank, world, device)
 
     utils.seed_everything(cfg["seed"])  # the same initial weights in every process
@@ -421,11 +493,14 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
         restore(parts, ckpt, env)
         epoch, step = ckpt["epoch"], ckpt["step"]
     if utils.is_main():
+        for path in earlier:  # --overwrite: start over on purpose, once the data has been read
+            path.unlink(missing_ok=True)
         config_lib.save_config(cfg, out_dir / "config.yaml")
+        record_environment(out_dir, step)
         n_params = sum(p.numel() for m in parts.modules.values() for p in m.parameters()) / 1e6
         print(f"{kind}: {len(parts.dataset)} clips, {env.steps_per_epoch} steps/epoch of {cfg['optim']['batch_size']}"
               f" | {n_params:.2f}M params | {device} x{world} | {out_dir}"
-              + (f" | resumed at epoch {epoch}, step {step}" if ckpt else ""))
+              + (f" | resumed from {resumed_from.name} at epoch {epoch}, step {step}" if ckpt else ""))
     mcfg = cfg["train"]["monitor"]
     monitor = Monitor(mcfg, parts.encoder.input_kind, device) if mcfg["cache"] and utils.is_main() else None
     logger = Logger(out_dir / "log.csv", parts, cfg["train"]["log_every"], step + 1 if ckpt else None,
@@ -442,7 +517,7 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
 
     if ckpt is None:
         watch()  # the starting point (random init), on the same axes as the curve
-    last_good = LastGood(out_dir, resumed=ckpt is not None)
+    last_good = LastGood(out_dir, resumed_from)
     max_steps, epochs, history = cfg["train"]["max_steps"], cfg["train"]["epochs"], []
     step_times, flops = [], None
 
@@ -453,9 +528,8 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
             if bad:
                 raise utils.NonFiniteLoss(f"weights are not finite after step {step} ({', '.join(bad[:3])}); "
                                           f"no checkpoint written (last good: {last_good.good or 'none'})")
-            if name == LAST:
-                last_good.before_write()
-            utils.atomic_torch_save(checkpoint(parts, cfg, kind, epoch, step, logger.seconds, states), out_dir / name)
+            utils.atomic_torch_save(checkpoint(parts, cfg, kind, epoch, step, logger.seconds, states), out_dir / name,
+                                    before_replace=last_good.retire_last if name == LAST else None)
         return out_dir / name
 
     def save_last(last_write: float, final: bool) -> float:
@@ -526,8 +600,11 @@ def parse_args(doc: str, argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=doc.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     parser.add_argument("--config", required=True)
-    parser.add_argument("--resume", action="store_true", help=f"continue from <train.out_dir>/{LAST}")
+    parser.add_argument("--resume", action="store_true",
+                        help=f"continue from <train.out_dir>/{LAST} ({PREVIOUS} if {LAST} is missing or unreadable)")
     parser.add_argument("--resume-from", type=Path, default=None, help="continue from this checkpoint file")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in a train.out_dir that holds an earlier run's checkpoints (deletes them)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     return parser.parse_intermixed_args(argv)  # options may sit between key=value overrides
 
@@ -540,7 +617,9 @@ def main(kind: str, defaults: dict, build: Callable[[dict, Env], Parts], doc: st
     resume = args.resume_from
     if resume is None and args.resume:
         resume = Path(cfg["train"]["out_dir"] or f"runs/{cfg['_meta']['config_name']}") / LAST
-    return train(kind, cfg, build, resume)
+    if resume is not None and args.overwrite:
+        raise config_lib.ConfigError("--overwrite starts over; it cannot be combined with --resume")
+    return train(kind, cfg, build, resume, overwrite=args.overwrite)
 
 
 def cli(kind: str, defaults: dict, build: Callable[[dict, Env], Parts], doc: str,

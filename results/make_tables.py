@@ -94,6 +94,33 @@ def accuracy_table(results: pd.DataFrame, reference: pd.DataFrame, tasks: dict[s
     return markdown_table(header, rows)
 
 
+OFFICIAL_BYOLA = {"byola-official-v1-d512": "BYOL-A d512 (official weights, this probe)"}  # official.py's names
+OFFICIAL_TASKS = ("nsynth", "sc35")
+
+
+def official_byola_table(results: pd.DataFrame, reference: pd.DataFrame) -> str:
+    """The byol-a README's published d512 row beside the same weights measured through this package's probe
+    (`linear_eval.py --ckpt byola:...`), whenever results.csv holds such a row; else the command that makes one."""
+    ref = reference[reference["table"] == "byola_official"] if len(reference) else reference
+    full = full_label_rows(results)
+    mine = full[full["model"].isin(list(OFFICIAL_BYOLA))] if len(full) else full
+    tasks = list(dict.fromkeys([*OFFICIAL_TASKS, *([] if mine.empty else mine["task"])]))
+    header = ["Model", *[TITLES.get(t, t) for t in tasks], "Source"]
+    rows = []
+    for model, group in ([] if len(ref) == 0 else ref.groupby("model", sort=False)):
+        values = {r.task: cell(r.value, r.ci95) for r in group.itertuples()}
+        rows.append([model, *[values.get(t, DASH) for t in tasks],
+                     "published: " + "; ".join(dict.fromkeys(group["source"]))])
+    for model, group in ([] if mine.empty else mine.groupby("model")):
+        values = {r.task: cell(r.mean, r.ci95) for r in group.itertuples()}
+        rows.append([OFFICIAL_BYOLA[model], *[values.get(t, DASH) for t in tasks], "measured"])
+    text = markdown_table(header, rows or [[DASH] * len(header)])
+    if mine.empty:
+        text += ("\n\nNot measured here (no weight file): `python linear_eval.py --ckpt "
+                 "byola:AudioNTT2020-BYOLA-64x96d512.pth --task nsynth` adds the row (docs/methods.md).")
+    return text
+
+
 def budget_label(row) -> str:
     if row["shots"]:
         return f"{row['shots']}/class"
@@ -280,6 +307,9 @@ def build_page(results: pd.DataFrame, reference: pd.DataFrame, clar_dir: Path, r
         if task not in SEED_TASKS and task not in other:
             other[task] = task
     parts.append(accuracy_table(results, reference, other))
+
+    parts.append("## BYOL-A: the published encoder through this probe")
+    parts.append(official_byola_table(results, reference))
 
     parts.append("## Low-shot linear evaluation")
     table, low = low_shot_table(results)

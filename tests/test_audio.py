@@ -1,4 +1,4 @@
-"""audio.py: loading any format to mono 16 kHz float32, the log-mel front end (SPEC A1), resampling."""
+"""audio.py: loading any format to mono 16 kHz float32, the log-mel front end (EVAR front end), resampling."""
 import numpy as np
 import pytest
 import soundfile as sf
@@ -102,3 +102,30 @@ def test_fix_length_pads_right_and_crops():
     np.testing.assert_array_equal(fix_length(x, 6, value=-2.0), [0, 1, 2, 3, 4, -2])
     silent = LogMel()(torch.zeros(3200))
     assert silent.max().item() == pytest.approx(LOG_SILENCE)
+
+
+@pytest.mark.parametrize("length", [0, 1, 10, 159, 300, 512])
+def test_logmel_of_audio_shorter_than_half_a_window_is_the_clip_followed_by_silence(length):
+    """Reflect padding needs > n_fft // 2 samples; a shorter clip (even 0 samples) gets 1 + L // hop frames that
+    equal those of the same clip followed by silence (a long input, computed the ordinary way)."""
+    torch.manual_seed(length)
+    wave = torch.rand(2, length) * 2 - 1
+    logmel = LogMel()(wave)
+    padded = LogMel()(torch.nn.functional.pad(wave, (0, 4096 - length)))
+    assert logmel.shape == (2, 64, 1 + length // 160) and torch.isfinite(logmel).all()
+    torch.testing.assert_close(logmel, padded[..., :1 + length // 160], atol=1e-4, rtol=0)
+    if length == 0:
+        assert torch.equal(logmel, torch.full((2, 64, 1), LOG_SILENCE))
+
+
+@pytest.mark.parametrize("freq_scale", ["linear", "log"])
+@pytest.mark.parametrize("length", [0, 10, 128])
+def test_clar_features_of_a_clip_shorter_than_half_a_window_are_the_clip_followed_by_silence(freq_scale, length):
+    from audio import ClarFeatureConfig, ClarFeatures
+    features = ClarFeatures(ClarFeatureConfig(freq_scale=freq_scale))
+    torch.manual_seed(length)
+    wave = torch.rand(2, length) * 2 - 1
+    out = features(wave)
+    padded = features(torch.nn.functional.pad(wave, (0, 2048 - length)))
+    assert out.shape == (2, 3, 128, 1 + length // 128) and torch.isfinite(out).all()
+    torch.testing.assert_close(out, padded[..., :1 + length // 128], atol=1e-3, rtol=0)

@@ -1,4 +1,4 @@
-"""Spectrogram augmentations (SPEC B2): deterministic cores against hand computations."""
+"""Spectrogram augmentations (nttcslab/byol-a v2): deterministic cores against hand computations."""
 from __future__ import annotations
 
 import math

@@ -61,7 +61,7 @@ def test_byola_boxes_follow_the_per_sample_ranges():
     i, j, h, w = boxes.T
     assert h.min() >= int(0.6 * 64) and h.max() == 64 and w.min() >= int(0.6 * 96) and w.max() <= 144
     assert (i + h <= 64).all() and (j + w <= 144).all() and (i >= 0).all() and (j >= 0).all()
-    assert abs((h == 64).float().mean() - 0.56) < 0.04  # U(0.6, 1.5) >= 1 in ~56 % of draws (SPEC B2)
+    assert abs((h == 64).float().mean() - 0.56) < 0.04  # U(0.6, 1.5) >= 1 in ~56 % of draws (nttcslab/byol-a v2)
 
 
 def test_mixup_and_fader_draws_follow_the_per_sample_ranges():

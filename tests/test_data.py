@@ -1,4 +1,4 @@
-"""data.py: manifest reading, split/fold selection, crops and padding (SPEC B3), label-fraction subsets."""
+"""data.py: manifest reading, split/fold selection, crops and padding (EVAR code), label-fraction subsets."""
 import numpy as np
 import pytest
 import torch
@@ -79,6 +79,21 @@ def test_logmel_stats_match_numpy(tiny_cache):
     assert mean == pytest.approx(everything.mean()) and std == pytest.approx(everything.std())
 
 
+def test_logmel_stats_over_training_crops_as_byola_calc_norm_stats(tiny_cache):
+    """BYOL-A v2 calc_norm_stats: mean/std over one random crop of the training length per chosen clip."""
+    df = data.read_manifest(tiny_cache)
+    rng = np.random.default_rng(3)
+    crops = []
+    for r in rng.permutation(len(df))[:10]:
+        x = np.load(tiny_cache / df.logmel.iloc[r])
+        start = int(rng.integers(0, x.shape[-1] - 20 + 1))
+        crops.append(x[:, start:start + 20])
+    crops = np.stack(crops).astype(np.float64)
+    mean, std = data.logmel_stats(tiny_cache, df, max_clips=10, seed=3, frames=20)
+    assert mean == pytest.approx(crops.mean()) and std == pytest.approx(crops.std())
+    assert (mean, std) != pytest.approx(data.logmel_stats(tiny_cache, df, max_clips=10, seed=3))  # not whole clips
+
+
 def test_packed_cache_gives_the_same_items(tiny_cache):
     df = data.read_manifest(tiny_cache)
     labels = data.LabelMap.from_labels(df.label)
@@ -153,3 +168,143 @@ def test_epoch_batches_are_a_seeded_permutation_without_the_last_partial_batch()
     assert len(set(flat)) == 9 and set(flat) <= set(range(10))
     assert batches.epoch(0) == epoch0 and batches.epoch(1) != epoch0
     assert data.EpochBatches(10, 3, seed=5).epoch(0) != epoch0
+
+
+# ----------------------------------------------------------------------------- block order and the compact index
+
+def packed_cache(cache, monkeypatch, clips_per_shard: int = 7):
+    """The tiny cache packed into shards of `clips_per_shard` 120-frame clips (24 clips -> 4 shards)."""
+    monkeypatch.setattr(data, "SHARD_BYTES", clips_per_shard * 120 * 64 * 4)
+    data.pack_logmels(cache)
+    return data.read_manifest(cache)
+
+
+def test_pack_blocks_are_runs_of_consecutive_clips_of_one_shard(tiny_cache, monkeypatch):
+    df = packed_cache(tiny_cache, monkeypatch)
+    subset = df.iloc[::-1].reset_index(drop=True)  # dataset order differs from pack order
+    packed = data.LogMelCrops(tiny_cache, subset).packed
+    blocks = packed.blocks(3)
+    # shards of 7, 7, 7, 3 clips -> blocks of 3, 3, 1 per full shard, then 3
+    assert [len(b) for b in blocks] == [3, 3, 1] * 3 + [3]
+    assert sorted(np.concatenate(blocks).tolist()) == list(range(24))
+    for block in blocks:
+        assert len(set(packed.file[block].tolist())) == 1  # one shard
+        ends = packed.offsets[block] + packed.lengths[block]
+        np.testing.assert_array_equal(packed.offsets[block][1:], ends[:-1])  # consecutive on disk, in order
+    # the compact index: 16 bytes a clip (shard, offset, frames), far under the 64-byte budget
+    assert packed.nbytes == 16 * 24
+
+
+def test_block_batches_are_a_pure_function_of_seed_and_epoch_and_visit_every_clip_once():
+    blocks = [np.arange(k, min(k + 5, 42)) for k in range(0, 42, 5)]  # 9 blocks, the last of 2 clips
+    batches = data.BlockBatches(blocks, batch_size=6, seed=3, open_blocks=2)
+    epoch0 = batches.epoch(0)
+    assert len(batches) == len(epoch0) == 7 and all(len(b) == 6 for b in epoch0)
+    assert sorted(sum(epoch0, [])) == list(range(42))  # 42 = 7 x 6: every clip exactly once
+    assert data.BlockBatches(blocks, 6, seed=3, open_blocks=2).epoch(0) == epoch0  # rebuilt: the same order
+    assert batches.epoch(1) != epoch0 and data.BlockBatches(blocks, 6, seed=4, open_blocks=2).epoch(0) != epoch0
+    # each window of open_blocks x 5 = 10 consecutive positions holds the clips of exactly 2 blocks
+    flat = np.array(sum(epoch0, []))
+    block_of = np.concatenate([np.full(len(b), i) for i, b in enumerate(blocks)])
+    windows = [set(block_of[flat[k:k + 10]].tolist()) for k in range(0, 40, 10)]
+    assert all(len(w) == 2 for w in windows) and len(set().union(*windows)) == 8
+    # inside a window the clips are shuffled, not read block after block
+    assert any(np.any(np.diff(flat[k:k + 10]) < 0) for k in range(0, 40, 10))
+
+
+def test_pread_crops_equal_memory_map_crops_and_per_clip_files(tiny_cache, monkeypatch):
+    df = packed_cache(tiny_cache, monkeypatch)
+    subset = df.iloc[[3, 20, 11, 7]].reset_index(drop=True)
+    for frames, random_crop in [(50, True), (96, False), (200, True)]:
+        sets = [data.LogMelCrops(tiny_cache, subset, frames=frames, random_crop=random_crop, read=read)
+                for read in ("mmap", "pread")]
+        sets.append(data.LogMelCrops(tiny_cache, subset, frames=frames, random_crop=random_crop, use_packed=False))
+        for i in range(len(subset)):
+            items = []
+            for dataset in sets:
+                torch.manual_seed(10 + i)
+                items.append(dataset[i][0])
+            assert torch.equal(items[0], items[1]) and torch.equal(items[0], items[2]), (frames, i)
+    with pytest.raises(ValueError, match="read='disk'"):
+        data.LogMelCrops(tiny_cache, subset, read="disk")
+
+
+def test_training_batches_choose_the_order_and_block_reads_give_the_same_items(tiny_cache, monkeypatch):
+    df = packed_cache(tiny_cache, monkeypatch)
+    dcfg = {"order": "auto", "block_clips": 4, "open_blocks": 2}
+    dataset = data.LogMelCrops(tiny_cache, df, frames=50, random_crop=True)
+    assert isinstance(data.training_batches(dataset, dcfg, 8, 0), data.EpochBatches)  # fits in RAM: random
+    assert dataset.read == "mmap" and dataset.blocks is None
+    monkeypatch.setattr(data, "physical_memory", lambda: 1000)  # a pack larger than RAM
+    assert isinstance(data.training_batches(dataset, {**dcfg, "order": "random"}, 8, 0), data.EpochBatches)
+    assert dataset.read == "pread"  # random crops from disk: no read-ahead
+    block = data.training_batches(dataset, dcfg, 8, 0)
+    assert isinstance(block, data.BlockBatches) and len(block) == 3 and dataset.blocks is not None
+    plain = data.LogMelCrops(tiny_cache, df, frames=50, random_crop=True)
+    for i in block.epoch(0)[0]:  # the read-ahead advice changes how, not what, is read
+        torch.manual_seed(i)
+        a = dataset[i][0]
+        torch.manual_seed(i)
+        assert torch.equal(a, plain[i][0])
+    with pytest.raises(ValueError, match="data.order='shuffled'"):
+        data.training_batches(dataset, {**dcfg, "order": "shuffled"}, 8, 0)
+    files = data.LogMelCrops(tiny_cache, df, use_packed=False)
+    with pytest.raises(ValueError, match="needs the packed cache"):
+        data.training_batches(files, {**dcfg, "order": "block"}, 8, 0)
+
+
+def test_block_order_resumes_exactly_and_two_processes_follow_one(tiny_cache, tmp_path):
+    """MSN in block order (blocks of 5 clips, 2 open): a run stopped mid-epoch and resumed ends with the same
+    weights as a straight run, and 2 torchrun processes follow the 1-process run (same losses)."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    data.pack_logmels(tiny_cache)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+    def run(out, *extra, launcher=(sys.executable,)):
+        args = ["pretrain_msn.py", "--config", "config/demo_msn.yaml", f"data.cache={tiny_cache}",
+                f"train.out_dir={out}", "model.crop_frames=32", "model.patch=[16,8]", "model.width=16",
+                "model.depth=1", "model.heads=2", "msn.num_prototypes=8", "msn.hidden_dim=32", "msn.output_dim=16",
+                "msn.focal_views=2", "aug.rand_size=[64,32]", "aug.focal_size=[64,16]",
+                "aug.running_norm_epoch_samples=2", "aug.mixup_memory=16", "optim.batch_size=8",
+                "optim.warmup_epochs=1", "train.log_every=1", "msn.freeze_prototypes=false", "data.order=block",
+                "data.block_clips=5", "data.open_blocks=2", "data.num_workers=0", *extra]
+        done = subprocess.run([*launcher, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    def log(out):
+        with open(out / "log.csv") as f:
+            return [(r["step"], float(r["loss"])) for r in csv.DictReader(f) if r["loss"]]
+
+    run(tmp_path / "a", "train.epochs=2")
+    run(tmp_path / "b", "train.epochs=2", "train.max_steps=4")
+    run(tmp_path / "b", "train.epochs=2", "--resume")
+    a = torch.load(tmp_path / "a" / "ckpt_last.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "ckpt_last.pt", weights_only=False)
+    assert a["step"] == b["step"] == 6 and log(tmp_path / "a") == log(tmp_path / "b")
+    for part in ("online", "target", "prototypes"):
+        for key, value in a["modules"][part].items():
+            assert torch.equal(value, b["modules"][part][key]), (part, key)
+    run(tmp_path / "one", "train.epochs=1")
+    run(tmp_path / "two", "train.epochs=1",
+        launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
+    one, two = log(tmp_path / "one"), log(tmp_path / "two")
+    assert [s for s, _ in one] == [s for s, _ in two] == ["1", "2", "3"]
+    assert np.allclose([x for _, x in one], [x for _, x in two], rtol=1e-4)
+
+
+def test_assign_splits_is_stratified_seeded_and_keeps_unlabelled_clips_in_train():
+    labels = ["a"] * 10 + ["b"] * 4 + [""] * 3
+    splits = data.assign_splits(labels, (70, 10, 20), seed=0)
+    count = lambda label, split: sum(lab == label and s == split for lab, s in zip(labels, splits))
+    assert [count("a", s) for s in ("train", "valid", "test")] == [7, 1, 2]   # round(10 * 0.2), round(10 * 0.1)
+    assert [count("b", s) for s in ("train", "valid", "test")] == [3, 0, 1]   # round(0.8) = 1, round(0.4) = 0
+    assert splits[14:] == ["train"] * 3
+    assert splits == data.assign_splits(labels, (70, 10, 20), seed=0)
+    assert splits != data.assign_splits(labels, (70, 10, 20), seed=1)
+    with pytest.raises(ValueError, match="summing to 100, got 70,10,10"):
+        data.assign_splits(labels, (70, 10, 10))

@@ -98,7 +98,8 @@ SEGMENTS = {  # header lines as in the real files, then YTID, start_seconds, end
     "eval_segments.csv": ['--4gqARaEJE, 0.000, 10.000, "/m/068hy,/m/07q6cd_,/m/0bt9lr,/m/0jbk"'],
 }
 CLASSES = ('index,mid,display_name\n0,/m/09x0r,"Speech"\n1,/t/dd00088,"Gush"\n2,/m/03qc9zr,"Screaming"\n'
-           '3,/m/07rwj3x,"Music"\n4,/m/01yrx,"Cat"\n5,/m/068hy,"Domestic animals, pets"\n')
+           '3,/m/07rwj3x,"Music"\n4,/m/01yrx,"Cat"\n5,/m/068hy,"Domestic animals, pets"\n6,/m/07q6cd_,"Squeak"\n'
+           '7,/m/0bt9lr,"Dog"\n8,/m/0jbk,"Animal"\n')
 
 
 def write_audioset(root, labels):
@@ -131,7 +132,7 @@ def test_audioset_as_distributed(tmp_path):
         "Yzzzzzzzzzzz_5.000_15.000.wav": ("unlabelled", ""),
     }
     assert clips["Y--PJHxphWEs_30.000_40.000.wav"].extras == {"ytid": "--PJHxphWEs", "label_names": "Speech;Gush"}
-    assert clips["--4gqARaEJE.wav"].extras["label_names"] == "Domestic animals, pets;/m/07q6cd_;/m/0bt9lr;/m/0jbk"
+    assert clips["--4gqARaEJE.wav"].extras["label_names"] == "Domestic animals, pets;Squeak;Dog;Animal"
     assert clips["YxlGt805lTA.ogg"].extras["ytid"] == "YxlGt805lTA"
     assert clips["Y---1_cCGK4M_0_10000.wav"].key == "unbalanced/part01/Y---1_cCGK4M_0_10000"
     assert sorted(s.path.name for s in found.skipped if s.kind == "not_audio") == sorted(
@@ -151,8 +152,8 @@ def test_audioset_start_time_must_match_and_bad_csv_line_is_named(tmp_path):
     assert datasets.match_segment("Y--PJHxphWEs_30", index)[0] == "--PJHxphWEs"
     assert datasets.match_segment("--PJHxphWEs_31.000_41.000", index) is None
     (tmp_path / "eval_segments.csv").write_text("# comment\n--PJHxphWEs, thirty, 40.0, \"/m/x\"\n")
-    with pytest.raises(datasets.DatasetLayoutError, match="eval_segments.csv: line 2"):
-        datasets.read_segment_csv(tmp_path / "eval_segments.csv")
+    rows, (bad,) = datasets.read_segment_csv(tmp_path / "eval_segments.csv")
+    assert rows == [] and str(bad.path).endswith("eval_segments.csv:2") and "'thirty'" in bad.reason
 
 
 def test_esc50_listed_wav_found_under_another_extension_and_unlisted_files_reported(tmp_path):
@@ -171,8 +172,8 @@ def test_esc50_listed_wav_found_under_another_extension_and_unlisted_files_repor
     with pytest.raises(datasets.DatasetLayoutError, match=r"esc50.csv: missing column\(s\) \['filename'"):
         datasets.adapt_esc50(root)
     (root / "meta" / "esc50.csv").write_text("filename,fold,target,category,esc10\nx.wav,one,0,dog,True\n")
-    with pytest.raises(datasets.DatasetLayoutError, match="row 2: fold and target must be integers"):
-        datasets.adapt_esc50(root)
+    (bad,) = [s for s in datasets.adapt_esc50(root).skipped if s.kind == "error"]
+    assert str(bad.path).endswith("esc50.csv:2") and "fold and target must be integers" in bad.reason
 
 
 def test_registry_entries_and_tasks():
@@ -189,8 +190,8 @@ def test_registry_entries_and_tasks():
 def test_malformed_nsynth_examples_json_is_one_clear_error(tmp_path):
     folder = tmp_path / "nsynth" / "nsynth-valid"
     folder.mkdir(parents=True)
-    (folder / "examples.json").write_text('{"bass_synthetic_033-022-050": {"pitch": 22}}')
-    with pytest.raises(datasets.DatasetLayoutError, match="examples.json: not NSynth's examples.json .KeyError"):
+    (folder / "examples.json").write_text('[{"bass_synthetic_033-022-050": {"pitch": 22}}]')
+    with pytest.raises(datasets.DatasetLayoutError, match="examples.json: not NSynth's examples.json .a list"):
         datasets.adapt_nsynth(tmp_path / "nsynth")
     (folder / "examples.json").write_text("{truncated")
     with pytest.raises(datasets.DatasetLayoutError, match="JSONDecodeError"):

@@ -144,7 +144,8 @@ def test_export_is_portable_and_embeds_exactly_as_the_checkpoint(runs, tmp_path,
     msn, byola, clar = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("msn", "byola", "clar1d"))
     state = torch.load(runs["msn"], weights_only=False)["per_process"][0]["state"]["views"]["norm"]
     assert msn["norm"] == {"source": "running", "mean": state["mu"], "std": math.sqrt(state["var"])}
-    mean, std = data.logmel_stats(cache, df, 10000, 0)  # BYOL-A v2's statistics over the training clips, by hand
+    crop = byola["config"]["model"]["crop_frames"]  # BYOL-A v2's statistics over training-length crops, by hand
+    mean, std = data.logmel_stats(cache, df, 10000, 0, frames=crop)
     assert byola["norm"] == {"source": "precomputed", "mean": mean, "std": std}
     assert msn["logmel"] == LogMelConfig().to_dict() and clar["logmel"] is None
     assert clar["norm"] == {"source": "none", "mean": 0.0, "std": 1.0}
@@ -259,3 +260,29 @@ def test_our_hear_module_through_the_hear_path_equals_its_scene_embeddings(runs,
     wave = torch.rand(2, 16000) * 2 - 1
     model = hear_ssl.load_model(str(runs["clar1d"]))
     torch.testing.assert_close(encoder.embed(wave), hear_ssl.get_scene_embeddings(wave, model))
+
+
+@pytest.mark.parametrize("name", ["msn", "byola", "clar1d", "clar2d"])
+def test_hear_short_audio_is_padded_to_one_frame_and_non_finite_audio_is_refused(runs, name):
+    """Issue 16: 0 or 10 samples give embeddings and timestamps of the documented shapes (one timestamp, at the
+    encoder's first position), equal to those of the same sound zero-padded to one frame; NaN or inf audio is a
+    ValueError that names the problem and the sound, never NaN embeddings."""
+    model = hear_ssl.load_model(str(runs[name]))
+    first = 15.0 if name == "byola" else 0.0
+    torch.manual_seed(0)
+    for n in (0, 10):
+        audio = torch.rand(2, n) * 2 - 1
+        scene = hear_ssl.get_scene_embeddings(audio, model)
+        emb, ts = hear_ssl.get_timestamp_embeddings(audio, model)
+        size = model.scene_embedding_size
+        assert scene.shape == (2, size) and emb.shape == (2, 1, size) and ts.shape == (2, 1)
+        assert torch.isfinite(scene).all() and torch.isfinite(emb).all() and ts.tolist() == [[first], [first]]
+        one_frame = F.pad(audio, (0, hear_ssl.MIN_SAMPLES - n))
+        torch.testing.assert_close(scene, hear_ssl.get_scene_embeddings(one_frame, model))
+        torch.testing.assert_close(emb, hear_ssl.get_timestamp_embeddings(one_frame, model)[0][:, :1])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        audio = torch.zeros(3, 16000)
+        audio[1, 100] = bad
+        for get in (hear_ssl.get_scene_embeddings, hear_ssl.get_timestamp_embeddings):
+            with pytest.raises(ValueError, match=r"audio has NaN or inf samples in 1 of 3 sounds \(index 1\)"):
+                get(audio, model)

@@ -375,3 +375,30 @@ def test_probe_that_peaks_in_its_last_epochs_is_flagged_not_converged(tmp_path, 
     best = [int(e) for e in row["best_epochs"].split()]
     assert best == [3] * int(row["n"]) and row["not_converged"] == row["n"]
     assert "may not have converged" in capsys.readouterr().err
+
+
+def test_a_clip_shorter_than_one_frame_is_cached_and_probed_and_a_nan_clip_is_named(tmp_path):
+    """Issue 16: a 10-sample file (preprocess --min-seconds 0) gets a one-frame log-mel, and linear_eval.py embeds
+    it with a real log-mel and a real wave encoder; a cache file holding NaN is a ValueError naming the clip."""
+    import soundfile as sf
+
+    import preprocess
+    from tests.test_preprocess import make_esc50
+    root, cache = make_esc50(tmp_path / "esc", n=15), tmp_path / "cache"
+    sf.write(root / "audio" / "1-1005-A-2.wav", np.full(10, 0.1, np.float32), 44100)
+    preprocess.main(["--dataset", "esc50", "--root", str(root), "--out", str(cache), "--waveform", "--workers", "1",
+                     "--min-seconds", "0"])
+    manifest = pd.read_csv(cache / "manifest.csv").set_index("id")
+    assert manifest.loc["1-1005-A-2", "duration"] == pytest.approx(4 / 16000, abs=1e-4)  # ceil(10 * 16000 / 44100)
+    assert np.load(cache / "logmel" / "1-1005-A-2.npy").shape == (64, 1)
+    root_dir = Path(__file__).parents[1]
+    for config in ("demo_msn", "demo_clar"):
+        row = run_main(tmp_path, "--ckpt", f"random:{root_dir / 'config' / f'{config}.yaml'}", "--task", str(cache),
+                       "probe.epochs=5")
+        assert 0.0 <= float(row["mean"]) <= 100.0
+    embeddings = [np.load(path) for path in (tmp_path / "emb").glob("*.npy")]
+    assert len(embeddings) == 2 and all(X.shape[0] == 15 and np.isfinite(X).all() for X in embeddings)
+    np.save(cache / "logmel" / "1-1005-A-2.npy", np.full((64, 1), np.nan, np.float32))
+    with pytest.raises(ValueError, match=r"non-finite embeddings on cache for 1 of 15 clips \(1-1005-A-2\)"):
+        le.main(["--results", str(tmp_path / "results.csv"), "--ckpt", f"random:{root_dir / 'config/demo_msn.yaml'}",
+                 "--task", str(cache), f"eval.embed_dir={tmp_path / 'emb2'}"])

@@ -73,7 +73,7 @@ def test_empty_results_leave_every_measured_cell_dash(tmp_path):
     reference = pd.read_csv(REFERENCE, dtype=str, keep_default_na=False)
     for value in reference["value"]:
         assert value in page  # every published number appears with its source...
-    assert page.count("published: ") == 5  # ...and every accuracy row is labelled published
+    assert page.count("published: ") == 6  # ...and every accuracy row is labelled published (+ byol-a d512)
 
 
 def test_clar_studies_and_training_curves(tmp_path):
@@ -136,3 +136,21 @@ def test_learning_curves_from_knn_monitor_rows(tmp_path):
     assert "| byola | 50.0 | 61.0 | 2 | 2 |" in page and "| msn | 20.0 | 45.0 | 2 | 2 |" in page
     assert "![learning curves](demo_figures/learning_curves.png)" in page
     assert (tmp_path / "demo_figures" / "learning_curves.png").stat().st_size > 1000
+
+
+def test_official_byola_row_beside_the_published_row_only_when_measured(tmp_path):
+    args = ["--reference", str(REFERENCE), "--clar", str(tmp_path), "--runs", str(tmp_path / "none")]
+    empty = write_results(tmp_path / "empty.csv", [result("esc50", "msn_vitb32", "41.25")])
+    page = mt.main(["--results", str(empty), *args, "--out", str(tmp_path / "a.md")]).read_text()
+    section = page.split("## BYOL-A: the published encoder through this probe")[1].split("##")[0]
+    assert "| BYOL-A d512 (byol-a README) | 69.1 | 88.9 | published: nttcslab/byol-a README" in section
+    assert "official weights, this probe" not in section and "--ckpt byola:" in section
+    measured = write_results(tmp_path / "results.csv", [  # fabricated rows: this test only
+        result("nsynth", "byola-official-v1-d512", "70.50", "0.40", long="chunk", pool="cls"),
+        result("synth_small", "byola-official-v1-d512", "55.00", "3.00")])
+    page = mt.main(["--results", str(measured), *args, "--out", str(tmp_path / "b.md")]).read_text()
+    section = page.split("## BYOL-A: the published encoder through this probe")[1].split("##")[0]
+    assert "| Model | NSynth | SPCV2 (sc35) | synth_small | Source |" in section
+    assert "| BYOL-A d512 (byol-a README) | 69.1 | 88.9 | - | published:" in section
+    assert "| BYOL-A d512 (official weights, this probe) | 70.50 ± 0.40 | - | 55.00 ± 3.00 | measured |" in section
+    assert "Not measured here" not in section

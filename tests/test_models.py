@@ -24,7 +24,7 @@ def _vit_b32():
 def test_vit_b32_drops_tokens_with_one_permutation_for_the_batch():
     vit = _vit_b32()
     x = torch.randn(2, 1, 224, 224)
-    # patch_drop 0.15 keeps floor(49 * 0.85) = 41 patch tokens plus CLS (SPEC B1)
+    # patch_drop 0.15 keeps floor(49 * 0.85) = 41 patch tokens plus CLS (facebookresearch/msn)
     captured = {}
     original = models.drop_tokens
 
@@ -198,19 +198,18 @@ def test_msn_head_runs_once_per_crop_group():
     assert not torch.allclose(z, joint)  # batch norm over both groups would give other values
 
 
-def test_clar_projection_per_view_option():
+def test_clar_net_runs_each_view_on_its_own_unless_joint_views():
     torch.manual_seed(0)
     cfg = {"arch": "resnet18_1d", "width": 4, "kernel_1d": 3, "clip_seconds": 0.1, "proj_hidden": 8, "proj_dim": 4,
-           "proj_batch_norm": True, "proj_per_view": True}
+           "proj_batch_norm": True}
     net = models.ClarNet(models.build_resnet(cfg), cfg, n_classes=3, with_classifier=True).train()
-    w1, w2 = torch.randn(5, 1600), torch.randn(5, 1600)
+    w1, w2 = torch.randn(5, 1600), 2 * torch.randn(5, 1600)
     z1, z2, _, _, _ = net(w1, w2)
-    h = net.encoder(torch.cat([w1, w2]))
-    torch.testing.assert_close(z1, net.projection(h[:5]))
-    torch.testing.assert_close(z2, net.projection(h[5:]))
-    net.per_view = False
+    torch.testing.assert_close(z1, net.projection(net.encoder(w1)))
+    torch.testing.assert_close(z2, net.projection(net.encoder(w2)))
+    net.joint_views = True
     z1_joint = net(w1, w2)[0]
-    torch.testing.assert_close(z1_joint, net.projection(h)[:5])
+    torch.testing.assert_close(z1_joint, net.projection(net.encoder(torch.cat([w1, w2])))[:5])
     assert not torch.allclose(z1_joint, z1)
 
 

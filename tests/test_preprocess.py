@@ -1,6 +1,8 @@
 """preprocess.py: every adapter on a tiny data set written in the real layout, bad files, resume, shards."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -10,8 +12,9 @@ import torch
 
 import datasets
 import preprocess
+import utils
 from data import read_manifest
-from tests.conftest import SHARED
+from tests.conftest import ROOT, SHARED
 
 
 def tone(freq=440.0, sr=16000, seconds=0.5, amp=0.3):
@@ -149,6 +152,30 @@ def test_folder_adapter(tmp_path):
     run("--dataset", "folder", "--root", tmp_path / "f", "--out", tmp_path / "c")
     df = read_manifest(tmp_path / "c")
     assert sorted(df.label) == ["cat", "cat", "dog", "dog"] and set(df.split) == {""}
+
+
+def test_your_own_folder_with_and_without_labels_gets_a_stratified_split(tmp_path):
+    """--dataset folder: <class>/.../<file> is labelled by its first folder, files in the root are unlabelled;
+    --split 60,20,20 gives each class 3/1/1 of its 5 clips and every unlabelled clip train."""
+    for cls in ("cat", "dog"):
+        for i in range(5):
+            write_wav(tmp_path / "f" / cls / ("deep" if i == 4 else "") / f"{i}.wav", freq=300 + 50 * i)
+    for i in range(3):
+        write_wav(tmp_path / "f" / f"field{i}.wav")
+    run("--dataset", "folder", "--root", tmp_path / "f", "--out", tmp_path / "c", "--split", "60,20,20")
+    df = read_manifest(tmp_path / "c").set_index("source")
+    assert df.loc["cat/deep/4.wav", "label"] == "cat" and df.loc["field0.wav", "label"] == ""
+    counts = df.groupby(["label", "split"]).size().to_dict()
+    assert counts == {("", "train"): 3, ("cat", "test"): 1, ("cat", "train"): 3, ("cat", "valid"): 1,
+                      ("dog", "test"): 1, ("dog", "train"): 3, ("dog", "valid"): 1}
+    first = df["split"].to_dict()
+    run("--dataset", "folder", "--root", tmp_path / "f", "--out", tmp_path / "c", "--split", "60,20,20")
+    assert read_manifest(tmp_path / "c").set_index("source")["split"].to_dict() == first  # same seed, same split
+    with pytest.raises(SystemExit, match="--split: --dataset esc50 has splits or folds of its own"):
+        run("--dataset", "esc50", "--root", make_esc50(tmp_path / "esc"), "--out", tmp_path / "e",
+            "--split", "80,10,10")
+    with pytest.raises(SystemExit):  # argparse: percentages must sum to 100
+        run("--dataset", "folder", "--root", tmp_path / "f", "--out", tmp_path / "c", "--split", "80,10,20")
 
 
 def test_bad_files_are_skipped_with_reason_and_run_completes(tmp_path):
@@ -472,3 +499,58 @@ def test_pack_added_to_an_existing_cache_copies_its_clips_once(tmp_path):
     ds = data.LogMelCrops(tmp_path / "c", df, frames=None)
     assert ds.packed is not None and len(ds.packed.maps) == 1
     np.testing.assert_array_equal(ds[2][0][0].numpy(), np.load(tmp_path / "c" / df.logmel[2]))
+
+
+HOLD_LOCK = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+import preprocess
+lock = preprocess.lock_cache(Path(sys.argv[2]), None)
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_second_writer_stops_naming_the_holder_and_a_dead_holders_lock_is_taken_over(tmp_path, capsys):
+    root, out = make_esc50(tmp_path / "esc", n=2), tmp_path / "cache"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(ROOT), str(out)], stdout=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        second = subprocess.run([sys.executable, "preprocess.py", "--dataset", "esc50", "--root", str(root),
+                                 "--out", str(out), "--pack", "--workers", "1"], cwd=ROOT, capture_output=True,
+                                text=True, env=env)
+        assert second.returncode == 1
+        assert second.stderr.count("\n") == 1 and "another preprocess.py is writing this cache" in second.stderr
+        assert f"host {utils.HOST}, pid {holder.pid}, started " in second.stderr
+        assert sorted(p.name for p in out.rglob("*")) == ["logmel", "preprocess.lock", "wave"]  # nothing written
+        with pytest.raises(SystemExit, match=f"pid {holder.pid}"):  # a shard run stops too
+            run("--dataset", "esc50", "--root", root, "--out", out, "--shard", "1/2")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"pid={holder.pid} " in (out / "preprocess.lock").read_text()  # kill -9 left its lock file
+    assert run("--dataset", "esc50", "--root", root, "--out", out, "--pack")["written"] == 2
+    err = capsys.readouterr().err
+    assert f"took over the lock of host {utils.HOST}, pid {holder.pid}" in err and "no longer running" in err
+    assert not (out / "preprocess.lock").exists()  # released at the end
+
+
+def test_full_run_waits_for_live_shards_and_other_machines_locks_are_kept(tmp_path):
+    root, out = make_esc50(tmp_path / "esc", n=2), tmp_path / "cache"
+    out.mkdir()
+    with utils.FolderLock(out / "preprocess.shard-2-of-2.lock"):  # a live shard run (here: this process)
+        with pytest.raises(SystemExit, match=r"preprocess.shard-2-of-2.lock: held by host .*, pid "):
+            run("--dataset", "esc50", "--root", root, "--out", out)
+        assert run("--dataset", "esc50", "--root", root, "--out", out, "--shard", "1/2")["written"] == 1
+    (out / "preprocess.lock").write_text("host=node-7 pid=4242 started=2026-01-01T00:00:00\n")
+    with pytest.raises(SystemExit, match=r"held by host node-7, pid 4242, .*another machine: if that run is gone, "
+                                         r"delete the lock file"):
+        run("--dataset", "esc50", "--root", root, "--out", out)
+    (out / "preprocess.lock").unlink()
+    (out / "preprocess.shard-2-of-2.lock").write_text(f"host={utils.HOST} pid=999999999 started=x\n")  # killed
+    assert run("--dataset", "esc50", "--root", root, "--out", out)["written"] == 1  # merges shard 1's clip
+    assert not list(out.glob("*.lock"))  # the killed shard's lock file went with the shards' manifests

@@ -99,3 +99,51 @@ def test_byola_config_is_the_papers_and_bad_values_are_refused(tmp_path):
         pretrain_byola.resolve_config(DEMO, ["aug.norm=batch"])
     with pytest.raises(config_lib.ConfigError, match="byol.ema_decai"):
         pretrain_byola.resolve_config(DEMO, ["byol.ema_decai=0.9"])
+
+
+def _byola_step(joint_views: bool):
+    """The package's train_step on fixed views with a tiny online net whose target differs from it; returns
+    (loss, online net after the step (grads kept), target after the step, the nets and views before)."""
+    import copy
+
+    import trainer
+
+    cfg = pretrain_byola.resolve_config(DEMO, [f"byol.joint_views={str(joint_views).lower()}"])
+    torch.manual_seed(0)
+    online = models.BYOLNet(models.AudioNTT2022(dim=256, base=4, mlp_hidden=32, dropout=0.0), 32, 16,
+                            joint_views=joint_views)
+    target = online.target_copy()
+    with torch.no_grad():
+        for p in target.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    before = (copy.deepcopy(online), copy.deepcopy(target))
+    view1 = torch.randn(6, 1, 64, 32)
+    view2 = 0.5 * view1 + torch.randn(6, 1, 64, 32) + 1.0  # a view with other batch statistics
+    run = pretrain_byola.BYOLA(trainer.Env(cfg, 0, 1, torch.device("cpu")), lambda *_: (view1, view2), online,
+                               target, online, target, torch.optim.Adam(online.parameters(), lr=1e-3))
+    loss = pretrain_byola.train_step(run, (torch.zeros(6, 1, 64, 32),), 0)["loss"]
+    return loss, online, target, before, (view1, view2)
+
+
+def test_byola_step_runs_each_view_on_its_own_as_byol_pytorch():
+    """byol-pytorch BYOL.forward (as byol-a pins it): online_encoder(image_one), online_encoder(image_two), the
+    target likewise, loss = mean(loss_fn(pred_one, target_two) + loss_fn(pred_two, target_one)); the EMA update of
+    the target parameters after the optimizer step. Written here by hand, one view per call."""
+    import torch.nn.functional as F
+
+    loss, online, target, (ref, ref_target), (view1, view2) = _byola_step(joint_views=False)
+    preds = [ref.predictor(ref.projector(ref.encoder(v))) for v in (view1, view2)]
+    with torch.no_grad():
+        projs = [ref_target.projector(ref_target.encoder(v)) for v in (view1, view2)]
+    ref_loss = ((2 - 2 * F.cosine_similarity(preds[0], projs[1], dim=-1))
+                + (2 - 2 * F.cosine_similarity(preds[1], projs[0], dim=-1))).mean()
+    ref_loss.backward()
+    assert loss == pytest.approx(ref_loss.item(), abs=1e-6)
+    ref_params = dict(ref.named_parameters())
+    for name, p in online.named_parameters():
+        torch.testing.assert_close(p.grad, ref_params[name].grad, rtol=1e-5, atol=1e-7, msg=name)
+    online_after = dict(online.named_parameters())
+    for name, p in ref_target.named_parameters():  # EMA of the target with the updated online weights
+        torch.testing.assert_close(dict(target.named_parameters())[name], 0.99 * p + 0.01 * online_after[name])
+    joint_loss = _byola_step(joint_views=True)[0]  # batch norm over both views: another loss
+    assert abs(joint_loss - loss) > 1e-4

@@ -155,3 +155,58 @@ def test_resume_flag_does_not_swallow_the_next_override(tiny_cache, tmp_path):
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="broken.pt: not a readable checkpoint"):
         pretrain_clar.main([*args, "--resume-from", str(tmp_path / "broken.pt")])
+
+
+class _FixedViews:
+    """Stands in for BatchWaveAugment: draw() hands out the fixed views in order, apply() returns them."""
+
+    def __init__(self, *views):
+        self.views = list(views)
+
+    def draw(self, *_):
+        return self.views.pop(0)
+
+    def apply(self, wave, view, rows):
+        return view[rows]
+
+
+def _clar_step(arch: str, joint_views: bool):
+    """pretrain_clar.train_step once on fixed views with a tiny ClarNet (projection BN on); returns (loss, the net
+    after the step with its gradients, a copy from before, the inputs)."""
+    import copy
+
+    import optim
+    import trainer
+
+    cfg = pretrain_clar.resolve_config(DEMO, ["model.width=4", "model.clip_seconds=0.1", "model.proj_hidden=8",
+                                              "model.proj_dim=4", "model.proj_batch_norm=true",
+                                              f"model.joint_views={str(joint_views).lower()}"])
+    cfg["model"]["arch"] = arch
+    torch.manual_seed(0)
+    wave1, wave2 = torch.randn(6, 1600), 3 * torch.randn(6, 1600) + 0.5  # views with other batch statistics
+    targets, labels = torch.tensor([0, 2, -1, 1, -1, 0]), torch.tensor([0, 2, 1, 1, 2, 0])
+    net = models.ClarNet(models.build_resnet(cfg["model"]), cfg["model"], 3, with_classifier=True).train()
+    before = copy.deepcopy(net)
+    env = trainer.Env(cfg, 0, 1, torch.device("cpu"), steps_per_epoch=1)
+    lars = optim.LARS(optim.decay_groups(list(net.named_parameters()), 1e-4), lr=0.1, momentum=0.9, eta=0.001)
+    adam = torch.optim.Adam(net.online.parameters(), lr=1e-3)
+    out = pretrain_clar.train_step(env, net, net, lars, adam, _FixedViews(wave1, wave2), (wave1, targets, labels), 3)
+    return out["loss"], net, before, (wave1, wave2, targets, labels)
+
+
+@pytest.mark.parametrize("arch", ["resnet18_1d", "resnet18_2d"])
+def test_clar_step_runs_each_view_through_encoder_and_projection_on_its_own(arch):
+    """CLAR's shared_step (semi_supervised.py): h1 = forward(aud1); h2 = forward(aud2); z1, y1 = projection(h1);
+    z2, y2 = projection(h2). Written here by hand, one view per call: same loss and gradients as train_step."""
+    import losses
+
+    loss, net, ref, (wave1, wave2, targets, labels) = _clar_step(arch, joint_views=False)
+    h1, h2 = ref.encoder(wave1), ref.encoder(wave2)
+    z1, z2 = ref.projection(h1), ref.projection(h2)
+    ref_loss = losses.clar_loss(z1, z2, ref.classifier(z1), ref.classifier(z2), targets, "clar", 0.5, 1.0)["loss"]
+    (ref_loss + torch.nn.functional.cross_entropy(ref.online(h1.detach()), labels)).backward()
+    assert loss == pytest.approx(ref_loss.item(), abs=1e-5)
+    ref_params = dict(ref.named_parameters())
+    for name, p in net.named_parameters():
+        torch.testing.assert_close(p.grad, ref_params[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert abs(_clar_step(arch, joint_views=True)[0] - loss) > 1e-4  # one BN batch for both views: another loss

@@ -66,6 +66,24 @@ def test_the_core_trains_logs_and_checkpoints_a_toy_method(tmp_path):
     assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "results.json").is_file()
 
 
+def test_the_run_folder_records_the_installed_versions(tmp_path, monkeypatch):
+    import importlib.metadata
+    import platform
+
+    trainer.train("toy", toy_cfg(tmp_path), toy_build())
+    lines = (tmp_path / "run" / "environment.txt").read_text().splitlines()
+    assert lines[0] == f"# python {platform.python_version()} on {platform.platform()}"
+    pins = dict(line.split("==") for line in lines[2:])
+    for name in ("torch", "torchaudio", "numpy", "scipy", "pandas", "pyyaml"):
+        assert pins[name] == importlib.metadata.version(name)
+    assert list(pins) == sorted(pins)
+    # a resume under other versions keeps the first record and adds one for the resumed part
+    monkeypatch.setattr(trainer, "environment_installed", lambda: "numpy==0.0.1\n")
+    trainer.record_environment(tmp_path / "run", 6)  # what train() calls on a resume at step 6
+    assert (tmp_path / "run" / "environment.txt").read_text().splitlines() == lines
+    assert (tmp_path / "run" / "environment_step6.txt").read_text() == "numpy==0.0.1\n"
+
+
 def test_a_checkpoint_is_never_written_with_diverged_weights(tmp_path):
     """The last step of epoch 1 diverges; its loss was still finite, so only the weight check can catch it."""
     cfg = toy_cfg(tmp_path)
@@ -100,7 +118,8 @@ def test_a_checkpoint_that_leads_straight_to_a_nan_loss_is_set_aside(tmp_path):
 def test_ckpt_last_is_written_every_ckpt_seconds_and_at_the_end(tmp_path, monkeypatch):
     writes = []
     real = utils.atomic_torch_save
-    monkeypatch.setattr(utils, "atomic_torch_save", lambda obj, path: writes.append(obj["step"]) or real(obj, path))
+    monkeypatch.setattr(utils, "atomic_torch_save",
+                        lambda obj, path, **kw: writes.append(obj["step"]) or real(obj, path, **kw))
     trainer.train("toy", toy_cfg(tmp_path / "a", epochs=4), toy_build())
     assert writes == [3, 6, 9, 12]  # ckpt_seconds=0: every epoch
     writes.clear()
@@ -127,18 +146,19 @@ def test_a_bad_cache_does_not_touch_an_existing_run_folder(tiny_cache, tmp_path)
     out = tmp_path / "run"
     pretrain_byola.main(tiny(tiny_cache, out, "train.max_steps=1"))
     before = (out / "config.yaml").read_text()
-    with pytest.raises(FileNotFoundError, match="manifest"):
-        pretrain_byola.main(tiny(tmp_path / "no_cache", out, "train.max_steps=1"))
-    assert (out / "config.yaml").read_text() == before
+    with pytest.raises(FileNotFoundError, match="manifest"):  # even --overwrite deletes nothing before the data reads
+        pretrain_byola.main(tiny(tmp_path / "no_cache", out, "train.max_steps=1") + ["--overwrite"])
+    assert (out / "config.yaml").read_text() == before and utils.load_checkpoint(out / "ckpt_last.pt")["step"] == 1
 
 
 def test_a_full_disk_during_a_checkpoint_names_the_file_and_leaves_no_temp(tmp_path, monkeypatch):
-    def full_disk(obj, path):
-        with open(path, "wb") as f:
-            f.write(b"partial")
+    """torch.save on a full disk says only "unexpected pos"; the error says what happened and where."""
+    def full_disk(obj, f):
+        f.write(b"partial")
         raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError, match=r"ckpt_last.pt: could not be written .*unexpected pos.*GiB free on the disk"):
+    with pytest.raises(OSError, match=r"ckpt_last.pt: could not be written \(no space left on device: .*unexpected "
+                                      r"pos.*GiB free on the disk"):
         utils.atomic_torch_save({"a": 1}, tmp_path / "ckpt_last.pt")
     assert list(tmp_path.iterdir()) == []
 

@@ -71,3 +71,47 @@ def test_remove_stale_temps_keeps_a_live_writers_temp(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    import subprocess
+    import sys
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("flock", ["kernel", "none"])
+def test_folder_lock_holder_takeover_and_release(tmp_path, monkeypatch, flock):
+    """A live holder is refused, naming host and pid; a dead holder's lock is taken over with a warning; the file
+    is deleted at release. 'none': a file system without flock (ENOLCK), where the file's host and pid decide."""
+    import errno
+    import os
+    if flock == "none":
+        def no_flock(fd, op):
+            raise OSError(errno.ENOLCK, "No locks available")
+        monkeypatch.setattr(utils.fcntl, "flock", no_flock)
+    path = tmp_path / "w.lock"
+    with utils.FolderLock(path) as lock:
+        assert lock.warning is None and f"host={utils.HOST} pid={os.getpid()} " in path.read_text()
+        started = path.read_text().split("started=")[1].strip()
+        mine = f"host {utils.HOST}, pid {os.getpid()}, started {started}"
+        assert utils.lock_holder(path) == (None if flock == "none" else mine)  # without flock: our pid is no other
+        if flock == "kernel":
+            with pytest.raises(utils.LockHeld, match=rf"w.lock: held by host {utils.HOST}, pid {os.getpid()}, "):
+                utils.FolderLock(path).acquire()
+    assert not path.exists() and utils.lock_holder(path) is None
+    path.write_text(f"host={utils.HOST} pid={os.getppid()} started=2026-01-01T00:00:00\n")  # alive: our parent
+    if flock == "none":
+        with pytest.raises(utils.LockHeld, match=rf"held by host {utils.HOST}, pid {os.getppid()}, started 2026"):
+            utils.FolderLock(path).acquire()
+    gone = dead_pid()
+    path.write_text(f"host={utils.HOST} pid={gone} started=2026-01-01T00:00:00\n")
+    assert utils.lock_holder(path) is None
+    with utils.FolderLock(path) as lock:
+        assert lock.warning == (f"warning: {path}: took over the lock of host {utils.HOST}, pid {gone}, started "
+                                "2026-01-01T00:00:00, which is no longer running")
+    path.write_text("host=node-7 pid=1 started=2026-01-01T00:00:00\n")
+    with pytest.raises(utils.LockHeld, match="held by host node-7, pid 1, .*another machine"):
+        utils.FolderLock(path).acquire()

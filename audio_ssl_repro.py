@@ -254,6 +254,7 @@ class _ViT(nn.Module):
     """Shared trunk; subclasses define patchify, pos_embed_for and prepare."""
 
     input_kind = "logmel"
+    readout = "token"  # AudioViT may read out "stack" (M2D)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, 1, H, W] -> tokens [B, 1 + N, D] after the final LayerNorm (CLS first)."""
@@ -274,7 +275,11 @@ class _ViT(nn.Module):
             raise ValueError(f"long must be 'chunk', 'resize' or 'pad', got {long!r}")
         views = split_chunks(x, self.crop_frames) if long == "chunk" else x
         tokens = self.tokens(self.prepare(views, long))
-        emb = tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
+        if self.readout == "stack":  # M2D: per time column, the frequency patches' tokens concatenated
+            rows = self.n_mels // self.patch[0]
+            emb = tokens[:, 1:].reshape(len(tokens), rows, -1, tokens.shape[-1]).transpose(1, 2).flatten(2).mean(1)
+        else:
+            emb = tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
         return emb.reshape(len(x), -1, emb.shape[-1]).mean(dim=1)
 
 
@@ -330,16 +335,22 @@ class ViTB32(_ViT):
 class AudioViT(_ViT):
     """ViT patching the log-mel [n_mels, T] directly with [pf, pt] patches; the last T mod pt frames are dropped
     (a clip shorter than one patch is right-padded). embed(): "resize" = time resized to crop_frames, "pad" =
-    right-zero-padded to / cut at crop_frames, "chunk" as _ViT."""
+    right-zero-padded to / cut at crop_frames, "chunk" as _ViT. readout "stack" (M2D): per time column the
+    n_mels/pf frequency patches' tokens concatenated (low band first), averaged over time; embed_dim =
+    (n_mels/pf) * width and `pool` is ignored; "token" (default): CLS or mean token as `pool` says."""
 
     def __init__(self, n_mels: int = 64, crop_frames: int = 96, patch=(16, 16), width: int = 384,
-                 depth: int = 12, heads: int = 6, mlp_ratio: float = 4.0, pos_embed: str = "sincos"):
+                 depth: int = 12, heads: int = 6, mlp_ratio: float = 4.0, pos_embed: str = "sincos",
+                 readout: str = "token"):
         super().__init__()
         pf, pt = int(patch[0]), int(patch[1])
         if n_mels % pf or crop_frames % pt:
             raise ValueError(f"patch {patch} must divide [n_mels, crop_frames] = [{n_mels}, {crop_frames}]")
-        self.n_mels, self.crop_frames, self.patch, self.embed_dim = n_mels, crop_frames, (pf, pt), width
+        if readout not in ("token", "stack"):
+            raise ValueError(f"readout must be 'token' or 'stack', got {readout!r}")
+        self.n_mels, self.crop_frames, self.patch, self.readout = n_mels, crop_frames, (pf, pt), readout
         self.train_grid = (n_mels // pf, crop_frames // pt)
+        self.embed_dim = width * (self.train_grid[0] if readout == "stack" else 1)
         self.patch_embed = nn.Conv2d(1, width, kernel_size=(pf, pt), stride=(pf, pt))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         n = self.train_grid[0] * self.train_grid[1]
@@ -537,7 +548,7 @@ ARCHS = {
     "vit_audio": (AudioViT, {"n_mels": ("n_mels", 64), "crop_frames": ("crop_frames", 96),
                              "patch": ("patch", [16, 16]), "width": ("width", 384), "depth": ("depth", 12),
                              "heads": ("heads", 6), "mlp_ratio": ("mlp_ratio", 4.0),
-                             "pos_embed": ("pos_embed", "sincos")}),
+                             "pos_embed": ("pos_embed", "sincos"), "readout": ("readout", "token")}),
     "vit_b_32": (ViTB32, {"image_size": ("image_size", 224), "crop_frames": ("crop_frames", 96)}),
     "resnet18_2d": (ClarEncoder, {"width": ("width", 64), "clip_seconds": ("clip_seconds", 1.0),
                                   "features": ("features", {})}),

@@ -49,6 +49,7 @@ class _ViT(nn.Module):
     """Shared transformer trunk logic; subclasses define `patchify`, `pos_embed_for` and `prepare`."""
 
     input_kind = "logmel"
+    readout = "token"  # AudioViT may read out "stack" (M2D)
 
     def tokens(self, x: torch.Tensor, patch_drop: float = 0.0) -> torch.Tensor:
         """x [B, 1, H, W] -> tokens [B, 1 + N', D] after the final LayerNorm (CLS first)."""
@@ -75,7 +76,10 @@ class _ViT(nn.Module):
         batch = len(x)
         views = split_chunks(x, self.crop_frames) if long == "chunk" else x
         tokens = self.tokens(self.prepare(views, long))
-        emb = tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
+        if self.readout == "stack":
+            emb = self.stack_frames(tokens).mean(dim=1)
+        else:
+            emb = tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
         return emb.reshape(batch, -1, emb.shape[-1]).mean(dim=1)
 
 
@@ -130,10 +134,17 @@ class AudioViT(_ViT):
     padding). T need not be a multiple of pt: the last T mod pt frames are dropped (a clip shorter than
     one patch is right-padded). embed(): "resize" = time axis bilinearly resized to crop_frames (exact
     training grid); "pad" = right-zero-pad to crop_frames or keep the first crop_frames; "chunk" as base.
+
+    readout: how embed() reads the tokens out. "token" (MSN): CLS or mean patch token as `pool` says, embed_dim =
+    width. "stack" (M2D, nttcslab/m2d runtime_audio.py): per time column of the patch grid, the n_mels/pf
+    frequency patches' final tokens concatenated low band first -> [T', (n_mels/pf) * width], averaged over
+    time (and chunks); `pool` is ignored and embed_dim = (n_mels/pf) * width. Training (forward, tokens) is
+    the same for both.
     """
 
     def __init__(self, n_mels: int = 64, crop_frames: int = 96, patch=(16, 16), width: int = 384,
-                 depth: int = 12, heads: int = 6, mlp_ratio: float = 4.0, pos_embed: str = "sincos"):
+                 depth: int = 12, heads: int = 6, mlp_ratio: float = 4.0, pos_embed: str = "sincos",
+                 readout: str = "token"):
         super().__init__()
         from torchvision.models.vision_transformer import EncoderBlock
         pf, pt = int(patch[0]), int(patch[1])
@@ -141,8 +152,12 @@ class AudioViT(_ViT):
             raise ValueError(f"patch {patch} must divide [n_mels, crop_frames] = [{n_mels}, {crop_frames}]")
         if pos_embed not in ("sincos", "learned"):
             raise ValueError(f"model.pos_embed must be 'sincos' or 'learned', got {pos_embed!r}")
-        self.n_mels, self.crop_frames, self.patch, self.embed_dim = n_mels, crop_frames, (pf, pt), width
+        if readout not in ("token", "stack"):
+            raise ValueError(f"model.readout must be 'token' or 'stack', got {readout!r}")
+        self.n_mels, self.crop_frames, self.patch, self.width = n_mels, crop_frames, (pf, pt), width
         self.train_grid = (n_mels // pf, crop_frames // pt)
+        self.readout = readout
+        self.embed_dim = width * (self.train_grid[0] if readout == "stack" else 1)
         self.patch_embed = nn.Conv2d(1, width, kernel_size=(pf, pt), stride=(pf, pt))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         n = self.train_grid[0] * self.train_grid[1]
@@ -168,6 +183,12 @@ class AudioViT(_ViT):
     def pos_embed_for(self, grid):
         return resize_pos_embed(self.pos_embed, self.train_grid, grid)
 
+    def stack_frames(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, 1 + F'*T', D] (CLS, then patches frequency-major: index f*T' + t) -> [B, T', F' * D]."""
+        rows = self.n_mels // self.patch[0]
+        patches = tokens[:, 1:].reshape(len(tokens), rows, -1, tokens.shape[-1])  # [B, F', T', D]
+        return patches.transpose(1, 2).flatten(2)
+
     def prepare(self, x: torch.Tensor, long: str) -> torch.Tensor:
         if long == "resize":
             return F.interpolate(x, size=(x.shape[-2], self.crop_frames), mode="bilinear", align_corners=False)
@@ -186,7 +207,8 @@ def build_vit(model_cfg: dict) -> nn.Module:
     if arch == "vit_audio":
         return AudioViT(n_mels=model_cfg["n_mels"], crop_frames=model_cfg["crop_frames"], patch=model_cfg["patch"],
                         width=model_cfg["width"], depth=model_cfg["depth"], heads=model_cfg["heads"],
-                        mlp_ratio=model_cfg["mlp_ratio"], pos_embed=model_cfg["pos_embed"])
+                        mlp_ratio=model_cfg["mlp_ratio"], pos_embed=model_cfg["pos_embed"],
+                        readout=model_cfg["readout"])
     raise ValueError(f"build_vit: unknown arch {arch!r}")
 
 

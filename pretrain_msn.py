@@ -30,7 +30,7 @@ DEFAULTS = {
     "model": {"arch": "vit_b_32", "crop_frames": 96, "pretrained": None,
               "image_size": 224,  # vit_b_32 only
               "n_mels": 64, "patch": [16, 16], "width": 384, "depth": 12, "heads": 6, "mlp_ratio": 4.0,
-              "pos_embed": "sincos"},  # vit_audio only
+              "pos_embed": "sincos", "readout": "token"},  # vit_audio only
     "msn": {"num_prototypes": 1024, "hidden_dim": 2048, "output_dim": 256, "use_bn": True, "temperature": 0.1,
             "sharpen": 0.25, "sinkhorn": True, "me_max_weight": 1.0, "ent_weight": 0.0, "patch_drop": 0.15,
             "focal_views": 10, "ema_start": 0.996, "ema_final": 1.0, "freeze_prototypes": False},

@@ -94,7 +94,7 @@ def randomised(encoder: torch.nn.Module, seed: int) -> torch.nn.Module:
 @pytest.mark.parametrize("arch,model_cfg", [
     ("vit_b_32", {"image_size": 64, "crop_frames": 32}),
     ("vit_audio", {"n_mels": 64, "crop_frames": 32, "patch": [64, 2], "width": 32, "depth": 2, "heads": 2,
-                   "mlp_ratio": 4.0, "pos_embed": "learned"}),
+                   "mlp_ratio": 4.0, "pos_embed": "learned", "readout": "token"}),
     ("audiontt2020", {"dim": 64, "base": 8}),
 ])
 def test_random_encoders_of_the_other_architectures_embed_as_the_training_code(arch, model_cfg, tmp_path):

@@ -233,7 +233,9 @@ def test_knn_monitor_equals_a_hand_computation_on_the_encoders_embeddings(tiny_c
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "config").glob("*.yaml")))
 def test_every_config_file_resolves_with_its_method(path):
     import pretrain_clar
+    import pretrain_m2d
     import pretrain_msn
-    method = pretrain_clar if "clar" in path else pretrain_byola if "byola" in path else pretrain_msn
+    method = pretrain_clar if "clar" in path else pretrain_byola if "byola" in path else \
+        pretrain_m2d if "m2d" in path else pretrain_msn
     cfg = method.resolve_config(path, [])
     assert cfg["_meta"]["config_name"] == path.split("/")[-1][:-5] and cfg["train"]["epochs"] >= 1

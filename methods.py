@@ -178,12 +178,11 @@ METHODS: dict[str, Method] = {m.name: m for m in [
         small=(Recipe("small_byola", "config/small_byola.yaml"),),
         hear_runs=(HearRun("byola", "config/demo_byola.yaml"),),
     ),
-    Method(  # M2D (Niizumi et al., TASLP 2024; nttcslab/m2d): not in make demo or the small track yet, because its
-        # tiny recipe does not beat its random twin so far (docs/methods.md, "M2D")
+    Method(  # M2D (Niizumi et al., TASLP 2024; nttcslab/m2d); docs/methods.md, "M2D"
         name="m2d", title="M2D",
         configs={"full": "config/m2d.yaml", "demo": "config/demo_m2d.yaml", "small": "config/small_m2d.yaml"},
-        demo=(),
-        small=(),
+        demo=(Recipe("demo_m2d", "config/demo_m2d.yaml", ("train.monitor.every=60",)),),
+        small=(Recipe("small_m2d", "config/small_m2d.yaml"),),
         hear_runs=(HearRun("m2d", "config/demo_m2d.yaml"),),
     ),
 ]}

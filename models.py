@@ -353,7 +353,7 @@ class ClarNet(nn.Module):
         self.encoder = encoder
         self.projection = ProjectionHead(encoder.embed_dim, model_cfg["proj_hidden"], model_cfg["proj_dim"],
                                          model_cfg["proj_batch_norm"])
-        self.joint_views = bool(model_cfg.get("joint_views", False))
+        self.joint_views = bool(model_cfg["joint_views"])
         self.classifier = nn.Linear(model_cfg["proj_dim"], n_classes) if with_classifier else None
         self.online = nn.Linear(encoder.embed_dim, n_classes)
 
@@ -556,6 +556,6 @@ def build_encoder(cfg: dict) -> nn.Module:
         return build_audiontt(cfg["model"])
     if arch == "audiontt2020":
         m = cfg["model"]
-        return AudioNTT2020(m.get("n_mels", 64), m.get("dim", 512), m.get("base", 64), m.get("dropout", 0.3))
+        return AudioNTT2020(m["n_mels"], m["dim"], m["base"], m["dropout"])
     raise ValueError(f"unknown model.arch {arch!r}; expected vit_b_32, vit_audio, resnet18_2d, resnet18_1d, "
                      "audiontt2022 or audiontt2020")

@@ -531,7 +531,7 @@ def embed_dataset(encoder: nn.Module, dataset, long: str = "chunk", pool: str = 
 def load_encoder_file(path) -> tuple[nn.Module, dict]:
     """A training checkpoint (runs/X/ckpt_last.pt) or an export.py file (portable.py) -> (encoder rebuilt from the
     file's "config" with its "encoder" weights, in eval mode; the file's dict). Errors name the file."""
-    from utils import load_checkpoint  # names the file when it is missing or unreadable
+    from files import load_checkpoint  # names the file when it is missing or unreadable
 
     state = load_checkpoint(path)
     if "encoder" not in state:

@@ -116,7 +116,7 @@ def byola_bundle(path: str | os.PathLike, norm_stats: tuple[float, float] | None
     """A BYOL-A weight file -> the encoder-file dict of portable.py (kind "byola"), weights loaded and checked."""
     import models
     from audio import LogMelConfig
-    from utils import file_sha256
+    from files import file_sha256
 
     weights, model = read_byola(path)
     version, prefix = model.pop("version"), model.pop("prefix")

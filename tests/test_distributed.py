@@ -1,7 +1,7 @@
 """torchrun with 2 CPU processes (gloo) trains exactly like 1 process on the same global batch, MSN and CLAR.
 
 Every training draw (crops, augmentation parameters, MSN's token mask) is keyed by (seed, step, global batch
-position), the mixup memory and RunningNorm see the global batch, batch norm is global (utils.GlobalBatchNorm),
+position), the mixup memory and RunningNorm see the global batch, batch norm is global (distributed.GlobalBatchNorm),
 and the losses reduce over processes; so the two runs may differ only by float rounding. The one intended
 difference: MSN sums the prototypes' gradient over processes (msn repo), i.e. 2x the 1-process gradient, which
 AdamW almost cancels (only its eps sees the scale).
@@ -16,6 +16,7 @@ import sys
 import pytest
 import torch
 
+import distributed
 import pretrain_clar
 import pretrain_msn
 from tests.conftest import ROOT
@@ -124,7 +125,7 @@ def test_byola_with_the_knn_monitor_runs_under_torchrun_and_resumes_in_one_proce
 
 
 def test_global_batch_norm_equals_batch_norm_of_the_whole_batch(tmp_path):
-    """utils.GlobalBatchNorm in 2 gloo processes (halves of one batch): outputs, gradients and running stats
+    """distributed.GlobalBatchNorm in 2 gloo processes (halves of one batch): outputs, gradients and running stats
     of torch's BatchNorm2d on the whole batch."""
     torch.manual_seed(0)
     x = torch.randn(6, 3, 4, 5) * 2 + 1
@@ -140,10 +141,10 @@ def test_global_batch_norm_equals_batch_norm_of_the_whole_batch(tmp_path):
     torch.save({"x": x, "weight": weight, "state": state}, tmp_path / "inputs.pt")
     script = tmp_path / "bn.py"
     script.write_text(f"""
-import torch, torch.distributed as dist, utils
-rank, world, _ = utils.init_distributed()
+import torch, torch.distributed as dist, distributed
+rank, world, _ = distributed.init_distributed()
 inputs = torch.load({str(tmp_path / 'inputs.pt')!r})
-bn = utils.convert_sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(3)), torch.device("cpu"))
+bn = distributed.convert_sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(3)), torch.device("cpu"))
 bn.load_state_dict({{"0." + k: v for k, v in inputs["state"].items()}})
 x = inputs["x"][rank::world].clone().requires_grad_(True)
 out = bn(x)
@@ -167,3 +168,10 @@ torch.save({{"out": out.detach(), "x_grad": x.grad, "grads": grads, "state": bn.
     for key in ("running_mean", "running_var"):
         assert torch.allclose(parts[0]["state"][f"0.{key}"], bn.state_dict()[key], atol=1e-6), key
     assert torch.equal(parts[1]["state"]["0.running_var"], parts[0]["state"]["0.running_var"])
+
+
+def test_single_process_distributed_helpers_are_identities():
+    x = torch.arange(4.0)
+    assert distributed.world_size() == 1 and distributed.is_main()
+    assert torch.equal(distributed.all_reduce_sum(x.clone()), x) and torch.equal(distributed.gather_with_grad(x), x)
+    assert torch.equal(distributed.gather_batch(x), x)

@@ -2,9 +2,9 @@
 
 Every training draw (crops, augmentation parameters, MSN's token mask) is keyed by (seed, step, global batch
 position), the mixup memory and RunningNorm see the global batch, batch norm and dropout are global
-(utils.GlobalBatchNorm, utils.GlobalDropout), and the losses reduce over processes; so the two runs may differ
-only by float rounding. The one intended difference: MSN sums the prototypes' gradient over processes (msn repo),
-i.e. 2x the 1-process gradient, which AdamW almost cancels (only its eps sees the scale).
+(distributed.GlobalBatchNorm, distributed.GlobalDropout), and the losses reduce over processes; so the two runs
+may differ only by float rounding. The one intended difference: MSN sums the prototypes' gradient over processes
+(msn repo), i.e. 2x the 1-process gradient, which AdamW almost cancels (only its eps sees the scale).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import sys
 import pytest
 import torch
 
+import distributed
 import pretrain_clar
 import pretrain_msn
 from tests.conftest import ROOT
@@ -130,7 +131,7 @@ def test_byola_two_processes_follow_the_one_process_trajectory_with_the_knn_moni
 
 
 def test_global_batch_norm_equals_batch_norm_of_the_whole_batch(tmp_path):
-    """utils.GlobalBatchNorm in 2 gloo processes (halves of one batch): outputs, gradients and running stats
+    """distributed.GlobalBatchNorm in 2 gloo processes (halves of one batch): outputs, gradients and running stats
     of torch's BatchNorm2d on the whole batch."""
     torch.manual_seed(0)
     x = torch.randn(6, 3, 4, 5) * 2 + 1
@@ -146,10 +147,10 @@ def test_global_batch_norm_equals_batch_norm_of_the_whole_batch(tmp_path):
     torch.save({"x": x, "weight": weight, "state": state}, tmp_path / "inputs.pt")
     script = tmp_path / "bn.py"
     script.write_text(f"""
-import torch, torch.distributed as dist, utils
-rank, world, _ = utils.init_distributed()
+import torch, torch.distributed as dist, distributed
+rank, world, _ = distributed.init_distributed()
 inputs = torch.load({str(tmp_path / 'inputs.pt')!r})
-bn = utils.convert_sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(3)), torch.device("cpu"))
+bn = distributed.convert_sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(3)), torch.device("cpu"))
 bn.load_state_dict({{"0." + k: v for k, v in inputs["state"].items()}})
 x = inputs["x"][rank::world].clone().requires_grad_(True)
 out = bn(x)
@@ -175,17 +176,23 @@ torch.save({{"out": out.detach(), "x_grad": x.grad, "grads": grads, "state": bn.
     assert torch.equal(parts[1]["state"]["0.running_var"], parts[0]["state"]["0.running_var"])
 
 
+def test_single_process_distributed_helpers_are_identities():
+    x = torch.arange(4.0)
+    assert distributed.world_size() == 1 and distributed.is_main()
+    assert torch.equal(distributed.all_reduce_sum(x.clone()), x) and torch.equal(distributed.gather_with_grad(x), x)
+    assert torch.equal(distributed.gather_batch(x), x)
+
+
 def test_global_dropout_alone_is_nn_dropout_and_converts_in_place():
     """One process: GlobalDropout draws the very mask nn.Dropout draws (same generator state, same numbers);
     convert_dropout swaps every nn.Dropout, keeps p and the train/eval mode."""
-    import utils
     x = torch.randn(6, 10)
     torch.manual_seed(3)
     want = torch.nn.Dropout(0.3)(x)
     torch.manual_seed(3)
-    got = utils.GlobalDropout(0.3)(x)
+    got = distributed.GlobalDropout(0.3)(x)
     assert torch.equal(got, want) and (got == 0).any() and not torch.equal(got, x)
     net = torch.nn.Sequential(torch.nn.Linear(10, 4), torch.nn.Sequential(torch.nn.Dropout(0.25))).eval()
-    utils.convert_dropout(net)
+    distributed.convert_dropout(net)
     inner = net[1][0]
-    assert type(inner) is utils.GlobalDropout and inner.p == 0.25 and not inner.training
+    assert type(inner) is distributed.GlobalDropout and inner.p == 0.25 and not inner.training

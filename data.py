@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import Dataset
 
 from audio import LOG_SILENCE, fix_length
-from utils import atomic_write
+from files import atomic_write
 
 MANIFEST_COLUMNS = ["id", "logmel", "wave", "label", "split", "fold", "duration", "source"]
 

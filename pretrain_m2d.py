@@ -22,6 +22,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.vision_transformer import EncoderBlock
@@ -52,9 +53,12 @@ def validate(cfg: dict) -> None:
         raise trainer.config_lib.ConfigError(f"m2d.mask_ratio must be in (0, 1), got {cfg['m2d']['mask_ratio']}")
 
 
-def random_masks(batch: int, n: int, ratio: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per clip, one random permutation of its n patches: (visible [B, int(n (1 - ratio))], masked [B, rest])."""
-    order = torch.rand(batch, n, device=device).argsort(dim=1)
+def random_masks(batch: int, n: int, ratio: float, device=None, rank: int = 0, world: int = 1
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per clip, one random permutation of its n patches: (visible [B, int(n (1 - ratio))], masked [B, rest]).
+    Drawn for the global batch of world * B clips, this process keeping rows rank, rank + world, ... (its
+    positions; trainer.py seeds every process alike), so N processes mask what one process would."""
+    order = torch.rand(world * batch, n, device=device)[rank::world].argsort(dim=1)
     keep = int(n * (1 - ratio))
     return order[:, :keep], order[:, keep:]
 
@@ -117,7 +121,8 @@ class M2DNet(nn.Module):
     def forward(self, x: torch.Tensor, mask_ratio: float, target: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         patches, grid = self.encoder.patchify(x)
         tokens = patches + self.encoder.pos_embed_for(grid)[:, 1:]
-        visible, masked = random_masks(len(x), tokens.shape[1], mask_ratio, x.device)
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        visible, masked = random_masks(len(x), tokens.shape[1], mask_ratio, x.device, rank, world)
         pred = self.predictor(self.encode(take(tokens, visible), self.encoder), visible, masked)
         with torch.no_grad():
             goal = self.encode(take(tokens.detach(), masked), target)[:, 1:]

@@ -42,6 +42,20 @@ def test_masks_are_disjoint_cover_the_grid_and_differ_per_clip():
     assert torch.equal(again[0], visible) and torch.equal(again[1], masked)  # keyed by the RNG state
 
 
+def test_processes_mask_what_one_process_would_on_the_global_batch():
+    """Under torchrun process r holds positions r, r + world, ... of the global batch (trainer.py seeds every
+    process alike): its masks are those rows of the one-process draw, never a copy of process 0's."""
+    torch.manual_seed(5)
+    whole = m2d.random_masks(8, 24, 0.7)
+    parts = []
+    for rank in range(2):
+        torch.manual_seed(5)
+        parts.append(m2d.random_masks(4, 24, 0.7, rank=rank, world=2))
+    for rank, (visible, masked) in enumerate(parts):
+        assert torch.equal(visible, whole[0][rank::2]) and torch.equal(masked, whole[1][rank::2])
+    assert not torch.equal(parts[0][0], parts[1][0])
+
+
 def test_the_target_sees_only_the_masked_patches():
     net, target = tiny_net()
     x = torch.randn(2, 1, 64, 32)

@@ -478,7 +478,7 @@ class LogMelCrops(_CacheDataset):
             part = self.packed.crop_pread(i, start, n)
         else:
             part = self.packed.clip(i)[:, start:start + n]
-        return np.asarray(fix_length(part, self.frames, 0, value=LOG_SILENCE), dtype=np.float32)
+        return fix_length(np.asarray(part, dtype=np.float32), self.frames, 0, value=LOG_SILENCE)  # f32 silence
 
     def __getitem__(self, i: int):
         if self.blocks is not None:
@@ -521,10 +521,10 @@ class LogMelCrops(_CacheDataset):
         else:
             for k, (s, c) in enumerate(zip(starts.tolist(), counts.tolist())):
                 raw[k, :c] = clips[k][:, s:s + c].T
-        for k in np.flatnonzero(counts < self.frames).tolist():
-            raw[k, counts[k]:] = LOG_SILENCE
         out = _batch_tensor((len(indices), 1, raw.shape[2], self.frames))
         out[:, 0].copy_(torch.from_numpy(raw).transpose(1, 2))  # one transposing float32 conversion per batch
+        for k in np.flatnonzero(counts < self.frames).tolist():
+            out[k, :, :, counts[k]:] = LOG_SILENCE  # short clips: padded with silence (crop_frames)
         return out, torch.from_numpy(self.targets[indices].astype(np.int64))
 
 

@@ -543,30 +543,30 @@ class AudioNTT2020(_AudioNTT):
 
 # ============================================================================ encoder files
 
-# arch -> (class, {constructor argument: (config key, default)}); the defaults are those of the training configs
+# arch -> (class, {constructor argument: config key}); export.py writes the complete training config, so every key
+# is there (no defaults here: one copy of the defaults, the training method's)
 ARCHS = {
-    "vit_audio": (AudioViT, {"n_mels": ("n_mels", 64), "crop_frames": ("crop_frames", 96),
-                             "patch": ("patch", [16, 16]), "width": ("width", 384), "depth": ("depth", 12),
-                             "heads": ("heads", 6), "mlp_ratio": ("mlp_ratio", 4.0),
-                             "pos_embed": ("pos_embed", "sincos"), "readout": ("readout", "token")}),
-    "vit_b_32": (ViTB32, {"image_size": ("image_size", 224), "crop_frames": ("crop_frames", 96)}),
-    "resnet18_2d": (ClarEncoder, {"width": ("width", 64), "clip_seconds": ("clip_seconds", 1.0),
-                                  "features": ("features", {})}),
-    "resnet18_1d": (ClarEncoder, {"width": ("width", 64), "kernel_1d": ("kernel_1d", 9),
-                                  "clip_seconds": ("clip_seconds", 1.0)}),
-    "audiontt2022": (AudioNTT2022, {"n_mels": ("n_mels", 64), "dim": ("dim", 3072), "base": ("base", 64),
-                                    "mlp_hidden": ("mlp_hidden", 2048)}),
-    "audiontt2020": (AudioNTT2020, {"n_mels": ("n_mels", 64), "dim": ("dim", 512), "base": ("base", 64)}),
+    "vit_audio": (AudioViT, {"n_mels": "n_mels", "crop_frames": "crop_frames", "patch": "patch", "width": "width",
+                             "depth": "depth", "heads": "heads", "mlp_ratio": "mlp_ratio", "pos_embed": "pos_embed",
+                             "readout": "readout"}),
+    "vit_b_32": (ViTB32, {"image_size": "image_size", "crop_frames": "crop_frames"}),
+    "resnet18_2d": (ClarEncoder, {"width": "width", "clip_seconds": "clip_seconds", "features": "features"}),
+    "resnet18_1d": (ClarEncoder, {"width": "width", "kernel_1d": "kernel_1d", "clip_seconds": "clip_seconds"}),
+    "audiontt2022": (AudioNTT2022, {"n_mels": "n_mels", "dim": "dim", "base": "base", "mlp_hidden": "mlp_hidden"}),
+    "audiontt2020": (AudioNTT2020, {"n_mels": "n_mels", "dim": "dim", "base": "base"}),
 }
 
 
 def build_encoder(model_cfg: dict) -> nn.Module:
-    """The network of a config's `model` section, chosen by model_cfg["arch"] (ARCHS), with no weights."""
+    """The network of a config's complete `model` section, chosen by model_cfg["arch"] (ARCHS), with no weights."""
     arch = model_cfg.get("arch")
     if arch not in ARCHS:
         raise ValueError(f"unknown encoder architecture {arch!r}; this file knows {', '.join(ARCHS)}")
     cls, args = ARCHS[arch]
-    kwargs = {name: model_cfg.get(key, default) for name, (key, default) in args.items()}
+    missing = [key for key in args.values() if key not in model_cfg]
+    if missing:
+        raise ValueError(f"model config of {arch} lacks {', '.join(missing)} (export.py writes the complete config)")
+    kwargs = {name: model_cfg[key] for name, key in args.items()}
     return cls(arch, **kwargs) if cls is ClarEncoder else cls(**kwargs)
 
 

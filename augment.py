@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import RandomResizedCrop as TorchvisionRandomResizedCrop
 
-import utils
+import distributed
+import randomness
 
 # ============================================================================ spectrogram (MSN / BYOL-A)
 # All spectrogram augmentations take a batch logmel [B, 1, F, T] on any device and apply the reference's
 # per-sample semantics sample by sample in batch order (nttcslab/byol-a v2). Random draws use the global NumPy /
-# Python / torch RNGs exactly where the reference does, so utils.rng_state() captures them for resume.
+# Python / torch RNGs exactly where the reference does, so randomness.rng_state() captures them for resume.
 
 LOG_EPS = float(np.finfo(np.float32).eps)
 
@@ -271,16 +272,16 @@ def normalize_batch(x: torch.Tensor, dims=(0, 2, 3)) -> torch.Tensor:
 
 def normalize_global(x: torch.Tensor) -> torch.Tensor:
     """normalize_batch (mean and unbiased std over all but the channel axis) over every process's x."""
-    if utils.world_size() == 1:
+    if distributed.world_size() == 1:
         return normalize_batch(x)
-    count = utils.all_reduce_sum(torch.tensor(float(x.numel() // x.shape[1]), device=x.device))
-    mean = utils.all_reduce_sum(x.sum(dim=(0, 2, 3), keepdim=True)) / count
-    var = utils.all_reduce_sum((x - mean).pow(2).sum(dim=(0, 2, 3), keepdim=True)) / (count - 1)
+    count = distributed.all_reduce_sum(torch.tensor(float(x.numel() // x.shape[1]), device=x.device))
+    mean = distributed.all_reduce_sum(x.sum(dim=(0, 2, 3), keepdim=True)) / count
+    var = distributed.all_reduce_sum((x - mean).pow(2).sum(dim=(0, 2, 3), keepdim=True)) / (count - 1)
     return (x - mean) / var.sqrt().clamp(float(torch.finfo(torch.float32).eps), float(torch.finfo().max))
 
 # ============================================================================ batched view makers
 # The views of a training batch, made on the training device from keyed draws: view v of step s draws its
-# parameters for the whole GLOBAL batch from utils.key_generator(seed, s, v), so N processes make the views
+# parameters for the whole GLOBAL batch from randomness.key_generator(seed, s, v), so N processes make the views
 # one process would make for the same global batch, and a resumed run needs only the step.
 
 
@@ -314,7 +315,7 @@ class LogMelViews:
     def draw(self, n: int, shape: tuple[int, int], step: int, view: int) -> dict:
         """Parameters of view `view` for n clips of log-mel shape (F, T): mixup alphas/picks (against the memory
         as it is now), crop boxes [n, 4], fader gains [n, 2]."""
-        g = utils.key_generator(self.seed, step, view)
+        g = randomness.key_generator(self.seed, step, view)
         params = {}
         if self.mixup:
             params["alphas"], params["picks"] = draw_mixup(g, n, self.mixup.ratio, self.mixup.count,
@@ -397,7 +398,7 @@ class BYOLAViews(LogMelViews):
 # ============================================================================ batched, on the training device
 # The same augmentations for a whole batch at once on the model's device (issue 6), so a data loader only
 # reads cached arrays. Parameters are drawn per sample, from the same distributions as the per-sample classes
-# above, but as vectors from an explicit torch.Generator (e.g. utils.key_generator(seed, step, view)) for the
+# above, but as vectors from an explicit torch.Generator (e.g. randomness.key_generator(seed, step, view)) for the
 # GLOBAL batch; each process applies the rows it holds. For the same drawn parameters the batched cores give
 # the per-sample results (tests/test_batched_augment.py).
 

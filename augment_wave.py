@@ -2,7 +2,7 @@
 and BatchWaveAugment, the batched view maker pretrain_clar.py calls on the training device.
 
     augment = BatchWaveAugment(["fade", "time_mask"], p=1.0)
-    params = augment.draw(n_global, L, utils.key_generator(seed, step, view, device=wave.device))
+    params = augment.draw(n_global, L, randomness.key_generator(seed, step, view, device=wave.device))
     view = augment.apply(wave, params, rows=slice(rank, None, world))    # wave [b, L] -> this process's view
 
 Every augmentation exposes its deterministic core (a function of explicit parameters) separately from its random
@@ -21,7 +21,7 @@ from augment import randint_rows
 
 # ============================================================================ waveform (CLAR)
 # CLAR's waveform augmentations (CLAR paper, Sec. 3.3). Each deterministic core takes a wave [..., L] and explicit
-# parameters; `WaveAugment` draws those parameters from torch's global RNG (captured by utils.rng_state)
+# parameters; `WaveAugment` draws those parameters from torch's global RNG (captured by randomness.rng_state)
 # and composes any subset, in any order, named in the config.
 
 WAVE_AUGMENTATIONS = ("fade", "time_mask", "time_stretch", "pitch_shift", "time_shift", "white_noise", "mixed_noise")
@@ -241,7 +241,7 @@ class BatchWaveAugment(WaveAugment):
     """WaveAugment for a batch of waves [B, L] on their own device (same names, order, probability and ranges).
 
         augment = BatchWaveAugment(["fade", "time_mask"], p=1.0)
-        params = augment.draw(n_global, L, utils.key_generator(seed, step, view, device=wave.device))
+        params = augment.draw(n_global, L, randomness.key_generator(seed, step, view, device=wave.device))
         view = augment.apply(wave, params, rows=slice(rank, None, world))    # this process's rows [b, L]
 
     `draw` returns, per augmentation in order, the per-sample parameters of the whole (global) batch, including

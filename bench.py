@@ -542,15 +542,15 @@ def loader_rate(root: Path, order: str, read: str, workers: int, seconds: float,
     from torch.utils.data import DataLoader
 
     import data
-    import utils
+    import randomness
     df = data.read_manifest(root, data.TRAIN_COLUMNS)
     dataset = data.LogMelCrops(root, df, frames=CROP_FRAMES, random_crop=True, read=read)
     batches = data.training_batches(dataset, {"order": order, "block_clips": 256, "open_blocks": 8}, batch, 0)
     dataset.read = read  # measure exactly this read path
     if cold:
         drop_cache([m.filename for m in dataset.packed.maps])
-    keyed = utils.KeyedBatches(batches.epoch(0), 0, 0)
-    loader = iter(DataLoader(utils.KeyedItems(dataset), batch_sampler=keyed, num_workers=workers,
+    keyed = randomness.KeyedBatches(batches.epoch(0), 0, 0)
+    loader = iter(DataLoader(randomness.KeyedItems(dataset), batch_sampler=keyed, num_workers=workers,
                              prefetch_factor=4 if workers else None))
     next(loader)
     seen, start = 0, time.perf_counter()

@@ -31,7 +31,7 @@ import pandas as pd
 import methods
 from augment_wave import WAVE_AUGMENTATIONS
 from data import read_manifest
-from utils import atomic_write_text
+from files import atomic_write_text
 
 PRETRAIN = Path(__file__).resolve().parent / "pretrain_clar.py"
 BEST_AUGS = {"1d": "fade,time_stretch,pitch_shift", "2d": "fade,time_mask"}  # paper Sec. 6

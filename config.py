@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from utils import atomic_write_text
+from files import atomic_write_text
 
 
 class _Loader(yaml.SafeLoader):
@@ -154,7 +154,7 @@ def dump_config(cfg: dict) -> str:
 
 
 def save_config(cfg: dict, path: str | os.PathLike) -> None:
-    """Write the resolved config as YAML, atomically (utils.atomic_write_text: a failed write, e.g. a full disk,
+    """Write the resolved config as YAML, atomically (files.atomic_write_text: a failed write, e.g. a full disk,
     leaves no temp file and says so in one line naming the file)."""
     atomic_write_text(yaml.safe_dump(cfg, sort_keys=False), path)
 

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from audio import LOG_SILENCE, fix_length
-from utils import atomic_write
+from files import atomic_write
 
 MANIFEST_COLUMNS = ["id", "logmel", "wave", "label", "split", "fold", "duration", "source"]
 
@@ -422,7 +422,7 @@ class LogMelCrops(_CacheDataset):
     After `use_blocks(blocks)` (block order, BlockBatches), the first read from a block asks the kernel to read the
     whole block sequentially (posix_fadvise WILLNEED), so the crops that follow come from the page cache.
 
-    Batch reads (`batch_reads=True`; utils.KeyedItems hands `read_batch` a whole batch): one keyed draw of all
+    Batch reads (`batch_reads=True`; randomness.KeyedItems hands `read_batch` a whole batch): one keyed draw of all
     crop starts per batch, the crops read into one array (with pread: `read_threads` reads in flight), one
     float32 conversion per batch: about a quarter of the CPU time of item reads. They draw other crops than item
     reads (another generator), and read the same bytes as each other with mmap or pread; data.training_batches

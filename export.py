@@ -18,7 +18,7 @@ import sys
 
 import official
 import portable
-from utils import load_checkpoint
+from files import load_checkpoint
 
 
 def export(ckpt: str, out: str, norm_stats: tuple[float, float] | None = None) -> dict:

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from audio import SAMPLE_RATE, resample
-from utils import file_sha256
+from files import file_sha256
 
 
 class HearEncoder(nn.Module):

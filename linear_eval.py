@@ -62,8 +62,9 @@ from audio import LOG_SILENCE, fix_length
 from config import ConfigError, apply_overrides, dump_config, load_config
 from data import LabelMap, load_array, read_manifest, select, stratified_subset
 from datasets import REGISTRY, all_tasks, find_task
+from files import atomic_write, file_sha256, remove_stale_temps
 from probe import append_result, carve_validation, fit_linear_probe, mean_ci95
-from utils import atomic_write, file_sha256, git_commit, remove_stale_temps
+from runlog import git_commit
 
 DEFAULTS = {
     "data": {name: entry.cache for name, entry in REGISTRY.items()},  # default cache folders (datasets.py)

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from utils import all_reduce_sum, gather_with_grad, world_size
+from distributed import all_reduce_sum, gather_with_grad, world_size
 
 # ============================================================================ MSN
 # Assran et al. 2022, "Masked Siamese Networks for Label-Efficient Learning"; msn src/losses.py.
@@ -102,7 +102,7 @@ def _msn_loss_fp32(anchor_z, target_z, prototypes, temperature, sharpen_T, use_s
 # each), anchor i, positive j(i) = the other view of the same clip, tau = 0.5:
 #   l_i = -log( exp(sim(z_i, z_j) / tau) / sum_{k != i} exp(sim(z_i, z_k) / tau) ),  loss = mean_i l_i
 # with sim the cosine similarity. Under torchrun the candidates k are the projections of EVERY process
-# (utils.gather_with_grad) and each process averages over its own anchors, so DDP's gradient averaging gives
+# (distributed.gather_with_grad) and each process averages over its own anchors, so DDP's gradient averaging gives
 # exactly the gradient of the global-batch loss.
 
 

@@ -353,7 +353,7 @@ class ClarNet(nn.Module):
         self.encoder = encoder
         self.projection = ProjectionHead(encoder.embed_dim, model_cfg["proj_hidden"], model_cfg["proj_dim"],
                                          model_cfg["proj_batch_norm"])
-        self.joint_views = bool(model_cfg.get("joint_views", False))
+        self.joint_views = bool(model_cfg["joint_views"])
         self.classifier = nn.Linear(model_cfg["proj_dim"], n_classes) if with_classifier else None
         self.online = nn.Linear(encoder.embed_dim, n_classes)
 
@@ -531,7 +531,7 @@ def embed_dataset(encoder: nn.Module, dataset, long: str = "chunk", pool: str = 
 def load_encoder_file(path) -> tuple[nn.Module, dict]:
     """A training checkpoint (runs/X/ckpt_last.pt) or an export.py file (portable.py) -> (encoder rebuilt from the
     file's "config" with its "encoder" weights, in eval mode; the file's dict). Errors name the file."""
-    from utils import load_checkpoint  # names the file when it is missing or unreadable
+    from files import load_checkpoint  # names the file when it is missing or unreadable
 
     state = load_checkpoint(path)
     if "encoder" not in state:
@@ -556,6 +556,6 @@ def build_encoder(cfg: dict) -> nn.Module:
         return build_audiontt(cfg["model"])
     if arch == "audiontt2020":
         m = cfg["model"]
-        return AudioNTT2020(m.get("n_mels", 64), m.get("dim", 512), m.get("base", 64), m.get("dropout", 0.3))
+        return AudioNTT2020(m["n_mels"], m["dim"], m["base"], m["dropout"])
     raise ValueError(f"unknown model.arch {arch!r}; expected vit_b_32, vit_audio, resnet18_2d, resnet18_1d, "
                      "audiontt2022 or audiontt2020")

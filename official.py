@@ -77,7 +77,8 @@ def detect(weights: dict) -> dict:
     base, blocks = weights["features.0.weight"].shape[0], len(conv)
     fc0, fc3 = weights["fc.0.weight"].shape, weights["fc.3.weight"].shape
     if blocks == 3 and fc0[0] == fc3[0] == fc3[1]:
-        return {"arch": "audiontt2020", "version": 1, "n_mels": fc0[1] // base * 8, "dim": fc0[0], "base": base}
+        return {"arch": "audiontt2020", "version": 1, "n_mels": fc0[1] // base * 8, "dim": fc0[0], "base": base,
+                "dropout": 0.3}
     if blocks == 2 and fc3[1] == fc0[0]:
         conv_dim = fc0[1]
         return {"arch": "audiontt2022", "version": 2, "n_mels": conv_dim // base * 4, "dim": conv_dim + fc3[0],
@@ -115,7 +116,7 @@ def byola_bundle(path: str | os.PathLike, norm_stats: tuple[float, float] | None
     """A BYOL-A weight file -> the encoder-file dict of portable.py (kind "byola"), weights loaded and checked."""
     import models
     from audio import LogMelConfig
-    from utils import file_sha256
+    from files import file_sha256
 
     weights, model = read_byola(path)
     version, prefix = model.pop("version"), model.pop("prefix")

@@ -3,7 +3,7 @@
 
 LARS (You et al. 2017, "Large Batch Training of Convolutional Networks") as SimCLR uses it, for CLAR (CLAR paper).
 
-    groups = utils.decay_groups(model.named_parameters(), weight_decay=1e-4)  # biases/norms: lars_exclude
+    groups = decay_groups(model.named_parameters(), weight_decay=1e-4)  # biases/norms: lars_exclude
     optimizer = LARS(groups, lr=1.2, momentum=0.9)
     set_lr(optimizer, warmup_cosine(step, ...))      # per iteration, step = the trainer's 0-based step
 

@@ -35,7 +35,7 @@ import audio_ssl_repro
 from audio import LogMelConfig
 from audio_ssl_repro import FORMAT, Frontend  # noqa: F401  (Frontend: the encoder input, re-exported)
 from augment import RunningNorm
-from utils import atomic_torch_save, file_sha256, load_checkpoint
+from files import atomic_torch_save, file_sha256, load_checkpoint
 
 WAVE_ARCHS = ("resnet18_1d", "resnet18_2d")
 

@@ -50,7 +50,7 @@ import data
 from audio import SAMPLE_RATE, AudioError, LogMel, LogMelConfig, load_audio, truncation_warning
 from data import MANIFEST_COLUMNS, PACKED_DIR, PackWriter, load_array, read_pack_index, write_pack_index
 from datasets import REGISTRY, Clip, DatasetLayoutError
-from utils import (
+from files import (
     FolderLock,
     LockHeld,
     atomic_write,
@@ -186,7 +186,7 @@ def process_clip(job: tuple[Clip, str, str]) -> tuple[str, dict | str]:
         if params["waveform"]:
             _save_npy(wave, out / "wave" / f"{cid}.npy")
         pack = _WORKER["pack"].append(logmel) if _WORKER["pack"] else None
-    except OSError as err:  # utils.atomic_write's error names the file; others have a filename
+    except OSError as err:  # files.atomic_write's error names the file; others have a filename
         return "fatal", f"{err.filename}: {err.strerror}" if err.filename else str(err)
     return "ok", {"duration": len(wave) / params["sample_rate"], "pack": pack,
                   "warning": truncation_warning(clip.source), "key": cache_key(params["features"], stamp, digest)}
@@ -524,7 +524,7 @@ def lock_name(shard: tuple[int, int] | None) -> str:
 
 
 def lock_cache(out: Path, shard: tuple[int, int] | None) -> FolderLock:
-    """Hold the cache's writer lock (utils.FolderLock): one run per shard, and a full run (which merges and
+    """Hold the cache's writer lock (files.FolderLock): one run per shard, and a full run (which merges and
     deletes the shards' files) only while no shard run is live. Another writer ends this run with one line
     naming the holder (host, pid); the lock of a run that died is taken over with a warning."""
     lock = FolderLock(out / lock_name(shard))

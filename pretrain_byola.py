@@ -22,9 +22,9 @@ import torch
 
 import augment
 import data
+import distributed
 import models
 import trainer
-import utils
 from losses import byol_loss
 
 DEFAULTS = {
@@ -94,7 +94,7 @@ def train_step(run: BYOLA, *, batch: tuple, step: int) -> dict:
     loss, Adam, then the EMA update of the target. Returns the global batch's loss and the (constant) learning
     rate."""
     env = run.env
-    logmel = utils.gather_batch(batch[0].to(env.device, non_blocking=True))
+    logmel = distributed.gather_batch(batch[0].to(env.device, non_blocking=True))
     view1, view2 = run.views(logmel, step, env.rank, env.world)
     with env.autocast():
         p1, p2 = run.online(view1, view2)
@@ -105,7 +105,8 @@ def train_step(run: BYOLA, *, batch: tuple, step: int) -> dict:
     loss.backward()
     run.optimizer.step()
     models.ema_update(run.target_net, run.online_net, env.cfg["byol"]["ema_decay"])
-    return {"loss": utils.all_reduce_mean(loss.detach().float()).item(), "lr": run.optimizer.param_groups[0]["lr"]}
+    loss = distributed.all_reduce_mean(loss.detach().float()).item()
+    return {"loss": loss, "lr": run.optimizer.param_groups[0]["lr"]}
 
 
 def resolve_config(path: str, overrides: list[str]) -> dict:

@@ -22,11 +22,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 import data
+import distributed
 import models
 import optim
 import probe
+import randomness
 import trainer
-import utils
 from audio import SAMPLE_RATE, ClarFeatureConfig
 from augment_wave import BatchWaveAugment
 from config import ConfigError
@@ -111,7 +112,7 @@ def online_accuracy(net: models.ClarNet, loader: DataLoader, device: torch.devic
     for wave, label in loader:
         pred = net.online(net.encoder(wave.to(device))).argmax(1)
         counts += torch.tensor([(pred.cpu() == label).sum().item(), len(label)], device=device)
-    utils.all_reduce_sum(counts)
+    distributed.all_reduce_sum(counts)
     net.train()
     return (counts[0] / counts[1].clamp_min(1)).item()
 
@@ -161,7 +162,7 @@ def build(cfg: dict, env: trainer.Env) -> trainer.Parts:
     def finish() -> dict:
         results = {"mode": cfg["mode"], "arch": cfg["model"]["arch"], "label_fraction": cfg["label_fraction"],
                    **online, "probe_test_acc": None}
-        if not (cfg["train"]["final_probe"] and utils.is_main()):
+        if not (cfg["train"]["final_probe"] and distributed.is_main()):
             return results
         probe_train = data.WaveClips(cache, probe_df, labels, samples)
         train_x = models.embed_dataset(net.encoder, probe_train, batch_size=64, device=env.device)
@@ -191,9 +192,8 @@ def train_step(*, env: trainer.Env, net: models.ClarNet, model: torch.nn.Module,
                              first=optim.READ_BEFORE_STEP)
     optim.set_lr(lars, lr)
     rows, n_global = slice(env.rank, None, env.world), len(wave) * env.world
-    view1, view2 = (views.apply(wave, views.draw(n_global, wave.shape[-1],
-                                                 utils.key_generator(cfg["seed"], step, view, device=device)), rows)
-                    for view in (1, 2))
+    keys = (randomness.key_generator(cfg["seed"], step, view, device=device) for view in (1, 2))
+    view1, view2 = (views.apply(wave, views.draw(n_global, wave.shape[-1], key), rows) for key in keys)
     with env.autocast():
         z1, z2, logits1, logits2, online_logits = model(view1, view2)
     losses = clar_loss(z1, z2, logits1, logits2, target, cfg["mode"], cfg["loss"]["tau"], cfg["loss"]["ce_weight"],
@@ -207,7 +207,7 @@ def train_step(*, env: trainer.Env, net: models.ClarNet, model: torch.nn.Module,
     lars.step()
     adam.step()
     values = {**losses, "online_loss": online_loss}
-    values = utils.all_reduce_mean(torch.stack([values[key].detach().float() for key in LOSS_KEYS]))
+    values = distributed.all_reduce_mean(torch.stack([values[key].detach().float() for key in LOSS_KEYS]))
     return {**dict(zip(LOSS_KEYS, values.tolist())), "lr": lr}
 
 

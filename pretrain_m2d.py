@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torchvision.models.vision_transformer import EncoderBlock
 
 import data
+import distributed
 import models
 import optim
 import trainer
-import utils
 
 DEFAULTS = {
     "data": {"cache": "cache/audioset", "split": None, "norm_clips": 10000},
@@ -180,7 +180,7 @@ def train_step(run: M2D, *, batch: tuple, step: int) -> dict:
     run.optimizer.step()
     decay = ema_decay(step, env.total_steps, m["ema_start"], m["ema_final"])
     models.ema_update(run.target, run.net.encoder, decay)
-    return {"loss": utils.all_reduce_mean(loss.detach().float()).item(), "lr": lr, "ema": decay}
+    return {"loss": distributed.all_reduce_mean(loss.detach().float()).item(), "lr": lr, "ema": decay}
 
 
 def resolve_config(path: str, overrides: list[str]) -> dict:

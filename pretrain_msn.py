@@ -19,10 +19,11 @@ import torch
 
 import augment
 import data
+import distributed
 import models
 import optim
+import randomness
 import trainer
-import utils
 from losses import msn_loss
 
 DEFAULTS = {
@@ -124,8 +125,8 @@ def train_step(run: MSN, *, batch: tuple, step: int) -> dict:
     epochs = env.cfg["train"]["epochs"]
     lr, wd = lr_at(step, o, env.steps_per_epoch, epochs), wd_at(step, o, env.steps_per_epoch, epochs)
     optim.set_lr(run.optimizer, lr, wd)
-    torch.manual_seed(utils.key_seed(env.cfg["seed"], step))  # the token mask: the same in every process
-    logmel = utils.gather_batch(batch[0].to(env.device, non_blocking=True))
+    torch.manual_seed(randomness.key_seed(env.cfg["seed"], step))  # the token mask: the same in every process
+    logmel = distributed.gather_batch(batch[0].to(env.device, non_blocking=True))
     target_view, anchor_view, focal_views = run.views(logmel, step, env.rank, env.world)
     with env.autocast():
         z_anchor = run.online(anchor_view, focal_views, m["patch_drop"])
@@ -136,13 +137,13 @@ def train_step(run: MSN, *, batch: tuple, step: int) -> dict:
     run.optimizer.zero_grad(set_to_none=True)
     out["loss"].backward()
     if run.prototypes.weight.grad is not None:
-        utils.all_reduce_sum(run.prototypes.weight.grad)  # summed, not averaged, across processes (msn L367)
+        distributed.all_reduce_sum(run.prototypes.weight.grad)  # summed, not averaged, across processes (msn L367)
     if o["clip_grad"]:
         torch.nn.utils.clip_grad_norm_(run.online_net.parameters(), o["clip_grad"])
     run.optimizer.step()
     momentum = optim.ema_momentum(step, env.total_steps, m["ema_start"], m["ema_final"])
     models.ema_update(run.target_net, run.online_net, momentum)
-    values = utils.all_reduce_mean(torch.stack([out[key].detach().float() for key in LOSS_KEYS]))
+    values = distributed.all_reduce_mean(torch.stack([out[key].detach().float() for key in LOSS_KEYS]))
     return {**dict(zip(LOSS_KEYS, values.tolist())), "lr": lr, "wd": wd, "momentum": momentum}
 
 

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy import stats
 
-from utils import append_text, atomic_write_text, remove_stale_temps
+from files import append_text, atomic_write_text, remove_stale_temps
 
 # The results CSV: one row per evaluation (linear_eval.py, synthetic.py --check), read by results/make_tables.py.
 RESULT_FIELDS = ["date", "task", "model", "ckpt_sha256", "config", "long", "pool", "label_fraction", "shots",

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from utils import atomic_write, atomic_write_text, remove_stale_temps
+from files import atomic_write, atomic_write_text, remove_stale_temps
 
 SAMPLE_RATE = 16000
 VERSION = 2  # bump when the generator changes: a cached set with another version is regenerated
@@ -354,7 +354,7 @@ def result_rows(results: dict, task: str, lr: float) -> list[dict]:
     import datetime
 
     from probe import RESULT_FIELDS, mean_ci95
-    from utils import git_commit
+    from runlog import git_commit
 
     rows = []
     for name, result in results.items():

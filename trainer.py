@@ -7,11 +7,12 @@ train step. Everything else lives here, once:
                 (one nested merge rule), unknown keys and keys that moved (MOVED) are errors, then `key=value`
                 overrides; --print-config prints the result and exits
     run folder  train.out_dir (default runs/<config name>): config.yaml, environment.txt (the installed versions,
-                environment_installed), log.csv, ckpt_last.pt (at an epoch end once train.ckpt_seconds have
+                runlog.environment_installed), log.csv, ckpt_last.pt (at an epoch end once train.ckpt_seconds have
                 passed, and at the end), ckpt_epochNNN.pt (every train.save_every epochs and at the end), results.json
     seeding     the same initial weights in every process; before each step torch's RNG is seeded by
-                (seed, step, rank), so draws that are not keyed (dropout) resume exactly
-    torchrun    utils.init_distributed; Env.wrap adds global batch norm, DDP and torch.compile
+                (seed, step), the same in every process, so draws that are not keyed (dropout) resume exactly
+                and N processes draw what one would (each draw is made for the global batch: GlobalDropout)
+    torchrun    distributed.init_distributed; Env.wrap adds global batch norm, global dropout, DDP and torch.compile
     the loop    epochs of global batches (optim.batch_size is the GLOBAL batch: process r of N takes positions
                 r::N of every batch); train.max_steps; mid-epoch resume; a tqdm bar and the CSV log
     checkpoint  one file layout for every method (CHECKPOINT_KEYS), written atomically (new file complete first,
@@ -58,8 +59,16 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import config as config_lib
-import utils
+import distributed
+import files
+import randomness
+import runlog
 from monitor import Monitor
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training stopped on a non-finite loss or non-finite weights (the message names the step and checkpoint)."""
+
 
 # Keys every method's config has, with the same meaning everywhere (README "Configs").
 COMMON = {
@@ -136,12 +145,15 @@ class Env:
 
     def wrap(self, module: nn.Module, sync_bn: bool = True, ddp: bool = True) -> nn.Module:
         """What a step calls: under torchrun batch norm over the global batch (SyncBatchNorm on CUDA,
-        utils.GlobalBatchNorm on CPU; converted in place) and DDP (ddp=False for an EMA target, which gets no
-        gradient); train.compile adds torch.compile. The plain module keeps the weights (state dicts, EMA)."""
+        distributed.GlobalBatchNorm on CPU; converted in place), dropout masks drawn for the global batch
+        (distributed.GlobalDropout) and DDP (ddp=False for an EMA target, which gets no gradient); train.compile adds
+        torch.compile. The plain module keeps the weights (state dicts, EMA)."""
         called = module
+        if self.world > 1:
+            distributed.convert_dropout(module)
         if self.world > 1 and sync_bn:
             for name, child in list(module.named_children()):
-                module.add_module(name, utils.convert_sync_batchnorm(child, self.device))
+                module.add_module(name, distributed.convert_sync_batchnorm(child, self.device))
         if self.world > 1 and ddp:
             called = nn.parallel.DistributedDataParallel(
                 module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -160,7 +172,7 @@ class Parts:
     optimizers   every optimiser, saved and restored by name
     encoder      the module whose weights linear_eval.py loads (checkpoint["encoder"])
     step         train_step(batch, step) -> {"loss": float, ...}: one update on this process's batch;
-                 the values of the GLOBAL batch (utils.all_reduce_mean)
+                 the values of the GLOBAL batch (distributed.all_reduce_mean)
     log_keys     the keys `step` returns, in log order; mean_keys of them are averaged between log rows
     state        per-process objects with state_dict()/load_state_dict() (views: mixup memory, RunningNorm)
     epoch_end    optional: after each full epoch, epoch_end(epoch) -> extra log values (keys in log_keys)
@@ -191,31 +203,9 @@ def prepare_out_dir(cfg: dict) -> Path:
     cfg["train"]["out_dir"] = str(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"train.out_dir {out_dir}: is a file, not a folder")
-    if out_dir.is_dir() and utils.is_main():
-        utils.remove_stale_temps(out_dir)
+    if out_dir.is_dir() and distributed.is_main():
+        files.remove_stale_temps(out_dir)
     return out_dir
-
-
-def environment_installed() -> str:
-    """What ran the run, as text: Python, platform, torch's CUDA/cuDNN, then every installed distribution as
-    `name==version` (pip freeze's form, so `pip install --no-deps -r` of the lines re-creates it)."""
-    import importlib.metadata
-    import platform
-
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    lines = [f"# python {platform.python_version()} on {platform.platform()}",
-             f"# torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {cudnn}"]
-    dists = {(d.metadata["Name"] or "").lower(): d.version for d in importlib.metadata.distributions()}
-    return "\n".join(lines + [f"{name}=={version}" for name, version in sorted(dists.items()) if name]) + "\n"
-
-
-def record_environment(out_dir: Path, step: int) -> None:
-    """environment.txt in the run folder; a resume under other versions adds environment_step<N>.txt."""
-    text, path = environment_installed(), out_dir / "environment.txt"
-    if path.is_file() and path.read_text() != text:
-        path = out_dir / f"environment_step{step}.txt"
-    if not path.is_file():
-        utils.atomic_write_text(text, path)
 
 
 def check_fresh(out_dir: Path, overwrite: bool) -> list[Path]:
@@ -235,15 +225,15 @@ def load_resume(path: Path, kind: str, cfg: dict) -> tuple[Path, dict]:
     beside it is taken instead, and the run says which file it took and why."""
     previous = path.with_name(PREVIOUS)
     try:
-        ckpt = utils.load_checkpoint(path)
+        ckpt = files.load_checkpoint(path)
     except (FileNotFoundError, ValueError) as err:
         if path.name == LAST and not previous.is_file() and isinstance(err, FileNotFoundError):
             raise FileNotFoundError(f"{path}: no checkpoint to resume from (nor {PREVIOUS})") from None
         if path.name != LAST or not previous.is_file():
             raise
         why = "is missing" if isinstance(err, FileNotFoundError) else f"is unreadable ({err})"
-        path, ckpt = previous, utils.load_checkpoint(previous)
-        if utils.is_main():
+        path, ckpt = previous, files.load_checkpoint(previous)
+        if distributed.is_main():
             print(f"resume: {LAST} {why}; taking {path} (epoch {ckpt.get('epoch')}, step {ckpt.get('step')})",
                   file=sys.stderr)
     if ckpt.get("kind") != kind or "modules" not in ckpt:
@@ -261,14 +251,14 @@ def restore(parts: Parts, ckpt: dict, env: Env) -> None:
         optimizer.load_state_dict(ckpt["optimizers"][name])
     states = ckpt["per_process"]
     mine = states[env.rank if len(states) == env.world else 0]
-    utils.set_rng_state(mine["rng"])
+    randomness.set_rng_state(mine["rng"])
     for name, obj in parts.state.items():
         obj.load_state_dict(mine["state"][name])
 
 
 def per_process_states(parts: Parts, env: Env) -> list[dict]:
     """Every process's RNG and augmentation state, in rank order (a collective: every process calls it)."""
-    local = {"rng": utils.rng_state(), "state": {name: obj.state_dict() for name, obj in parts.state.items()}}
+    local = {"rng": randomness.rng_state(), "state": {name: obj.state_dict() for name, obj in parts.state.items()}}
     if env.world == 1:
         return [local]
     states = [None] * env.world
@@ -301,7 +291,7 @@ class LastGood:
         """Called once the new ckpt_last.pt is complete on disk, just before it is renamed into place."""
         last, previous = self.out_dir / LAST, self.out_dir / PREVIOUS
         if last.exists() and not self.pending:
-            link = utils.temp_path(previous)
+            link = files.temp_path(previous)
             try:
                 os.link(last, link)
                 os.replace(link, previous)
@@ -358,10 +348,10 @@ def epoch_loader(parts: Parts, env: Env, epoch: int, skip: int) -> DataLoader:
     so what a clip looks like depends neither on the world size nor on the loader workers."""
     batches = [batch[env.rank::env.world] for batch in parts.batches.epoch(epoch)[skip:]]
     first_step = epoch * env.steps_per_epoch + skip
-    keyed = utils.KeyedBatches(batches, env.cfg["seed"], first_step, env.rank, env.world)
-    return DataLoader(utils.KeyedItems(parts.dataset), batch_sampler=keyed, num_workers=env.cfg["data"]["num_workers"],
-                      collate_fn=utils.KeyedItems.collate, pin_memory=env.device.type == "cuda",
-                      persistent_workers=False)
+    keyed = randomness.KeyedBatches(batches, env.cfg["seed"], first_step, env.rank, env.world)
+    return DataLoader(randomness.KeyedItems(parts.dataset), batch_sampler=keyed,
+                      num_workers=env.cfg["data"]["num_workers"], collate_fn=randomness.KeyedItems.collate,
+                      pin_memory=env.device.type == "cuda", persistent_workers=False)
 
 
 def check_batches(parts: Parts, env: Env) -> int:
@@ -382,7 +372,7 @@ class Logger:
                  monitor: bool = False):
         self.fields = ["step", "epoch", *parts.log_keys, *(["knn_acc"] if monitor else []), "clips_per_s", "seconds"]
         self.mean_keys, self.every, self.window = parts.mean_keys, every, []
-        self.csv = utils.CSVLog(path, self.fields, resume_step=resume_step) if utils.is_main() else None
+        self.csv = runlog.CSVLog(path, self.fields, resume_step=resume_step) if distributed.is_main() else None
         self.start = time.time() - seconds  # training seconds continue across a resume
 
     @property
@@ -432,33 +422,33 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
           overwrite: bool = False) -> dict:
     """Run (or resume) one pretraining run of method `kind`; returns {history, out_dir, step, epoch, ...}.
     A fresh run into a folder that holds checkpoints stops unless `overwrite` (then they are deleted)."""
-    rank, world, device = utils.init_distributed()
+    rank, world, device = distributed.init_distributed()
     if cfg["train"]["device"] not in ("auto", None):
         device = torch.device(cfg["train"]["device"])
-    cfg["_meta"]["git"] = utils.git_commit()
+    cfg["_meta"]["git"] = runlog.git_commit()
     out_dir = prepare_out_dir(cfg)
     resumed_from, ckpt = load_resume(resume, kind, cfg) if resume is not None else (None, None)
     earlier = check_fresh(out_dir, overwrite) if ckpt is None else []
     env = Env(cfg, rank, world, device)
 
-    utils.seed_everything(cfg["seed"])  # the same initial weights in every process
+    randomness.seed_everything(cfg["seed"])  # the same initial weights in every process
     parts = build(cfg, env)  # reads and checks the data: nothing is written before it succeeds
     env.steps_per_epoch = check_batches(parts, env)
     epoch, step = 0, 0
     if ckpt is not None:
         restore(parts, ckpt, env)
         epoch, step = ckpt["epoch"], ckpt["step"]
-    if utils.is_main():
+    if distributed.is_main():
         for path in earlier:  # --overwrite: start over on purpose, once the data has been read
             path.unlink(missing_ok=True)
         config_lib.save_config(cfg, out_dir / "config.yaml")
-        record_environment(out_dir, step)
+        runlog.record_environment(out_dir, step)
         n_params = sum(p.numel() for m in parts.modules.values() for p in m.parameters()) / 1e6
         print(f"{kind}: {len(parts.dataset)} clips, {env.steps_per_epoch} steps/epoch of {cfg['optim']['batch_size']}"
               f" | {n_params:.2f}M params | {device} x{world} | {out_dir}"
               + (f" | resumed from {resumed_from.name} at epoch {epoch}, step {step}" if ckpt else ""))
     mcfg = cfg["train"]["monitor"]
-    monitor = Monitor(mcfg, parts.encoder.input_kind, device) if mcfg["cache"] and utils.is_main() else None
+    monitor = Monitor(mcfg, parts.encoder.input_kind, device) if mcfg["cache"] and distributed.is_main() else None
     logger = Logger(out_dir / "log.csv", parts, cfg["train"]["log_every"], step + 1 if ckpt else None,
                     ckpt["seconds"] if ckpt else 0.0, monitor=bool(mcfg["cache"]))
 
@@ -479,12 +469,12 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
 
     def save(name: str) -> Path:
         states = per_process_states(parts, env)
-        if utils.is_main():
+        if distributed.is_main():
             bad = non_finite_weights(parts)
             if bad:
-                raise utils.NonFiniteLoss(f"weights are not finite after step {step} ({', '.join(bad[:3])}); "
+                raise NonFiniteLoss(f"weights are not finite after step {step} ({', '.join(bad[:3])}); "
                                           f"no checkpoint written (last good: {last_good.good or 'none'})")
-            utils.atomic_torch_save(checkpoint(parts, cfg, kind, epoch, step, logger.seconds, states), out_dir / name,
+            files.atomic_torch_save(checkpoint(parts, cfg, kind, epoch, step, logger.seconds, states), out_dir / name,
                                     before_replace=last_good.retire_last if name == LAST else None)
         return out_dir / name
 
@@ -500,10 +490,12 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
     while epoch < epochs and (max_steps is None or step < max_steps):
         skip = step - epoch * env.steps_per_epoch
         bar = tqdm(epoch_loader(parts, env, epoch, skip), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                   initial=skip, total=env.steps_per_epoch, disable=not utils.is_main())
+                   initial=skip, total=env.steps_per_epoch, disable=not distributed.is_main())
         tick, done_here = time.time(), 0
         for batch in bar:
-            torch.manual_seed(utils.key_seed(cfg["seed"], step, rank))
+            # the same default generator on every process (key 0 = the one-process stream): what a step draws
+            # from it is drawn for the global batch (GlobalDropout, MSN's one token permutation), never per rank
+            torch.manual_seed(randomness.key_seed(cfg["seed"], step, 0))
             started = time.perf_counter()
             if cfg["train"]["count_flops"] and not step_times:
                 values, flops = count_flops(parts.step, batch, step)
@@ -511,9 +503,9 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
                 values = parts.step(batch, step)  # returns Python floats: the device has finished the step
             step_times.append(time.perf_counter() - started)
             if not math.isfinite(values["loss"]):
-                where = last_good.rollback() if utils.is_main() else ""
-                raise utils.NonFiniteLoss(f"loss is {values['loss']} at step {step}; stopping ({where})")
-            if utils.is_main():
+                where = last_good.rollback() if distributed.is_main() else ""
+                raise NonFiniteLoss(f"loss is {values['loss']} at step {step}; stopping ({where})")
+            if distributed.is_main():
                 last_good.confirm()
             step, done_here = step + 1, done_here + 1
             row = {"step": step, "epoch": epoch + 1, **values}
@@ -544,9 +536,9 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
               f"{logger.seconds:.1f} s of training")
     if parts.finish is not None:
         results.update(parts.finish())
-    if utils.is_main():
+    if distributed.is_main():
         last_good.finish()
-        utils.atomic_write_text(json.dumps(results, indent=2) + "\n", out_dir / "results.json")
+        files.atomic_write_text(json.dumps(results, indent=2) + "\n", out_dir / "results.json")
         loss = history[-1]["loss"] if history else float("nan")
         print(f"done: epoch {epoch}, step {step}, loss {loss:.4f}, checkpoint {out_dir / LAST}")
     return {**results, "history": history, "out_dir": out_dir}
@@ -589,7 +581,7 @@ def cli(kind: str, defaults: dict, build: Callable[[dict, Env], Parts], doc: str
     script = Path(sys.argv[0]).name
     try:
         main(kind, defaults, build, doc, sys.argv[1:], validate)
-    except (config_lib.ConfigError, FileNotFoundError, utils.NonFiniteLoss, ValueError, OSError) as err:
+    except (config_lib.ConfigError, FileNotFoundError, NonFiniteLoss, ValueError, OSError) as err:
         sys.exit(f"{script}: error: {err}")
     finally:
         if torch.distributed.is_initialized():

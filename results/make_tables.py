@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE.parent))
 import methods  # noqa: E402
 import official  # noqa: E402
 from datasets import all_tasks  # noqa: E402
-from utils import atomic_write_text, remove_stale_temps  # noqa: E402
+from files import atomic_write_text, remove_stale_temps  # noqa: E402
 
 SEED_COLUMNS = ("gtzan", "nsynth", "esc50")  # the seed's table, in its column order
 TITLES = {task: spec.title or task for task, (_, spec) in all_tasks().items()}  # datasets.REGISTRY's tasks

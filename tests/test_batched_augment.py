@@ -12,7 +12,7 @@ from torchvision.transforms import RandomResizedCrop as TVCrop
 import augment
 import augment_wave
 import pretrain_msn
-import utils
+import randomness
 
 
 @pytest.mark.parametrize("size", [(224, 224), (96, 96), (64, 32)])
@@ -31,7 +31,7 @@ def test_resized_crop_batch_bicubic_equals_byola_crops():
     torch.manual_seed(1)
     rrc = augment.RandomResizeCropBYOLA()
     canvas = rrc.canvas(torch.randn(16, 1, 64, 96) * 3)
-    boxes = augment.draw_byola_boxes(utils.key_generator(1), 16, 64, 96)
+    boxes = augment.draw_byola_boxes(randomness.key_generator(1), 16, 64, 96)
     for size in [(64, 96), (224, 224), (64, 32)]:
         out = augment.resized_crop_batch(canvas, boxes, size, mode="bicubic")
         ref = torch.stack([augment.resized_crop(canvas[b], tuple(boxes[b].tolist()), size, mode="bicubic")
@@ -41,7 +41,7 @@ def test_resized_crop_batch_bicubic_equals_byola_crops():
 
 def test_rrc_boxes_follow_torchvision_ranges_and_distribution():
     n, height, width, scale, ratio = 4000, 64, 96, (0.05, 0.3), (3 / 4, 4 / 3)
-    boxes = augment.draw_rrc_boxes(utils.key_generator(0, 1), n, height, width, scale, ratio)
+    boxes = augment.draw_rrc_boxes(randomness.key_generator(0, 1), n, height, width, scale, ratio)
     i, j, h, w = boxes.T
     assert ((i >= 0) & (j >= 0) & (i + h <= height) & (j + w <= width) & (h > 0) & (w > 0)).all()
     area = (h * w).float() / (height * width)
@@ -53,12 +53,12 @@ def test_rrc_boxes_follow_torchvision_ranges_and_distribution():
     assert abs(area.mean() - tv_area.mean()) < 0.01 and abs(area.std() - tv_area.std()) < 0.01
     assert abs(i.float().mean() - tv[:, 0].float().mean()) < 1.5 and abs(j.float().mean() - tv[:, 1].float().mean()) < 2
     # no attempt fits (area > the image): torchvision's fallback, the central crop within the ratio range
-    wide = augment.draw_rrc_boxes(utils.key_generator(2), 5, 10, 40, scale=(2.0, 3.0), ratio=ratio)
+    wide = augment.draw_rrc_boxes(randomness.key_generator(2), 5, 10, 40, scale=(2.0, 3.0), ratio=ratio)
     assert wide.tolist() == [[0, 13, 10, 13]] * 5  # w = round(10 * 4/3), j = (40 - 13) // 2
 
 
 def test_byola_boxes_follow_the_per_sample_ranges():
-    boxes = augment.draw_byola_boxes(utils.key_generator(3), 3000, 64, 96)
+    boxes = augment.draw_byola_boxes(randomness.key_generator(3), 3000, 64, 96)
     i, j, h, w = boxes.T
     assert h.min() >= int(0.6 * 64) and h.max() == 64 and w.min() >= int(0.6 * 96) and w.max() <= 144
     assert (i + h <= 64).all() and (j + w <= 144).all() and (i >= 0).all() and (j >= 0).all()
@@ -66,14 +66,14 @@ def test_byola_boxes_follow_the_per_sample_ranges():
 
 
 def test_mixup_and_fader_draws_follow_the_per_sample_ranges():
-    alphas, picks = augment.draw_mixup(utils.key_generator(4), 2000, ratio=0.2, count=5, n_memory=8)
+    alphas, picks = augment.draw_mixup(randomness.key_generator(4), 2000, ratio=0.2, count=5, n_memory=8)
     assert alphas.min() >= 0 and alphas.max() < 0.2 and abs(alphas.mean() - 0.1) < 0.01
     b = np.arange(2000)
     available = np.minimum(5 + b, 8)
     assert ((picks >= 5 + b - available) & (picks < 5 + b)).all()  # the last `available` items of the pool
-    _, first = augment.draw_mixup(utils.key_generator(4), 3, ratio=0.2, count=0, n_memory=8)
+    _, first = augment.draw_mixup(randomness.key_generator(4), 3, ratio=0.2, count=0, n_memory=8)
     assert first[0] == -1 and first[1] == 0  # empty memory: no mix; then the only earlier item
-    gains = augment.draw_fader(utils.key_generator(5), 2000, 0.5)
+    gains = augment.draw_fader(randomness.key_generator(5), 2000, 0.5)
     assert gains.abs().max() <= 0.5 and abs(gains.mean()) < 0.02 and gains.shape == (2000, 2)
 
 
@@ -123,7 +123,7 @@ def test_batch_wave_augment_equals_the_per_sample_version():
     aug = augment_wave.BatchWaveAugment(list(augment_wave.WAVE_AUGMENTATIONS), p=0.7, snr_db=[0.0, 20.0])
     torch.manual_seed(0)
     wave = torch.randn(8, 4000) * 0.3 * torch.linspace(0.2, 1, 8)[:, None]
-    params = aug.draw(16, 4000, utils.key_generator(0, 5, 1))
+    params = aug.draw(16, 4000, randomness.key_generator(0, 5, 1))
     out = aug.apply(wave, params, rows=slice(1, None, 2))  # this process holds rows 1, 3, ..., 15
     ref = torch.stack([aug.apply_sample(wave[k], params, 2 * k + 1) for k in range(8)])
     assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
@@ -135,7 +135,7 @@ def test_batch_wave_augment_draws_follow_the_per_sample_ranges():
     aug = augment_wave.BatchWaveAugment(list(augment_wave.WAVE_AUGMENTATIONS), p=0.5, max_semitones=15, snr_db=[5, 25],
                                    max_fade=0.5, max_mask=0.125, max_shift=0.5, stretch=[0.5, 1.5])
     n, length = 4000, 800
-    params = dict(aug.draw(n, length, utils.key_generator(9)))
+    params = dict(aug.draw(n, length, randomness.key_generator(9)))
     assert all(abs(p["on"].float().mean() - 0.5) < 0.03 for p in params.values())
     fade, mask = params["fade"], params["time_mask"]
     assert fade["fade_in"].max() == 400 and fade["fade_out"].min() == 0 and set(fade["shape"].tolist()) == {0, 1, 2}
@@ -149,7 +149,7 @@ def test_batch_wave_augment_draws_follow_the_per_sample_ranges():
     assert 5 <= snr.min() and snr.max() < 25 and abs(snr.mean() - 15) < 0.5
     wave = torch.randn(3, length)
     off = augment_wave.BatchWaveAugment(["fade", "white_noise"], p=0.0)
-    assert torch.equal(off.apply(wave, off.draw(3, length, utils.key_generator(0))), wave)
+    assert torch.equal(off.apply(wave, off.draw(3, length, randomness.key_generator(0))), wave)
 
 
 def test_fade_gain_batch_equals_fade_curve_exactly():

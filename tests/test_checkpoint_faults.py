@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+import files
 import pretrain_byola
 import pretrain_clar
 import pretrain_msn
 import trainer
-import utils
 from tests import test_pretrain_byola, test_pretrain_clar, test_pretrain_msn
 from tests.conftest import ROOT
 from tests.test_trainer import toy_build, toy_cfg
@@ -60,7 +60,7 @@ class DieAfter:
 
 def fault_in_write(monkeypatch, which: int, limit: int, kill: bool = False) -> None:
     """The `which`-th write of ckpt_last.pt (1-based) dies after `limit` bytes."""
-    real, count = utils.open_new, [0]
+    real, count = files.open_new, [0]
 
     def open_new(path):
         f = real(path)
@@ -69,7 +69,7 @@ def fault_in_write(monkeypatch, which: int, limit: int, kill: bool = False) -> N
             if count[0] == which:
                 return DieAfter(f, limit, kill)
         return f
-    monkeypatch.setattr(utils, "open_new", open_new)
+    monkeypatch.setattr(files, "open_new", open_new)
 
 
 KILLED_RUN = textwrap.dedent("""
@@ -119,14 +119,14 @@ def test_a_kill_inside_a_checkpoint_write_loses_nothing_and_resume_is_exact(meth
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == -9, done.stderr[-2000:]
     assert [p.name for p in killed.glob(".ckpt_last.pt.tmp*")] != []  # the kill left half a file behind
-    first = utils.load_checkpoint(killed / trainer.LAST)
-    steps_per_epoch = utils.load_checkpoint(straight / trainer.LAST)["step"] // 3
+    first = files.load_checkpoint(killed / trainer.LAST)
+    steps_per_epoch = files.load_checkpoint(straight / trainer.LAST)["step"] // 3
     assert (first["epoch"], first["step"]) == (1, steps_per_epoch)  # the complete one is still there
     with pytest.raises(FileExistsError, match="holds checkpoints of an earlier run.*--resume.*--overwrite"):
         module.main(argv)  # a fresh rerun refuses to delete it
     module.main(argv + ["--resume"])
-    assert_same_training_state(utils.load_checkpoint(straight / trainer.LAST),
-                               utils.load_checkpoint(killed / trainer.LAST))
+    assert_same_training_state(files.load_checkpoint(straight / trainer.LAST),
+                               files.load_checkpoint(killed / trainer.LAST))
     assert not list(killed.glob(".*.tmp*")) and not (killed / trainer.PREVIOUS).exists()  # temp and prev cleaned
 
 
@@ -140,10 +140,10 @@ def test_a_full_disk_inside_a_checkpoint_write_keeps_the_last_one_and_resume_is_
             trainer.train("toy", toy_cfg(tmp_path / "b", epochs=3), toy_build())
     run = tmp_path / "b" / "run"
     assert sorted(p.name for p in run.iterdir()) == ["ckpt_last.pt", "config.yaml", "environment.txt", "log.csv"]
-    assert utils.load_checkpoint(run / trainer.LAST)["step"] == 3
+    assert files.load_checkpoint(run / trainer.LAST)["step"] == 3
     trainer.train("toy", toy_cfg(tmp_path / "b", epochs=3), toy_build(), resume=run / trainer.LAST)
-    assert_same_training_state(utils.load_checkpoint(straight["out_dir"] / trainer.LAST),
-                               utils.load_checkpoint(run / trainer.LAST))
+    assert_same_training_state(files.load_checkpoint(straight["out_dir"] / trainer.LAST),
+                               files.load_checkpoint(run / trainer.LAST))
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated"])
@@ -167,8 +167,8 @@ def test_resume_falls_back_to_ckpt_prev_and_says_why(tmp_path, capsys, damage):
     assert f"resume: ckpt_last.pt {why}" in said.err
     assert f"taking {run / trainer.PREVIOUS} (epoch 2, step 6)" in said.err
     assert "resumed from ckpt_prev.pt at epoch 2, step 6" in said.out
-    assert_same_training_state(utils.load_checkpoint(straight["out_dir"] / trainer.LAST),
-                               utils.load_checkpoint(run / trainer.LAST))
+    assert_same_training_state(files.load_checkpoint(straight["out_dir"] / trainer.LAST),
+                               files.load_checkpoint(run / trainer.LAST))
     assert not (run / trainer.PREVIOUS).exists()
 
 
@@ -182,7 +182,7 @@ def test_a_checkpoint_is_complete_under_a_resumable_name_at_every_rename(tmp_pat
         run = tmp_path / "run"
         for name in (trainer.LAST, trainer.PREVIOUS):
             try:
-                seen.append(utils.load_checkpoint(run / name)["step"])
+                seen.append(files.load_checkpoint(run / name)["step"])
                 break
             except (FileNotFoundError, ValueError):
                 continue

@@ -301,10 +301,10 @@ def keyed_loader(dataset, batches, seed=0, first_step=0, rank=0, world=1, worker
     """Process `rank`'s share of global `batches` as trainer.epoch_loader reads them (KeyedBatches + KeyedItems)."""
     from torch.utils.data import DataLoader
 
-    import utils
-    keyed = utils.KeyedBatches([b[rank::world] for b in batches], seed, first_step, rank, world)
-    return DataLoader(utils.KeyedItems(dataset), batch_sampler=keyed, num_workers=workers,
-                      collate_fn=utils.KeyedItems.collate)
+    import randomness
+    keyed = randomness.KeyedBatches([b[rank::world] for b in batches], seed, first_step, rank, world)
+    return DataLoader(randomness.KeyedItems(dataset), batch_sampler=keyed, num_workers=workers,
+                      collate_fn=randomness.KeyedItems.collate)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])

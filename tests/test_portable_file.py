@@ -62,6 +62,8 @@ def test_every_architecture_of_the_training_code_is_in_the_file():
         assert arch in audio_ssl_repro.ARCHS
     with pytest.raises(ValueError, match="unknown encoder architecture 'm2d_vit'; this file knows vit_audio"):
         audio_ssl_repro.build_encoder({"arch": "m2d_vit"})
+    with pytest.raises(ValueError, match="model config of audiontt2020 lacks n_mels, base"):  # no defaults here
+        audio_ssl_repro.build_encoder({"arch": "audiontt2020", "dim": 64})
 
 
 @pytest.mark.parametrize("name", METHOD_RUNS)
@@ -95,7 +97,7 @@ def randomised(encoder: torch.nn.Module, seed: int) -> torch.nn.Module:
     ("vit_b_32", {"image_size": 64, "crop_frames": 32}),
     ("vit_audio", {"n_mels": 64, "crop_frames": 32, "patch": [64, 2], "width": 32, "depth": 2, "heads": 2,
                    "mlp_ratio": 4.0, "pos_embed": "learned", "readout": "token"}),
-    ("audiontt2020", {"dim": 64, "base": 8}),
+    ("audiontt2020", {"n_mels": 64, "dim": 64, "base": 8, "dropout": 0.3}),
 ])
 def test_random_encoders_of_the_other_architectures_embed_as_the_training_code(arch, model_cfg, tmp_path):
     cfg = {"model": {"arch": arch, **model_cfg}}

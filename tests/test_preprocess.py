@@ -11,8 +11,8 @@ import soundfile as sf
 import torch
 
 import datasets
+import files
 import preprocess
-import utils
 from data import read_manifest
 from tests.conftest import ROOT, SHARED
 
@@ -525,7 +525,7 @@ def test_second_writer_stops_naming_the_holder_and_a_dead_holders_lock_is_taken_
                                 text=True, env=env)
         assert second.returncode == 1
         assert second.stderr.count("\n") == 1 and "another preprocess.py is writing this cache" in second.stderr
-        assert f"host {utils.HOST}, pid {holder.pid}, started " in second.stderr
+        assert f"host {files.HOST}, pid {holder.pid}, started " in second.stderr
         assert sorted(p.name for p in out.rglob("*")) == ["logmel", "preprocess.lock", "wave"]  # nothing written
         with pytest.raises(SystemExit, match=f"pid {holder.pid}"):  # a shard run stops too
             run("--dataset", "esc50", "--root", root, "--out", out, "--shard", "1/2")
@@ -535,14 +535,14 @@ def test_second_writer_stops_naming_the_holder_and_a_dead_holders_lock_is_taken_
     assert f"pid={holder.pid} " in (out / "preprocess.lock").read_text()  # kill -9 left its lock file
     assert run("--dataset", "esc50", "--root", root, "--out", out, "--pack")["written"] == 2
     err = capsys.readouterr().err
-    assert f"took over the lock of host {utils.HOST}, pid {holder.pid}" in err and "no longer running" in err
+    assert f"took over the lock of host {files.HOST}, pid {holder.pid}" in err and "no longer running" in err
     assert not (out / "preprocess.lock").exists()  # released at the end
 
 
 def test_full_run_waits_for_live_shards_and_other_machines_locks_are_kept(tmp_path):
     root, out = make_esc50(tmp_path / "esc", n=2), tmp_path / "cache"
     out.mkdir()
-    with utils.FolderLock(out / "preprocess.shard-2-of-2.lock"):  # a live shard run (here: this process)
+    with files.FolderLock(out / "preprocess.shard-2-of-2.lock"):  # a live shard run (here: this process)
         with pytest.raises(SystemExit, match=r"preprocess.shard-2-of-2.lock: held by host .*, pid "):
             run("--dataset", "esc50", "--root", root, "--out", out)
         assert run("--dataset", "esc50", "--root", root, "--out", out, "--shard", "1/2")["written"] == 1
@@ -551,6 +551,6 @@ def test_full_run_waits_for_live_shards_and_other_machines_locks_are_kept(tmp_pa
                                          r"delete the lock file"):
         run("--dataset", "esc50", "--root", root, "--out", out)
     (out / "preprocess.lock").unlink()
-    (out / "preprocess.shard-2-of-2.lock").write_text(f"host={utils.HOST} pid=999999999 started=x\n")  # killed
+    (out / "preprocess.shard-2-of-2.lock").write_text(f"host={files.HOST} pid=999999999 started=x\n")  # killed
     assert run("--dataset", "esc50", "--root", root, "--out", out)["written"] == 1  # merges shard 1's clip
     assert not list(out.glob("*.lock"))  # the killed shard's lock file went with the shards' manifests

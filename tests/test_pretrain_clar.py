@@ -10,7 +10,7 @@ import torch
 import models
 import pretrain_clar
 from config import ConfigError
-from utils import NonFiniteLoss
+from trainer import NonFiniteLoss
 
 DEMO = "config/demo_clar.yaml"
 

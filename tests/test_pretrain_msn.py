@@ -12,7 +12,7 @@ import config as config_lib
 import losses
 import models
 import pretrain_msn
-import utils
+import trainer
 from tests.conftest import model_cfg
 
 DEMO = "config/demo_msn.yaml"
@@ -95,7 +95,7 @@ def test_pretrain_msn_seed_config_runs_one_step_of_full_vit_b32(tiny_cache, tmp_
 def test_pretrain_msn_non_finite_loss_names_the_step(tiny_cache, tmp_path):
     for path in (tiny_cache / "logmel").glob("*.npy"):
         np.save(path, np.full((64, 120), np.nan, dtype=np.float32))
-    with pytest.raises(utils.NonFiniteLoss, match="at step 0.*none written yet"):
+    with pytest.raises(trainer.NonFiniteLoss, match="at step 0.*none written yet"):
         pretrain_msn.main(tiny(tiny_cache, tmp_path / "nan"))
 
 

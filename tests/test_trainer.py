@@ -11,9 +11,10 @@ import torch
 
 import config as config_lib
 import data
+import files
 import pretrain_byola
+import runlog
 import trainer
-import utils
 from monitor import Monitor
 from tests.conftest import ROOT
 from tests.test_pretrain_byola import tiny
@@ -61,40 +62,27 @@ def toy_cfg(tmp_path, **train):
 def test_the_core_trains_logs_and_checkpoints_a_toy_method(tmp_path):
     result = trainer.train("toy", toy_cfg(tmp_path, log_every=1), toy_build())
     assert (result["epoch"], result["step"]) == (2, 6)
-    ckpt = utils.load_checkpoint(tmp_path / "run" / "ckpt_last.pt")
+    ckpt = files.load_checkpoint(tmp_path / "run" / "ckpt_last.pt")
     assert tuple(ckpt) == trainer.CHECKPOINT_KEYS and ckpt["kind"] == "toy"
     assert ckpt["encoder"].keys() == ckpt["modules"]["net"].keys() and len(ckpt["per_process"]) == 1
     assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "results.json").is_file()
 
 
-def test_the_run_folder_records_the_installed_versions(tmp_path, monkeypatch):
-    import importlib.metadata
-    import platform
-
-    trainer.train("toy", toy_cfg(tmp_path), toy_build())
-    lines = (tmp_path / "run" / "environment.txt").read_text().splitlines()
-    assert lines[0] == f"# python {platform.python_version()} on {platform.platform()}"
-    pins = dict(line.split("==") for line in lines[2:])
-    for name in ("torch", "torchaudio", "numpy", "scipy", "pandas", "pyyaml"):
-        assert pins[name] == importlib.metadata.version(name)
-    assert list(pins) == sorted(pins)
-    # a resume under other versions keeps the first record and adds one for the resumed part
-    monkeypatch.setattr(trainer, "environment_installed", lambda: "numpy==0.0.1\n")
-    trainer.record_environment(tmp_path / "run", 6)  # what train() calls on a resume at step 6
-    assert (tmp_path / "run" / "environment.txt").read_text().splitlines() == lines
-    assert (tmp_path / "run" / "environment_step6.txt").read_text() == "numpy==0.0.1\n"
+def test_the_run_folder_records_the_installed_versions(tmp_path):
+    trainer.train("toy", toy_cfg(tmp_path), toy_build())  # what it holds and how a resume adds one: test_runlog.py
+    assert (tmp_path / "run" / "environment.txt").read_text() == runlog.environment_installed()
 
 
 def test_a_checkpoint_is_never_written_with_diverged_weights(tmp_path):
     """The last step of epoch 1 diverges; its loss was still finite, so only the weight check can catch it."""
     cfg = toy_cfg(tmp_path)
-    with pytest.raises(utils.NonFiniteLoss, match="weights are not finite after step 3.*net.weight"):
+    with pytest.raises(trainer.NonFiniteLoss, match="weights are not finite after step 3.*net.weight"):
         trainer.train("toy", cfg, toy_build(break_at=2))
     assert not (tmp_path / "run" / "ckpt_last.pt").exists()
     # a diverged step in epoch 2 keeps epoch 1's good checkpoint
-    with pytest.raises(utils.NonFiniteLoss, match=r"last good: .*ckpt_last.pt"):
+    with pytest.raises(trainer.NonFiniteLoss, match=r"last good: .*ckpt_last.pt"):
         trainer.train("toy", toy_cfg(tmp_path), toy_build(break_at=5))
-    ckpt = utils.load_checkpoint(tmp_path / "run" / "ckpt_last.pt")
+    ckpt = files.load_checkpoint(tmp_path / "run" / "ckpt_last.pt")
     assert ckpt["step"] == 3 and torch.isfinite(ckpt["modules"]["net"]["weight"]).all()
 
 
@@ -102,13 +90,13 @@ def test_a_checkpoint_that_leads_straight_to_a_nan_loss_is_set_aside(tmp_path):
     """Regression (issue 9 fault injection: optim.lr=1e6 on the demo MSN, then --resume hit NaN at once): the
     epoch-2 checkpoint holds finite weights, but the first step after it has a NaN loss. It is moved to
     ckpt_diverged.pt and the epoch-1 checkpoint, which a finite step followed, is ckpt_last.pt again."""
-    with pytest.raises(utils.NonFiniteLoss, match=r"loss is nan at step 6.*moved to ckpt_diverged.pt.*ckpt_last.pt"):
+    with pytest.raises(trainer.NonFiniteLoss, match=r"loss is nan at step 6.*moved to ckpt_diverged.pt.*ckpt_last.pt"):
         trainer.train("toy", toy_cfg(tmp_path, epochs=3), toy_build(nan_loss_from=6))
     run = tmp_path / "run"
-    assert utils.load_checkpoint(run / "ckpt_last.pt")["step"] == 3
-    assert utils.load_checkpoint(run / "ckpt_diverged.pt")["step"] == 6 and not (run / "ckpt_prev.pt").exists()
+    assert files.load_checkpoint(run / "ckpt_last.pt")["step"] == 3
+    assert files.load_checkpoint(run / "ckpt_diverged.pt")["step"] == 6 and not (run / "ckpt_prev.pt").exists()
     # the only checkpoint is the suspect: nothing is left to resume from by mistake
-    with pytest.raises(utils.NonFiniteLoss, match="only checkpoint led straight to it.*no good checkpoint"):
+    with pytest.raises(trainer.NonFiniteLoss, match="only checkpoint led straight to it.*no good checkpoint"):
         trainer.train("toy", toy_cfg(tmp_path / "b", epochs=3), toy_build(nan_loss_from=3))
     assert not (tmp_path / "b" / "run" / "ckpt_last.pt").exists()
     # a healthy run leaves ckpt_last.pt only
@@ -118,8 +106,8 @@ def test_a_checkpoint_that_leads_straight_to_a_nan_loss_is_set_aside(tmp_path):
 
 def test_ckpt_last_is_written_every_ckpt_seconds_and_at_the_end(tmp_path, monkeypatch):
     writes = []
-    real = utils.atomic_torch_save
-    monkeypatch.setattr(utils, "atomic_torch_save",
+    real = files.atomic_torch_save
+    monkeypatch.setattr(files, "atomic_torch_save",
                         lambda obj, path, **kw: writes.append(obj["step"]) or real(obj, path, **kw))
     trainer.train("toy", toy_cfg(tmp_path / "a", epochs=4), toy_build())
     assert writes == [3, 6, 9, 12]  # ckpt_seconds=0: every epoch
@@ -149,7 +137,7 @@ def test_a_bad_cache_does_not_touch_an_existing_run_folder(tiny_cache, tmp_path)
     before = (out / "config.yaml").read_text()
     with pytest.raises(FileNotFoundError, match="manifest"):  # even --overwrite deletes nothing before the data reads
         pretrain_byola.main(tiny(tmp_path / "no_cache", out, "train.max_steps=1") + ["--overwrite"])
-    assert (out / "config.yaml").read_text() == before and utils.load_checkpoint(out / "ckpt_last.pt")["step"] == 1
+    assert (out / "config.yaml").read_text() == before and files.load_checkpoint(out / "ckpt_last.pt")["step"] == 1
 
 
 def test_a_full_disk_during_a_checkpoint_names_the_file_and_leaves_no_temp(tmp_path, monkeypatch):
@@ -160,7 +148,7 @@ def test_a_full_disk_during_a_checkpoint_names_the_file_and_leaves_no_temp(tmp_p
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(OSError, match=r"ckpt_last.pt: could not be written \(no space left on device: .*unexpected "
                                       r"pos.*GiB free on the disk"):
-        utils.atomic_torch_save({"a": 1}, tmp_path / "ckpt_last.pt")
+        files.atomic_torch_save({"a": 1}, tmp_path / "ckpt_last.pt")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -202,8 +190,8 @@ def test_knn_monitor_logs_the_starting_point_and_every_epoch(tiny_cache, tmp_pat
     assert 0 < result["monitor_seconds"]
     # the monitor never changes what training does: same weights with and without it
     plain = pretrain_byola.main(tiny(tiny_cache, tmp_path / "plain"))
-    a = utils.load_checkpoint(tmp_path / "run" / "ckpt_last.pt")["modules"]["online"]
-    b = utils.load_checkpoint(tmp_path / "plain" / "ckpt_last.pt")["modules"]["online"]
+    a = files.load_checkpoint(tmp_path / "run" / "ckpt_last.pt")["modules"]["online"]
+    b = files.load_checkpoint(tmp_path / "plain" / "ckpt_last.pt")["modules"]["online"]
     assert plain["step"] == 6 and all(torch.equal(a[k], b[k]) for k in a)
 
 

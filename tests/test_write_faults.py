@@ -12,9 +12,10 @@ import pytest
 
 import config
 import data
+import files
 import preprocess
+import runlog
 import synthdata
-import utils
 from tests.conftest import ROOT
 from tests.test_checkpoint_faults import DieAfter
 from tests.test_preprocess import make_esc50
@@ -55,9 +56,9 @@ def test_yaml_syntax_error_on_the_command_line_is_one_line_and_writes_nothing(tm
 
 
 def full_disk_after(monkeypatch, limit: int) -> None:
-    """Every atomic write (utils.open_new) fills `limit` bytes, then the disk is full (ENOSPC)."""
-    real = utils.open_new
-    monkeypatch.setattr(utils, "open_new", lambda path: DieAfter(real(path), limit, kill=False))
+    """Every atomic write (files.open_new) fills `limit` bytes, then the disk is full (ENOSPC)."""
+    real = files.open_new
+    monkeypatch.setattr(files, "open_new", lambda path: DieAfter(real(path), limit, kill=False))
 
 
 def _config(path):
@@ -82,7 +83,7 @@ def _wav(path):
 
 
 def _checkpoint(path):
-    utils.atomic_torch_save({"config": {}, "w": np.arange(1000)}, path)
+    files.atomic_torch_save({"config": {}, "w": np.arange(1000)}, path)
 
 
 WRITERS = {"config.yaml": _config, "index.npz": _pack_index, "clip.npy": _clip, "manifest.csv": _manifest,
@@ -105,19 +106,19 @@ def test_full_disk_inside_a_write_names_the_path_keeps_the_old_file_and_leaves_n
 
 def test_full_disk_during_preprocess_stops_in_one_line_leaves_no_temp_and_resumes(tmp_path, monkeypatch):
     root, out = make_esc50(tmp_path / "esc", n=4), tmp_path / "cache"
-    real = utils.open_new
+    real = files.open_new
 
     def open_new(path):  # the third clip's log-mel fills the disk after 200 bytes
         return DieAfter(real(path), 200, kill=False) if path.name.startswith(".3-1002-A-2.npy") else real(path)
 
-    monkeypatch.setattr(utils, "open_new", open_new)
+    monkeypatch.setattr(files, "open_new", open_new)
     with pytest.raises(SystemExit) as err:
         preprocess.main(["--dataset", "esc50", "--root", str(root), "--out", str(out), "--workers", "1"])
     message = str(err.value)
     assert "\n" not in message and f"{out / 'logmel' / '3-1002-A-2.npy'}: could not be written (no space left on " \
                                    "device" in message and "the run stopped" in message
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
-    monkeypatch.setattr(utils, "open_new", real)  # space freed: the same command resumes
+    monkeypatch.setattr(files, "open_new", real)  # space freed: the same command resumes
     summary = preprocess.main(["--dataset", "esc50", "--root", str(root), "--out", str(out), "--workers", "1"])
     assert summary["written"] == 2 and summary["already_done"] == 2 and summary["skipped"] == 0
 
@@ -128,24 +129,24 @@ def test_full_disk_inside_an_append_leaves_no_half_row_and_names_the_file(tmp_pa
     import csv
 
     import probe
-    log = utils.CSVLog(tmp_path / "log.csv", ["step", "loss"])
+    log = runlog.CSVLog(tmp_path / "log.csv", ["step", "loss"])
     log.write({"step": 1, "loss": 0.5})
     probe.append_result(tmp_path / "results.csv", {k: "1" for k in probe.RESULT_FIELDS})
     before = {name: (tmp_path / name).read_bytes() for name in ("log.csv", "results.csv")}
-    real = utils._write_fd
+    real = files._write_fd
 
     def half_then_full(fd, data):
         real(fd, data[:len(data) // 2])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(utils, "_write_fd", half_then_full)
+    monkeypatch.setattr(files, "_write_fd", half_then_full)
     for name, append in [("log.csv", lambda: log.write({"step": 2, "loss": 0.25})),
                          ("results.csv", lambda: probe.append_result(tmp_path / "results.csv",
                                                                      {k: "2" for k in probe.RESULT_FIELDS}))]:
         with pytest.raises(OSError, match=rf"{name}: could not be written \(no space left on device"):
             append()
         assert (tmp_path / name).read_bytes() == before[name]
-    monkeypatch.setattr(utils, "_write_fd", real)  # space freed: the next rows follow whole rows
+    monkeypatch.setattr(files, "_write_fd", real)  # space freed: the next rows follow whole rows
     log.write({"step": 3, "loss": 0.125})
     rows = list(csv.DictReader((tmp_path / "log.csv").read_text().splitlines()))
     assert rows == [{"step": "1", "loss": "0.5"}, {"step": "3", "loss": "0.125"}]

@@ -27,3 +27,26 @@ def test_scale_cache_and_costs(tmp_path, capsys):
     assert "N=200" in table and "N=400" in table and "at 2 M" in table
     pack_row = next(line for line in table.splitlines() if line.startswith("pack (s)"))
     assert pack_row.split()[4] == "1.00"  # doubling N doubles the cost: growth exponent 1
+
+
+def test_disk_table_loader_rates_and_ratios(tmp_path, capsys):
+    """bench.py scale's disk table on a tiny pack: every read path of the loader runs (no timing asserted), and the
+    printed ratios are the best loader over the bounds computed from the row."""
+    root = bench.write_big_pack(tmp_path / "p", clips=200, dtype="float16")
+    files = sorted((root / "packed").glob("*.bin"))
+    assert sum(f.stat().st_size for f in files) == 200 * bench.CLIP_FRAMES * bench.N_MELS * 2
+    for name, order, read, batch_reads in bench.LOADERS:
+        measured = bench.loader_rate(root, order, read, batch_reads, workers=0, seconds=0.05, batch=16)
+        assert measured["crops/s"] > 0 and set(measured) == {"crops/s", "cores", "worker RSS MB",
+                                                             "worker private MB"}, name
+    row = {"dtype": "float16", "clips": 1000, "disk: sequential GB/s": 1.0, "disk: random crop reads/s, 1 in flight":
+           10000.0, "disk: random crop reads/s, 8 in flight": 40000.0, "bound: clips/s read in order": 7000.0,
+           "loader random/pread items": 5000.0, "loader random/pread batches": 14000.0,
+           "worker RSS MB (random/pread batches)": 300.0, "worker private MB (random/pread batches)": 10.0,
+           "startup s": 0.01, "index B/clip": 28.0}
+    bench.print_disk_table([row], workers=2, depth=8)
+    out = capsys.readouterr().out
+    assert "best loader random/pread batches: 14,000 crops/s = 10.8x the 1,300/s" in out
+    assert "better bound 10,000/s -> 140%" in out and "better bound 40,000/s -> 35%" in out
+    assert "56 MB at 2 M" in out and "RSS 300 MB at 1,000 clips -> 356 MB at 2 M" in out
+    assert "0.01 s at 1,000 clips -> 20.0 s at 2 M" in out

@@ -308,17 +308,15 @@ def write_nsynth(root: Path) -> Path:
 
 def test_named_tasks_end_to_end_on_real_layouts(tmp_path):
     """preprocess.py on each real layout, then linear_eval.py --task <name> with a real (random) encoder."""
-    import preprocess
-    from tests.test_preprocess import make_esc50
+    from tests.test_preprocess import make_esc50, run
     demo_msn = str(Path(__file__).parents[1] / "config" / "demo_msn.yaml")
     esc = make_esc50(tmp_path / "ESC-50-master", n=15)
     sc = write_speechcommands(tmp_path / "speech_commands_v0.02")
     gtzan = write_gtzan(tmp_path / "gtzan", tmp_path / "GTZAN_split")
-    for name, root, extra in [("esc50", esc, []), ("speechcommands", sc, []),
-                              ("gtzan", gtzan, ["--split-dir", str(tmp_path / "GTZAN_split")]),
-                              ("nsynth", write_nsynth(tmp_path / "nsynth"), [])]:
-        preprocess.main(["--dataset", name, "--root", str(root), "--out", str(tmp_path / "cache" / name),
-                         "--workers", "1", *extra])
+    for name, root, extra in [("esc50", esc, {}), ("speechcommands", sc, {}),
+                              ("gtzan", gtzan, {"split_dir": tmp_path / "GTZAN_split"}),
+                              ("nsynth", write_nsynth(tmp_path / "nsynth"), {})]:
+        run(dataset=name, root=root, out=tmp_path / "cache" / name, **extra)
     expected = {"esc50": (15, 5), "esc10": (10, 5), "sc35": (24, 1), "sc10": (12, 1), "gtzan": (16, 1),
                 "nsynth": (16, 1)}
     for task, (n_clips, n_folds) in expected.items():
@@ -384,12 +382,10 @@ def test_a_clip_shorter_than_one_frame_is_cached_and_probed_and_a_nan_clip_is_na
     it with a real log-mel and a real wave encoder; a cache file holding NaN is a ValueError naming the clip."""
     import soundfile as sf
 
-    import preprocess
-    from tests.test_preprocess import make_esc50
+    from tests.test_preprocess import make_esc50, run
     root, cache = make_esc50(tmp_path / "esc", n=15), tmp_path / "cache"
     sf.write(root / "audio" / "1-1005-A-2.wav", np.full(10, 0.1, np.float32), 44100)
-    preprocess.main(["--dataset", "esc50", "--root", str(root), "--out", str(cache), "--waveform", "--workers", "1",
-                     "--min-seconds", "0"])
+    run(dataset="esc50", root=root, out=cache, waveform=True, min_seconds=0.0)
     manifest = pd.read_csv(cache / "manifest.csv").set_index("id")
     assert manifest.loc["1-1005-A-2", "duration"] == pytest.approx(4 / 16000, abs=1e-4)  # ceil(10 * 16000 / 44100)
     assert np.load(cache / "logmel" / "1-1005-A-2.npy").shape == (64, 1)

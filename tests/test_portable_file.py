@@ -1,7 +1,7 @@
 """audio_ssl_repro.py, the one-file encoder module that `pip install .` installs (issue 20): it imports nothing from
-the repository, its embeddings equal the training code's (models.py) on every method's checkpoint and every
-architecture, it works as an installed wheel and as a copied file with the repository off the path, and its
-load_model options behave as documented in docs/hear.md."""
+the repository, its embeddings equal the training code's (models.py, which builds on its classes) on every method's
+checkpoint and every architecture, it works as an installed wheel and as a copied file with the repository off the
+path, and its load_model options behave as documented in docs/hear.md."""
 from __future__ import annotations
 
 import ast

@@ -127,6 +127,32 @@ class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
         return y.to(x.dtype)
 
 
+class GlobalDropout(torch.nn.Dropout):
+    """Dropout whose masks are drawn for the batch of ALL processes, each process keeping its own rows, so N
+    processes drop exactly what one process would on the same global batch (plain nn.Dropout draws a mask per
+    process). It needs every process's default generator in the same state (trainer.py seeds it with the step,
+    not the rank) and rows in global position order (process r holds positions r, r + world, ...: gather_batch).
+    The mask is drawn as CPU F.dropout draws its own (bernoulli_(1 - p) on the whole batch, then / (1 - p)), so
+    one process gets the same numbers as nn.Dropout; alone or in eval mode it is nn.Dropout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        world = world_size()
+        if not self.training or self.p == 0.0 or world == 1:
+            return super().forward(x)
+        keep = torch.empty((world * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
+        keep.bernoulli_(1.0 - self.p).div_(1.0 - self.p)
+        return x * keep[dist.get_rank()::world]
+
+
+def convert_dropout(module: torch.nn.Module) -> torch.nn.Module:
+    """Every nn.Dropout of `module` becomes a GlobalDropout with the same p (in place; returns the module)."""
+    if type(module) is torch.nn.Dropout:
+        return GlobalDropout(module.p, module.inplace).train(module.training)
+    for name, child in module.named_children():
+        module.add_module(name, convert_dropout(child))
+    return module
+
+
 def convert_sync_batchnorm(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """Every BatchNorm of `module` normalises over the global batch: torch's SyncBatchNorm on CUDA,
     GlobalBatchNorm elsewhere (torch's SyncBatchNorm refuses CPU tensors). Parameters and buffers are kept."""

@@ -10,8 +10,9 @@ train step. Everything else lives here, once:
                 runlog.environment_installed), log.csv, ckpt_last.pt (at an epoch end once train.ckpt_seconds have
                 passed, and at the end), ckpt_epochNNN.pt (every train.save_every epochs and at the end), results.json
     seeding     the same initial weights in every process; before each step torch's RNG is seeded by
-                (seed, step, rank), so draws that are not keyed (dropout) resume exactly
-    torchrun    distributed.init_distributed; Env.wrap adds global batch norm, DDP and torch.compile
+                (seed, step), the same in every process, so draws that are not keyed (dropout) resume exactly
+                and N processes draw what one would (each draw is made for the global batch: GlobalDropout)
+    torchrun    distributed.init_distributed; Env.wrap adds global batch norm, global dropout, DDP and torch.compile
     the loop    epochs of global batches (optim.batch_size is the GLOBAL batch: process r of N takes positions
                 r::N of every batch); train.max_steps; mid-epoch resume; a tqdm bar and the CSV log
     checkpoint  one file layout for every method (CHECKPOINT_KEYS), written atomically (new file complete first,
@@ -144,9 +145,12 @@ class Env:
 
     def wrap(self, module: nn.Module, sync_bn: bool = True, ddp: bool = True) -> nn.Module:
         """What a step calls: under torchrun batch norm over the global batch (SyncBatchNorm on CUDA,
-        distributed.GlobalBatchNorm on CPU; converted in place) and DDP (ddp=False for an EMA target, which gets no
-        gradient); train.compile adds torch.compile. The plain module keeps the weights (state dicts, EMA)."""
+        distributed.GlobalBatchNorm on CPU; converted in place), dropout masks drawn for the global batch
+        (distributed.GlobalDropout) and DDP (ddp=False for an EMA target, which gets no gradient); train.compile adds
+        torch.compile. The plain module keeps the weights (state dicts, EMA)."""
         called = module
+        if self.world > 1:
+            distributed.convert_dropout(module)
         if self.world > 1 and sync_bn:
             for name, child in list(module.named_children()):
                 module.add_module(name, distributed.convert_sync_batchnorm(child, self.device))
@@ -489,7 +493,9 @@ def train(kind: str, cfg: dict, build: Callable[[dict, Env], Parts], resume: Pat
                    initial=skip, total=env.steps_per_epoch, disable=not distributed.is_main())
         tick, done_here = time.time(), 0
         for batch in bar:
-            torch.manual_seed(randomness.key_seed(cfg["seed"], step, rank))
+            # the same default generator on every process (key 0 = the one-process stream): what a step draws
+            # from it is drawn for the global batch (GlobalDropout, MSN's one token permutation), never per rank
+            torch.manual_seed(randomness.key_seed(cfg["seed"], step, 0))
             started = time.perf_counter()
             if cfg["train"]["count_flops"] and not step_times:
                 values, flops = count_flops(parts.step, batch, step)

@@ -8,8 +8,8 @@ import soundfile as sf
 
 import audio
 from data import read_manifest
+from tests.test_cache import run
 from tests.test_datasets import write, write_gtzan_au
-from tests.test_preprocess import run
 
 
 def damage_header(path) -> None:

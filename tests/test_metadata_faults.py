@@ -11,8 +11,8 @@ import pytest
 
 import datasets
 from data import read_manifest
+from tests.test_cache import run
 from tests.test_datasets import write, write_audioset
-from tests.test_preprocess import run
 
 
 def errors_csv(out) -> dict[str, str]:

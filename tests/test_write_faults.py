@@ -17,8 +17,8 @@ import files
 import runlog
 import synthdata
 from tests.conftest import ROOT
+from tests.test_cache import make_esc50, run
 from tests.test_checkpoint_faults import DieAfter
-from tests.test_preprocess import make_esc50, run
 
 BAD_YAML = {  # text -> (line, column) of the error, 1-based, as an editor shows it
     "optim:\n  lr: 0.1\n bad: 2\n": (3, 2),  # a key indented less than its section

@@ -1,4 +1,5 @@
-"""linear_eval.py: the EVAR probe, early stopping, folds, low-shot subsets, results rows, end to end."""
+"""evaluation.py (what linear_eval.py runs): the EVAR probe, early stopping, folds, low-shot subsets, results
+rows, end to end."""
 from __future__ import annotations
 
 import csv
@@ -267,7 +268,7 @@ def test_end_to_end_random_real_encoder_on_tiny_cache(tmp_path, tiny_cache, conf
 
 
 def write_speechcommands(root: Path) -> Path:
-    from tests.test_preprocess import write_wav
+    from tests.test_cache import write_wav
     for i, word in enumerate(["zero", "one", "yes", "up"]):
         for k in range(6):
             write_wav(root / word / f"{k:08x}_nohash_0.wav", seconds=1.0, freq=300.0 * (i + 1))
@@ -278,7 +279,7 @@ def write_speechcommands(root: Path) -> Path:
 
 
 def write_gtzan(root: Path, split_dir: Path) -> Path:
-    from tests.test_preprocess import write_wav
+    from tests.test_cache import write_wav
     split_dir.mkdir(parents=True)
     lists = {"train": range(0, 4), "valid": range(4, 6), "test": range(6, 8)}
     for i, genre in enumerate(["blues", "metal"]):
@@ -293,7 +294,7 @@ def write_gtzan(root: Path, split_dir: Path) -> Path:
 def write_nsynth(root: Path) -> Path:
     import json
 
-    from tests.test_preprocess import write_wav
+    from tests.test_cache import write_wav
     for split, n in {"train": 4, "valid": 2, "test": 2}.items():
         examples = {}
         for i, family in enumerate(["bass", "flute"]):
@@ -308,7 +309,7 @@ def write_nsynth(root: Path) -> Path:
 
 def test_named_tasks_end_to_end_on_real_layouts(tmp_path):
     """preprocess.py on each real layout, then linear_eval.py --task <name> with a real (random) encoder."""
-    from tests.test_preprocess import make_esc50, run
+    from tests.test_cache import make_esc50, run
     demo_msn = str(Path(__file__).parents[1] / "config" / "demo_msn.yaml")
     esc = make_esc50(tmp_path / "ESC-50-master", n=15)
     sc = write_speechcommands(tmp_path / "speech_commands_v0.02")
@@ -382,7 +383,7 @@ def test_a_clip_shorter_than_one_frame_is_cached_and_probed_and_a_nan_clip_is_na
     it with a real log-mel and a real wave encoder; a cache file holding NaN is a ValueError naming the clip."""
     import soundfile as sf
 
-    from tests.test_preprocess import make_esc50, run
+    from tests.test_cache import make_esc50, run
     root, cache = make_esc50(tmp_path / "esc", n=15), tmp_path / "cache"
     sf.write(root / "audio" / "1-1005-A-2.wav", np.full(10, 0.1, np.float32), 44100)
     run(dataset="esc50", root=root, out=cache, waveform=True, min_seconds=0.0)

@@ -1,4 +1,4 @@
-"""preprocess.py faults (issue 16): a changed source is never served from the cache (every clip keyed on its
+"""Preprocessing faults (cache.py, issue 16): a changed source is never served from the cache (every clip keyed on its
 source's size, mtime and sha256, the feature parameters and the generator's seed), and two writers of one
 cache never destroy each other (a lock file holding host and pid)."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import soundfile as sf
 import cache
 import data
 import synthdata
-from tests.test_preprocess import make_esc50, run, tone
+from tests.test_cache import make_esc50, run, tone
 
 
 def logmels(out) -> dict[str, np.ndarray]:

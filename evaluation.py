@@ -15,6 +15,7 @@ import math
 import re
 import sys
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -370,7 +371,7 @@ def config(overrides: list[str]) -> dict:
     return cfg
 
 
-def run(ckpt: str, task: str, cfg: dict, *, seeds: list[int] = (0,), folds: list[int] | None = None,
+def run(ckpt: str, task: str, cfg: dict, *, seeds: Sequence[int] = (0,), folds: list[int] | None = None,
         label_fraction: float | None = None, shots: int | None = None, cache: str | None = None,
         results: str = "results/results.csv", name: str | None = None) -> dict:
     """Evaluate the encoder of `ckpt` on `task` (a task name or a cache folder) with the complete config `cfg`,

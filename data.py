@@ -24,7 +24,6 @@ cropped at random for training and from the start for evaluation.
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import shutil
 import sys
@@ -300,11 +299,28 @@ class Packed:
             raise OSError(f"{m.filename}: short read of clip {i} (pack truncated?); rebuild with preprocess.py --pack")
         return np.frombuffer(buf, dtype=m.dtype).reshape(frames, m.shape[1]).T
 
-    def advise_random(self) -> None:
-        """No read-ahead on the memory maps (random crops): each fault reads only its pages."""
-        for m in self.maps:
-            if isinstance(getattr(m, "_mmap", None), mmap.mmap) and hasattr(mmap, "MADV_RANDOM"):
-                m._mmap.madvise(mmap.MADV_RANDOM)
+    def read_crops(self, indices: np.ndarray, starts: np.ndarray, counts: np.ndarray, out: np.ndarray,
+                   threads: int = 1) -> None:
+        """Frames [starts[k], starts[k] + counts[k]) of clip indices[k] into out[k, :counts[k]] (out: [B, frames, F]
+        time-major, the pack's dtype), one preadv each straight into `out`, `threads` reads in flight (preadv
+        releases the GIL: the disk works on several random reads at once)."""
+        shards = self.file[indices]
+        fds = {int(s): self._fd(int(s)) for s in np.unique(shards)}  # opened here, not in the reading threads
+        bases = np.array([m.offset for m in self.maps], dtype=np.int64)[shards]
+        where = bases + (self.offsets[indices] + starts) * self.frame_bytes
+        jobs = [(fds[s], out[k, :c], o, c * self.frame_bytes)
+                for k, (s, o, c) in enumerate(zip(shards.tolist(), where.tolist(), counts.tolist()))]
+
+        def read(part: list) -> None:
+            for fd, view, offset, size in part:
+                if os.preadv(fd, [view], offset) != size:
+                    raise OSError(f"short read at byte {offset} of a pack shard (pack truncated?); rebuild it "
+                                  "with preprocess.py --pack")
+
+        if threads > 1 and len(jobs) > 1:
+            list(_read_pool(threads).map(read, [jobs[t::threads] for t in range(threads)]))
+        else:
+            read(jobs)
 
     def will_need(self, first: int, last: int) -> None:
         """Ask the kernel to read clips first..last (consecutive in one shard) in the background, in one sequential
@@ -324,6 +340,17 @@ class Packed:
         for run in np.split(order, cuts):
             blocks += [run[k:k + block_clips] for k in range(0, len(run), block_clips)]
         return blocks
+
+
+_POOL: dict[str, object] = {}
+
+
+def _read_pool(threads: int):
+    """This process's thread pool for reads in flight (made again after a fork: threads do not survive one)."""
+    from concurrent.futures import ThreadPoolExecutor
+    if _POOL.get("pid") != (os.getpid(), threads):
+        _POOL.update(pid=(os.getpid(), threads), pool=ThreadPoolExecutor(threads, thread_name_prefix="pread"))
+    return _POOL["pool"]
 
 
 def open_packed(cache: str | os.PathLike, ids: list[str]) -> Packed | None:
@@ -374,6 +401,18 @@ class _CacheDataset(Dataset):
         return np.random.default_rng(torch.randint(0, 2**62, ()).item())
 
 
+CROP_DRAW = 0x63726F70  # "crop": keys the batch reads' crop draw apart from the other draws keyed by (seed, step)
+READ_THREADS = 4  # reads in flight per loader process in batch reads with pread (bench.py scale)
+
+
+def _batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
+    """An empty float32 tensor; in a DataLoader worker in shared memory (as torch's default_collate allocates its
+    output), so that handing the batch to the training process copies nothing."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape)
+    return torch.empty(0).new(torch.UntypedStorage._new_shared(int(np.prod(shape)) * 4)).view(shape)
+
+
 class LogMelCrops(_CacheDataset):
     """(logmel [1, F, frames] float32 tensor, label index) items; frames=None keeps the whole clip.
 
@@ -382,19 +421,29 @@ class LogMelCrops(_CacheDataset):
     pread (no read-ahead: the better choice for random crops from a pack larger than RAM; see docs/scale.md).
     After `use_blocks(blocks)` (block order, BlockBatches), the first read from a block asks the kernel to read the
     whole block sequentially (posix_fadvise WILLNEED), so the crops that follow come from the page cache.
+
+    Batch reads (`batch_reads=True`; randomness.KeyedItems hands `read_batch` a whole batch): one keyed draw of all
+    crop starts per batch, the crops read into one array (with pread: `read_threads` reads in flight), one
+    float32 conversion per batch: about a quarter of the CPU time of item reads. They draw other crops than item
+    reads (another generator), and read the same bytes as each other with mmap or pread; data.training_batches
+    turns them on in block order and for a pack larger than RAM (docs/scale.md).
     """
 
     column = "logmel"
 
     def __init__(self, cache, df, labels=None, frames: int | None = 96, random_crop: bool = False,
-                 use_packed: bool = True, read: str = "mmap"):
+                 use_packed: bool = True, read: str = "mmap", batch_reads: bool = False,
+                 read_threads: int = READ_THREADS):
         super().__init__(cache, df, labels, random_crop)
         if read not in ("mmap", "pread"):
             raise ValueError(f"read={read!r}: expected 'mmap' or 'pread'")
         self.frames, self.read = frames, read
+        self.batch_reads, self.read_threads = batch_reads, read_threads
         self.packed = open_packed(self.cache, self.df["id"].tolist()) if use_packed else None
         if self.packed is not None:  # the compact index: keep only numpy arrays, which forked workers share
             self.df, self.paths = None, None
+        if batch_reads and frames is None:
+            raise ValueError("batch_reads needs crops of a fixed length (frames)")
         self.blocks: list[np.ndarray] | None = None
         self._advised: set[int] = set()
 
@@ -411,8 +460,7 @@ class LogMelCrops(_CacheDataset):
             return load_array(self.cache, self.paths[i])
         return self.packed.clip(i)
 
-    def _advise_block(self, i: int) -> None:
-        block = int(self.block_of[i])
+    def _advise_block(self, block: int) -> None:
         if block not in self._advised:
             if len(self._advised) > 256:
                 self._advised.clear()
@@ -430,11 +478,11 @@ class LogMelCrops(_CacheDataset):
             part = self.packed.crop_pread(i, start, n)
         else:
             part = self.packed.clip(i)[:, start:start + n]
-        return np.asarray(fix_length(part, self.frames, 0, value=LOG_SILENCE), dtype=np.float32)
+        return fix_length(np.asarray(part, dtype=np.float32), self.frames, 0, value=LOG_SILENCE)  # f32 silence
 
     def __getitem__(self, i: int):
         if self.blocks is not None:
-            self._advise_block(i)
+            self._advise_block(int(self.block_of[i]))
         if self.packed is not None and self.frames is not None:
             logmel = self._packed_crop(i)
         else:
@@ -443,6 +491,41 @@ class LogMelCrops(_CacheDataset):
                 rng = self._rng() if self.random_crop else None
                 logmel = crop_frames(logmel, self.frames, self.random_crop, rng)
         return torch.from_numpy(np.array(logmel, dtype=np.float32))[None], int(self.targets[i])
+
+    def crop_starts(self, totals: np.ndarray, key: tuple[int, int], positions: np.ndarray) -> np.ndarray:
+        """Batch reads: the crop start of each item of one global batch. A generator keyed by (seed, step) draws
+        one uniform number per global batch position 0..max(positions) (a process reading positions r::N draws
+        the same numbers, a prefix of one stream) and item k takes its position's; start = floor(u x (T - frames
+        + 1)), 0 for a clip of at most `frames` frames or without random_crop."""
+        if not self.random_crop:
+            return np.zeros(len(totals), dtype=np.int64)
+        u = np.random.default_rng([*key, CROP_DRAW]).random(int(positions.max()) + 1)[positions]
+        room = np.maximum(totals - self.frames, 0) + 1
+        return np.minimum((u * room).astype(np.int64), room - 1)
+
+    def read_batch(self, indices: list[int], key: tuple[int, int], positions: list[int]) -> tuple:
+        """Items indices[k] of the global batch `key` = (seed, step) at global positions positions[k] (see
+        crop_starts), read together and collated: (logmel [B, 1, F, frames] float32, labels [B] int64)."""
+        indices, positions = np.asarray(indices, dtype=np.int64), np.asarray(positions, dtype=np.int64)
+        clips = [self._clip(int(i)) for i in indices] if self.packed is None or self.read == "mmap" else None
+        totals = (self.packed.lengths[indices].astype(np.int64) if clips is None
+                  else np.array([c.shape[-1] for c in clips], dtype=np.int64))
+        starts, counts = self.crop_starts(totals, key, positions), np.minimum(totals, self.frames)
+        if self.blocks is not None:
+            for block in np.unique(self.block_of[indices]).tolist():
+                self._advise_block(block)
+        like = self.packed.maps[0] if self.packed is not None else clips[0].T
+        raw = np.empty((len(indices), self.frames, like.shape[1]), dtype=like.dtype)  # time-major, as packed
+        if clips is None:
+            self.packed.read_crops(indices, starts, counts, raw, self.read_threads)
+        else:
+            for k, (s, c) in enumerate(zip(starts.tolist(), counts.tolist())):
+                raw[k, :c] = clips[k][:, s:s + c].T
+        out = _batch_tensor((len(indices), 1, raw.shape[2], self.frames))
+        out[:, 0].copy_(torch.from_numpy(raw).transpose(1, 2))  # one transposing float32 conversion per batch
+        for k in np.flatnonzero(counts < self.frames).tolist():
+            out[k, :, :, counts[k]:] = LOG_SILENCE  # short clips: padded with silence (crop_frames)
+        return out, torch.from_numpy(self.targets[indices].astype(np.int64))
 
 
 class WaveClips(_CacheDataset):
@@ -537,8 +620,9 @@ ORDERS = ("auto", "random", "block")
 def training_batches(dataset: LogMelCrops, dcfg: dict, batch_size: int, seed: int) -> EpochBatches | BlockBatches:
     """The global batch order of a log-mel pretraining set (data.order): `random` = EpochBatches (per-clip random
     order; the default while the pack fits in half the RAM), `block` = BlockBatches over blocks of
-    data.block_clips clips with data.open_blocks open at once (a pack larger than that). A pack read in random
-    order from disk is read with pread (no read-ahead)."""
+    data.block_clips clips with data.open_blocks open at once (a pack larger than that). Block order, and random
+    order on a pack larger than half the RAM, read with batch reads and pread (LogMelCrops); random order on a
+    pack that fits reads item by item from the memory map, as before batch reads existed (the same crops)."""
     order = dcfg["order"]
     if order not in ORDERS:
         raise ValueError(f"data.order={order!r}: expected one of {', '.join(ORDERS)}")
@@ -546,13 +630,13 @@ def training_batches(dataset: LogMelCrops, dcfg: dict, batch_size: int, seed: in
     too_big = packed is not None and packed.pack_bytes > physical_memory() // 2
     if order == "auto":
         order = "block" if too_big else "random"
+    if order == "block" and packed is None:
+        raise ValueError(f"{dataset.cache}: data.order=block needs the packed cache (preprocess.py --pack)")
+    if (order == "block" or too_big) and dataset.frames is not None:
+        dataset.read, dataset.batch_reads = "pread", True
     if order == "block":
-        if packed is None:
-            raise ValueError(f"{dataset.cache}: data.order=block needs the packed cache (preprocess.py --pack)")
         dataset.use_blocks(packed.blocks(dcfg["block_clips"]))
         return BlockBatches(dataset.blocks, batch_size, seed, dcfg["open_blocks"])
-    if too_big:
-        dataset.read = "pread"
     return EpochBatches(len(dataset), batch_size, seed)
 
 

@@ -47,8 +47,10 @@ def key_generator(*key: int, device: str | torch.device = "cpu") -> torch.Genera
 
 
 class KeyedItems(torch.utils.data.Dataset):
-    """Items are (index, item_seed) pairs: dataset[index] is read with torch's RNG seeded by item_seed, so a
-    clip's random crop depends on its key, not on which process or loader worker reads it."""
+    """Items are (index, key) pairs, key = (seed, step, global batch position): dataset[index] is read with
+    torch's RNG seeded by key_seed(*key), so a clip's random crop depends on its key, not on which process or
+    loader worker reads it. A dataset with `batch_reads` on gets the whole batch at once instead
+    (`read_batch(indices, (seed, step), positions)`: one keyed draw per batch; data.LogMelCrops)."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -57,17 +59,31 @@ class KeyedItems(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, item):
-        index, seed = item
+        index, key = item
         with torch.random.fork_rng(devices=[]):
             # the CPU generator only: torch.manual_seed also queues a CUDA seed with a stack trace on CUDA builds
             # (about 0.13 ms an item, more than reading the crop; bench.py scale)
-            torch.default_generator.manual_seed(seed)
+            torch.default_generator.manual_seed(key_seed(*key))
             return self.dataset[index]
+
+    @staticmethod
+    def collate(items: list | tuple):
+        """The DataLoader's collate_fn: torch's default_collate of a list of items; a tuple is a batch that
+        read_batch collated itself."""
+        return items if isinstance(items, tuple) else torch.utils.data.default_collate(items)
+
+    def __getitems__(self, items: list) -> list | tuple:
+        """A batch (torch's DataLoader calls this with the batch sampler's list): a list of items, or with
+        batch reads the collated batch."""
+        if not getattr(self.dataset, "batch_reads", False):
+            return [self[item] for item in items]
+        seed, step, _ = items[0][1]
+        return self.dataset.read_batch([index for index, _ in items], (seed, step), [key[2] for _, key in items])
 
 
 class KeyedBatches:
     """A batch sampler for KeyedItems: this process's batches (lists of dataset indices, the i-th at global
-    batch position rank + world * i) with each index paired with key_seed(seed, step, position)."""
+    batch position rank + world * i) with each index paired with its key (seed, step, position)."""
 
     def __init__(self, batches, seed: int, first_step: int, rank: int = 0, world: int = 1):
         self.batches, self.seed, self.first_step, self.rank, self.world = batches, seed, first_step, rank, world
@@ -77,4 +93,4 @@ class KeyedBatches:
 
     def __iter__(self):
         for step, batch in enumerate(self.batches, self.first_step):
-            yield [(int(index), key_seed(self.seed, step, self.rank + self.world * i)) for i, index in enumerate(batch)]
+            yield [(int(index), (self.seed, step, self.rank + self.world * i)) for i, index in enumerate(batch)]

@@ -350,8 +350,8 @@ def epoch_loader(parts: Parts, env: Env, epoch: int, skip: int) -> DataLoader:
     first_step = epoch * env.steps_per_epoch + skip
     keyed = randomness.KeyedBatches(batches, env.cfg["seed"], first_step, env.rank, env.world)
     return DataLoader(randomness.KeyedItems(parts.dataset), batch_sampler=keyed,
-                      num_workers=env.cfg["data"]["num_workers"], pin_memory=env.device.type == "cuda",
-                      persistent_workers=False)
+                      num_workers=env.cfg["data"]["num_workers"], collate_fn=randomness.KeyedItems.collate,
+                      pin_memory=env.device.type == "cuda", persistent_workers=False)
 
 
 def check_batches(parts: Parts, env: Env) -> int:

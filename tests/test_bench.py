@@ -4,6 +4,7 @@ ones)."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -40,3 +41,27 @@ def test_scale_caches_and_growth_table(tmp_path):
         if min(small, large) >= 10:  # log-log slope of the total over N = 150, 300 (1 = linear)
             assert abs(growth - (math.log2(large / small) + (0 if rate else 1))) < 0.02, name
         assert abs(at_2m - (large if rate else large * 2)) <= 0.06, name  # 2 M x us = s, 2 M x bytes = MB
+
+
+def test_disk_table_runs_every_loader_read_path_and_its_ratios_follow_from_the_row(tmp_path):
+    """bench.py scale's disk table on a tiny pack (no timing asserted): every read path of the loader is measured,
+    and the printed ratios are the best loader over the 1,300/s before and over the bounds of the same row."""
+    done = run_script("bench.py", "scale", "--clips", "", "--disk-dtypes", "float16", "--pack-gb", "0.03",
+                      "--seconds", "0.05", "--workers", "1", "--dir", tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    value = {line.rsplit(None, 1)[0].strip(): float(line.rsplit(None, 1)[1].replace(",", ""))
+             for line in lines if line.startswith(("loader ", "disk: ", "index B/clip"))}
+    loaders = {k[len("loader "):]: v for k, v in value.items() if k.startswith("loader ")}
+    assert {"random/pread items", "block/mmap items", "random/pread batches", "block/pread batches"} <= set(loaders)
+    assert all(v > 0 for v in loaders.values()) and value["index B/clip"] == 28.0
+    name, best = max(loaders.items(), key=lambda item: item[1])
+    summary = "\n".join(line for line in lines if line.startswith("float16: "))
+    assert f"best loader {name}: {best:,.0f} crops/s = {best / 1300:.1f}x the 1,300/s" in summary
+    seq = next(float(line.split()[-1].replace(",", "")) for line in lines
+               if line.startswith("bound: clips/s read in order"))
+    bounds = re.findall(r"random reads (\d+) in flight.*: better bound ([\d,]+)/s -> (\d+)%", summary)
+    assert len(bounds) == 2 and bounds[0][0] == "1"  # the issue's bound, then at the loader's depth
+    for qd, bound, percent in bounds:
+        expected = max(seq, value[f"disk: random crop reads/s, {qd} in flight"])
+        assert abs(float(bound.replace(",", "")) - expected) <= 1 and abs(int(percent) - 100 * best / expected) <= 1

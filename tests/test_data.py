@@ -234,10 +234,10 @@ def test_training_batches_choose_the_order_and_block_reads_give_the_same_items(t
     dcfg = {"order": "auto", "block_clips": 4, "open_blocks": 2}
     dataset = data.LogMelCrops(tiny_cache, df, frames=50, random_crop=True)
     assert isinstance(data.training_batches(dataset, dcfg, 8, 0), data.EpochBatches)  # fits in RAM: random
-    assert dataset.read == "mmap" and dataset.blocks is None
+    assert dataset.read == "mmap" and dataset.blocks is None and not dataset.batch_reads  # item reads, as before
     monkeypatch.setattr(data, "physical_memory", lambda: 1000)  # a pack larger than RAM
     assert isinstance(data.training_batches(dataset, {**dcfg, "order": "random"}, 8, 0), data.EpochBatches)
-    assert dataset.read == "pread"  # random crops from disk: no read-ahead
+    assert dataset.read == "pread" and dataset.batch_reads  # random crops from disk: batch preads
     block = data.training_batches(dataset, dcfg, 8, 0)
     assert isinstance(block, data.BlockBatches) and len(block) == 3 and dataset.blocks is not None
     plain = data.LogMelCrops(tiny_cache, df, frames=50, random_crop=True)
@@ -295,6 +295,92 @@ def test_block_order_resumes_exactly_and_two_processes_follow_one(tiny_cache, tm
     one, two = log(tmp_path / "one"), log(tmp_path / "two")
     assert [s for s, _ in one] == [s for s, _ in two] == ["1", "2", "3"]
     assert np.allclose([x for _, x in one], [x for _, x in two], rtol=1e-4)
+
+
+def keyed_loader(dataset, batches, seed=0, first_step=0, rank=0, world=1, workers=0):
+    """Process `rank`'s share of global `batches` as trainer.epoch_loader reads them (KeyedBatches + KeyedItems)."""
+    from torch.utils.data import DataLoader
+
+    import randomness
+    keyed = randomness.KeyedBatches([b[rank::world] for b in batches], seed, first_step, rank, world)
+    return DataLoader(randomness.KeyedItems(dataset), batch_sampler=keyed, num_workers=workers,
+                      collate_fn=randomness.KeyedItems.collate)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_batch_reads_read_the_keyed_crop_by_pread_memory_map_and_per_clip_files(tiny_cache, monkeypatch, dtype):
+    monkeypatch.setattr(data, "SHARD_BYTES", 7 * 120 * 64 * 4)  # several shards
+    df = data.read_manifest(tiny_cache)
+    data.pack_logmels(tiny_cache, dtype=dtype)
+    labels = data.LabelMap.from_labels(df.label)
+    subset = df.iloc[[3, 20, 11, 7, 3]].reset_index(drop=True)  # a clip twice
+    positions, key = [4, 0, 9, 2, 5], (7, 12)
+    u = np.random.default_rng([7, 12, data.CROP_DRAW]).random(10)[positions]  # the draw, by hand
+    for frames, random_crop in [(50, True), (96, False), (200, True)]:
+        sets = [data.LogMelCrops(tiny_cache, subset, labels, frames=frames, random_crop=random_crop, read=read,
+                                 use_packed=packed, batch_reads=True, read_threads=threads)
+                for read, packed, threads in [("mmap", True, 1), ("pread", True, 1), ("pread", True, 3),
+                                              ("mmap", False, 1)][:4 if dtype == "float32" else 3]]  # files: f32
+        batches = [dataset.read_batch(list(range(5)), key, positions) for dataset in sets]
+        logmel, y = batches[0]
+        assert logmel.shape == (5, 1, 64, frames) and logmel.dtype == torch.float32
+        assert y.tolist() == labels.encode(subset.label).tolist()
+        for other in batches[1:]:
+            assert torch.equal(other[0], logmel) and torch.equal(other[1], y)
+        for k, path in enumerate(subset.logmel):
+            clip = np.load(tiny_cache / path).astype(dtype).astype(np.float32)  # [64, 120]
+            start = int(u[k] * (120 - frames + 1)) if random_crop and frames < 120 else 0
+            want = np.full((64, frames), LOG_SILENCE, dtype=np.float32)
+            want[:, :min(frames, 120)] = clip[:, start:start + frames]
+            np.testing.assert_array_equal(logmel[k, 0].numpy(), want)
+        if frames == 50:  # the same clip at two positions: two crops
+            assert not torch.equal(logmel[0], logmel[4])
+
+
+def test_batch_reads_depend_on_seed_step_and_position_not_on_processes_workers_or_resume(tiny_cache, monkeypatch):
+    df = packed_cache(tiny_cache, monkeypatch)
+    make = lambda: data.LogMelCrops(tiny_cache, df, frames=50, random_crop=True, read="pread",  # noqa: E731
+                                    batch_reads=True)
+    batches = data.EpochBatches(len(df), 8, seed=3).epoch(0)
+    one = [x for x, _ in keyed_loader(make(), batches, seed=3)]
+    assert len(one) == 3 and all(x.shape == (8, 1, 64, 50) for x in one)
+    two = [list(keyed_loader(make(), batches, seed=3, rank=r, world=2)) for r in (0, 1)]
+    for step, x in enumerate(one):  # process r reads positions r::2 of each global batch
+        assert torch.equal(two[0][step][0], x[0::2]) and torch.equal(two[1][step][0], x[1::2])
+    workers = [x for x, _ in keyed_loader(make(), batches, seed=3, workers=2)]
+    assert all(torch.equal(a, b) for a, b in zip(workers, one))
+    resumed = [x for x, _ in keyed_loader(make(), batches[2:], seed=3, first_step=2)]  # resumed at step 2
+    assert len(resumed) == 1 and torch.equal(resumed[0], one[2])
+    other_seed = [x for x, _ in keyed_loader(make(), batches, seed=4)]
+    assert not torch.equal(other_seed[0], one[0])
+    same_clips = [x for x, _ in keyed_loader(make(), [batches[0]] * 2, seed=3)]  # same clips, next step
+    assert torch.equal(same_clips[0], one[0]) and not torch.equal(same_clips[1], one[0])
+
+
+def test_block_order_with_batch_reads_visits_every_clip_once_as_a_pure_function_of_seed_and_epoch(tiny_cache,
+                                                                                                  monkeypatch):
+    df = packed_cache(tiny_cache, monkeypatch).assign(label=lambda d: d.id)  # the labels name the clips read
+    clip_ids = data.LabelMap.from_labels(df.label)
+    dcfg = {"order": "block", "block_clips": 4, "open_blocks": 2}
+
+    def epoch(e, seed=0):
+        dataset = data.LogMelCrops(tiny_cache, df, clip_ids, frames=50, random_crop=True)
+        batches = data.training_batches(dataset, dcfg, 8, seed)
+        assert dataset.batch_reads and dataset.read == "pread" and isinstance(batches, data.BlockBatches)
+        loaded = list(keyed_loader(dataset, batches.epoch(e), seed=seed, first_step=e * len(batches)))
+        return torch.cat([x for x, _ in loaded]), torch.cat([y for _, y in loaded]), batches.epoch(e)
+
+    x0, y0, order0 = epoch(0)
+    assert sorted(y0.tolist()) == list(range(24))  # 24 clips = 3 batches of 8: every clip once
+    assert y0.tolist() == clip_ids.encode(df.id[sum(order0, [])]).tolist()  # in the sampler's order
+    again = epoch(0)
+    assert torch.equal(again[0], x0) and torch.equal(again[1], y0)  # rebuilt from scratch: the same epoch
+    x1, y1, _ = epoch(1)
+    assert sorted(y1.tolist()) == list(range(24)) and y1.tolist() != y0.tolist()
+    assert epoch(0, seed=1)[1].tolist() != y0.tolist()
+    # the blocks' read-ahead changes how, not what, is read: random-order batch reads of the same keys
+    plain = data.LogMelCrops(tiny_cache, df, clip_ids, frames=50, random_crop=True, batch_reads=True)
+    assert torch.equal(torch.cat([x for x, _ in keyed_loader(plain, order0)]), x0)
 
 
 def test_assign_splits_is_stratified_seeded_and_keeps_unlabelled_clips_in_train():

@@ -36,7 +36,7 @@ class Draws(torch.utils.data.Dataset):
 def test_two_processes_draw_what_one_process_draws_for_the_same_global_positions():
     batches = [[3, 1, 4, 0], [2, 7, 5, 6]]
     one = list(randomness.KeyedBatches(batches, seed=9, first_step=10))
-    assert one[0][1] == (1, randomness.key_seed(9, 10, 1)) and one[1][3] == (6, randomness.key_seed(9, 11, 3))
+    assert one[0][1] == (1, (9, 10, 1)) and one[1][3] == (6, (9, 11, 3))  # (index, (seed, step, position))
     ranks = [list(randomness.KeyedBatches([b[r::2] for b in batches], 9, 10, rank=r, world=2)) for r in range(2)]
     for step in range(2):
         assert sorted(ranks[0][step] + ranks[1][step]) == sorted(one[step])
@@ -47,4 +47,6 @@ def test_two_processes_draw_what_one_process_draws_for_the_same_global_positions
     torch.manual_seed(1)  # another global RNG state (another worker): the same draws
     assert [items[pair] for pair in reversed(one[0])] == first[::-1]
     assert len({draw for _, draw in first}) == 4
+    seeded = torch.Generator().manual_seed(randomness.key_seed(9, 10, 1))  # read under key_seed(*key)
+    assert first[1] == (1, torch.randint(0, 10**6, (), generator=seeded).item())
     assert torch.equal(torch.tensor([items[one[0][0]][1]]), torch.tensor([first[0][1]]))

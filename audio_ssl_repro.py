@@ -251,16 +251,21 @@ class EncoderBlock(nn.Module):
 
 
 class _ViT(nn.Module):
-    """Shared trunk; subclasses define patchify, pos_embed_for and prepare."""
+    """Shared trunk; subclasses define patchify, pos_embed_for and prepare. (models.py's training ViTs are these
+    classes plus MSN's token dropping and their weight initialisation.)"""
 
     input_kind = "logmel"
     readout = "token"  # AudioViT may read out "stack" (M2D)
 
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, 1, H, W] -> tokens [B, 1 + N, D] after the final LayerNorm (CLS first)."""
+    def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, 1, H, W] -> the blocks' input [B, 1 + N, D]: CLS first, then the patches, plus position embeddings."""
         patches, grid = self.patchify(x)
         x = torch.cat([self.cls_token.expand(len(patches), -1, -1), patches], dim=1)
-        return self.norm(self.blocks(x + self.pos_embed_for(grid)))
+        return x + self.pos_embed_for(grid)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, 1, H, W] -> tokens [B, 1 + N, D] after the final LayerNorm (CLS first)."""
+        return self.norm(self.blocks(self.patch_tokens(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.tokens(x)[:, 0]
@@ -276,8 +281,7 @@ class _ViT(nn.Module):
         views = split_chunks(x, self.crop_frames) if long == "chunk" else x
         tokens = self.tokens(self.prepare(views, long))
         if self.readout == "stack":  # M2D: per time column, the frequency patches' tokens concatenated
-            rows = self.n_mels // self.patch[0]
-            emb = tokens[:, 1:].reshape(len(tokens), rows, -1, tokens.shape[-1]).transpose(1, 2).flatten(2).mean(1)
+            emb = self.stack_frames(tokens).mean(dim=1)
         else:
             emb = tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
         return emb.reshape(len(x), -1, emb.shape[-1]).mean(dim=1)
@@ -301,15 +305,18 @@ class _TorchvisionViT(nn.Module):
 
 
 class ViTB32(_ViT):
-    """ViT-B/32 on 1-channel log-mel "images" behind a Conv2d(1, 3, 1) stem. embed(): "resize" = the whole
-    log-mel bilinearly resized to image_size^2; "pad" = zero-padded (frequency at the top, time on the right) or
-    cut to image_size; "chunk" = crop_frames chunks each resized."""
+    """ViT-B/32 on 1-channel log-mel "images" behind a Conv2d(1, 3, 1) stem (the MSN-audio seed). embed():
+    "resize" = the whole log-mel bilinearly resized to image_size^2 (no antialias, as the training crops); "pad" =
+    zero-padded (frequency 64 -> image_size at the top, i.e. the high bins; time on the right) or cut to its first
+    image_size frames; "chunk" = crop_frames chunks each resized."""
+
+    trunk = _TorchvisionViT  # trunk(image_size): the training code builds torchvision's vit_b_32 (its init) here
 
     def __init__(self, image_size: int = 224, crop_frames: int = 96):
         super().__init__()
-        self.image_size, self.crop_frames = image_size, crop_frames
+        self.image_size, self.crop_frames, self.patch = image_size, crop_frames, 32
         self.stem = nn.Conv2d(1, 3, kernel_size=1)
-        self.vit = _TorchvisionViT(image_size)
+        self.vit = self.trunk(image_size)
         self.embed_dim = self.vit.hidden_dim
         self.train_grid = (image_size // 32, image_size // 32)
 
@@ -337,7 +344,15 @@ class AudioViT(_ViT):
     (a clip shorter than one patch is right-padded). embed(): "resize" = time resized to crop_frames, "pad" =
     right-zero-padded to / cut at crop_frames, "chunk" as _ViT. readout "stack" (M2D): per time column the
     n_mels/pf frequency patches' tokens concatenated (low band first), averaged over time; embed_dim =
-    (n_mels/pf) * width and `pool` is ignored; "token" (default): CLS or mean token as `pool` says."""
+    (n_mels/pf) * width and `pool` is ignored; "token" (default): CLS or mean token as `pool` says. Training
+    (forward, tokens) is the same for both readouts."""
+
+    block = EncoderBlock  # block(heads, width, mlp_dim): the training code builds torchvision's (its init) here
+
+    @staticmethod
+    def learned_pos_embed(tokens: int, width: int) -> torch.Tensor:
+        """The initial value of a learned position embedding [1, tokens, width] (the weights file sets it)."""
+        return torch.zeros(1, tokens, width)
 
     def __init__(self, n_mels: int = 64, crop_frames: int = 96, patch=(16, 16), width: int = 384,
                  depth: int = 12, heads: int = 6, mlp_ratio: float = 4.0, pos_embed: str = "sincos",
@@ -346,20 +361,22 @@ class AudioViT(_ViT):
         pf, pt = int(patch[0]), int(patch[1])
         if n_mels % pf or crop_frames % pt:
             raise ValueError(f"patch {patch} must divide [n_mels, crop_frames] = [{n_mels}, {crop_frames}]")
+        if pos_embed not in ("sincos", "learned"):
+            raise ValueError(f"model.pos_embed must be 'sincos' or 'learned', got {pos_embed!r}")
         if readout not in ("token", "stack"):
-            raise ValueError(f"readout must be 'token' or 'stack', got {readout!r}")
+            raise ValueError(f"model.readout must be 'token' or 'stack', got {readout!r}")
         self.n_mels, self.crop_frames, self.patch, self.readout = n_mels, crop_frames, (pf, pt), readout
-        self.train_grid = (n_mels // pf, crop_frames // pt)
+        self.width, self.train_grid = width, (n_mels // pf, crop_frames // pt)
         self.embed_dim = width * (self.train_grid[0] if readout == "stack" else 1)
         self.patch_embed = nn.Conv2d(1, width, kernel_size=(pf, pt), stride=(pf, pt))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         n = self.train_grid[0] * self.train_grid[1]
         if pos_embed == "learned":
-            self.pos_embed = nn.Parameter(torch.zeros(1, 1 + n, width))
+            self.pos_embed = nn.Parameter(self.learned_pos_embed(1 + n, width))
         else:
             self.register_buffer("pos_embed", torch.cat([torch.zeros(1, width),
                                                          sincos_pos_embed(width, *self.train_grid)])[None])
-        self.blocks = nn.Sequential(*[EncoderBlock(heads, width, int(width * mlp_ratio)) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[self.block(heads, width, int(width * mlp_ratio)) for _ in range(depth)])
         self.norm = nn.LayerNorm(width, eps=1e-6)
 
     def patchify(self, x):
@@ -372,6 +389,12 @@ class AudioViT(_ViT):
 
     def pos_embed_for(self, grid):
         return resize_pos_embed(self.pos_embed, self.train_grid, grid)
+
+    def stack_frames(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, 1 + F'*T', D] (CLS, then patches frequency-major: index f*T' + t) -> [B, T', F' * D]."""
+        rows = self.n_mels // self.patch[0]
+        patches = tokens[:, 1:].reshape(len(tokens), rows, -1, tokens.shape[-1])  # [B, F', T', D]
+        return patches.transpose(1, 2).flatten(2)
 
     def prepare(self, x: torch.Tensor, long: str) -> torch.Tensor:
         if long == "resize":
@@ -479,18 +502,19 @@ class ClarEncoder(nn.Module):
 # then max_t + mean_t.
 
 
-def conv_blocks(n: int, base: int) -> nn.Sequential:
-    """n x [Conv2d(3x3, pad 1) -> BN -> ReLU -> MaxPool(2)], 1 input channel, `base` channels."""
+def conv_blocks(n_blocks: int, channels: int) -> nn.Sequential:
+    """n_blocks x [Conv2d 3x3 (pad 1) -> BatchNorm2d -> ReLU -> MaxPool2d(2)], 1 input channel, one flat Sequential
+    (state_dict keys features.0/1 for block 1, features.4/5 for block 2, ...: the BYOL-A weight files' keys)."""
     layers = []
-    for i in range(n):
-        layers += [nn.Conv2d(1 if i == 0 else base, base, 3, padding=1), nn.BatchNorm2d(base), nn.ReLU(),
+    for i in range(n_blocks):
+        layers += [nn.Conv2d(1 if i == 0 else channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
                    nn.MaxPool2d(2)]
     return nn.Sequential(*layers)
 
 
-def conv_frames(x: torch.Tensor) -> torch.Tensor:
-    """[B, C, F', T'] -> [B, T', F' * C], the channel index running fastest."""
-    return x.permute(0, 3, 2, 1).flatten(2)
+def conv_frames(features: torch.Tensor) -> torch.Tensor:
+    """CNN output [B, C, F', T'] -> per-frame vectors [B, T', F' * C], the channel index running fastest (BYOL-A)."""
+    return features.permute(0, 3, 2, 1).flatten(2)
 
 
 class _AudioNTT(nn.Module):
@@ -502,12 +526,15 @@ class _AudioNTT(nn.Module):
 
     @torch.no_grad()
     def embed(self, x: torch.Tensor, long: str = "chunk", pool: str = "cls") -> torch.Tensor:
-        """The whole normalised log-mel at once (T >= frame_step), max + mean over frames; long/pool do not apply."""
+        """Evaluation embedding of a normalised log-mel [B, 1, F, T] of any T >= frame_step: the whole clip at once
+        (the net is convolutional per frame, as EVAR feeds BYOL-A); `long` and `pool` do not apply (max + mean)."""
         return self(x)
 
 
 class AudioNTT2022(_AudioNTT):
-    """BYOL-A v2: 2 conv blocks -> per frame [base * F/4] -> MLP to dim - base*F/4 -> [CNN, MLP] per frame."""
+    """BYOL-A v2 (Niizumi et al. 2023; nttcslab/byol-a v2): log-mel [B, 1, F, T] -> Conv(1->c, 3x3)-BN-ReLU-MaxPool(2)
+    x2 -> per frame [c * F/4] (1024 at F 64, c 64) -> MLP c*F/4 -> hidden -> (dim - c*F/4) with ReLU and dropout
+    -> [CNN features, MLP output] stacked to dim per frame -> max_t + mean_t -> [B, dim] (3072 in the paper)."""
 
     frame_step = 4  # log-mel frames per output frame
 
@@ -515,18 +542,23 @@ class AudioNTT2022(_AudioNTT):
                  dropout: float = 0.3):
         super().__init__()
         self.features = conv_blocks(2, base)
-        conv_dim = base * (n_mels // 4)
-        self.fc = nn.Sequential(nn.Linear(conv_dim, mlp_hidden), nn.ReLU(), nn.Dropout(dropout),
-                                nn.Linear(mlp_hidden, dim - conv_dim), nn.ReLU())
+        self.conv_dim = base * (n_mels // 4)
+        if dim <= self.conv_dim:
+            raise ValueError(f"AudioNTT2022: dim {dim} must exceed the CNN's per-frame size {self.conv_dim}")
+        self.fc = nn.Sequential(nn.Linear(self.conv_dim, mlp_hidden), nn.ReLU(), nn.Dropout(dropout),
+                                nn.Linear(mlp_hidden, dim - self.conv_dim), nn.ReLU())
         self.embed_dim = dim
 
     def frames(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 1, F, T] -> per-frame features [B, T/4, dim]; a frame's CNN part is ordered (mel, channel)."""
         x = conv_frames(self.features(x))
         return torch.cat([x, self.fc(x)], dim=-1)
 
 
 class AudioNTT2020(_AudioNTT):
-    """BYOL-A v1: 3 conv blocks -> per frame [base * F/8] -> Linear(d)-ReLU-Dropout-Linear(d)-ReLU."""
+    """BYOL-A v1 (Niizumi et al. 2021; nttcslab/byol-a, the released AudioNTT2020-BYOLA-64x96d{512,1024,2048}
+    weights): log-mel [B, 1, F, T] -> Conv(3x3, 64)-BN-ReLU-MaxPool(2) x3 -> per frame [64 * F/8] ->
+    Linear(64 F/8, d)-ReLU-Dropout-Linear(d, d)-ReLU -> max_t + mean_t -> [B, d]. The package trains v2."""
 
     frame_step = 8
 
@@ -538,6 +570,7 @@ class AudioNTT2020(_AudioNTT):
         self.embed_dim = dim
 
     def frames(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 1, F, T] -> per-frame features [B, T/8, dim]."""
         return self.fc(conv_frames(self.features(x)))
 
 

@@ -106,7 +106,11 @@ def main() -> None:
     parser.add_argument("--published", action="append", default=[], metavar="CKPT",
                         help="released weights to probe beside the recipes, as linear_eval.py --ckpt takes them "
                              "(a prefix:PATH form or an encoder file; see linear_eval.py --help); repeatable")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands the track runs and exit")
     args = parser.parse_args()
+    if args.dry_run:
+        print("\n".join(f"python {shlex.join(step)}" for step in steps(args.track, args.published)))
+        return
     start = time.time()
     results, page = f"results/{args.track}.csv", Path(f"results/{args.track}.md")
     Path(results).unlink(missing_ok=True)  # every number in the table is measured in this run

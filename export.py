@@ -18,23 +18,9 @@ import sys
 
 import official
 import portable
-from files import load_checkpoint
 
 
-def export(ckpt: str, out: str, norm_stats: tuple[float, float] | None = None) -> dict:
-    """Read the training checkpoint `ckpt` (or `byola:PATH`, a published BYOL-A weight file), write its encoder file
-    to `out`; returns the file's dict."""
-    if ckpt.startswith(official.PREFIX):
-        bundle = official.bundle(ckpt[len(official.PREFIX):], norm_stats)
-    elif norm_stats is not None:
-        raise ValueError(f"--norm-stats applies to {official.PREFIX} weight files only (a checkpoint carries its own)")
-    else:
-        bundle = portable.from_checkpoint(load_checkpoint(ckpt), ckpt)
-    portable.save(bundle, out)
-    return bundle
-
-
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--ckpt", required=True,
@@ -43,13 +29,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--norm-stats", type=float, nargs=2, metavar=("MEAN", "STD"),
                         help=f"{official.PREFIX} only: log-mel mean and std to store (default: downstream statistics)")
     args = parser.parse_args(argv)
-    bundle = export(args.ckpt, args.out, tuple(args.norm_stats) if args.norm_stats else None)
+    bundle = portable.export(args.ckpt, args.out, tuple(args.norm_stats) if args.norm_stats else None)
     norm, arch = bundle["norm"], bundle["config"]["model"]["arch"]
     n_params = sum(v.numel() for v in bundle["encoder"].values())
     print(f"{args.out}: {bundle['kind']} {arch}, {n_params:,} encoder values, input "
           f"{'wave' if bundle['logmel'] is None else 'log-mel'}, norm {norm['source']} (mean {norm['mean']:.4f}, "
           f"std {norm['std']:.4f}), {os.path.getsize(args.out) / 2**20:.1f} MiB")
-    return bundle
 
 
 if __name__ == "__main__":

@@ -16,11 +16,18 @@ from collections import OrderedDict
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-# shared with the one-file encoder module (what an installed encoder runs): position embeddings, chunking, ResNets
+# The encoders are the one-file encoder module's (what an exported, installed encoder runs), so training and
+# inference run one network: this file adds only what training needs (token dropping, weight init, channels-last).
 import audio_ssl_repro as portable_encoders
-from audio_ssl_repro import ResNet18Nd, resize_pos_embed, sincos_pos_embed, split_chunks  # noqa: F401
+from audio_ssl_repro import (  # noqa: F401  (the encoders' building blocks, used by the methods' scripts)
+    AudioNTT2020,
+    AudioNTT2022,
+    ResNet18Nd,
+    resize_pos_embed,
+    sincos_pos_embed,
+    split_chunks,
+)
 
 # ============================================================================ ViT encoders (MSN)
 # Two ViTs with one interface. Both return the CLS token after the final LayerNorm (MSN, facebookresearch/msn) and
@@ -45,82 +52,33 @@ def drop_tokens(x: torch.Tensor, patch_drop: float) -> torch.Tensor:
     return torch.cat([x[:, :1], x[:, 1:][:, keep]], dim=1)
 
 
-class _ViT(nn.Module):
-    """Shared transformer trunk logic; subclasses define `patchify`, `pos_embed_for` and `prepare`."""
-
-    input_kind = "logmel"
-    readout = "token"  # AudioViT may read out "stack" (M2D)
+class _TrainingViT:
+    """What training adds to the encoder file's ViTs (audio_ssl_repro._ViT: patchify, position embeddings, embed):
+    MSN's token dropping in tokens() and forward()."""
 
     def tokens(self, x: torch.Tensor, patch_drop: float = 0.0) -> torch.Tensor:
-        """x [B, 1, H, W] -> tokens [B, 1 + N', D] after the final LayerNorm (CLS first)."""
-        patches, grid = self.patchify(x)
-        x = torch.cat([self.cls_token.expand(len(patches), -1, -1), patches], dim=1)
-        x = drop_tokens(x + self.pos_embed_for(grid), patch_drop)
-        return self.norm(self.blocks(self.dropout(x)))
+        """x [B, 1, H, W] -> tokens [B, 1 + N', D] after the final LayerNorm (CLS first, N' = N after dropping)."""
+        return self.norm(self.blocks(drop_tokens(self.patch_tokens(x), patch_drop)))
 
     def forward(self, x: torch.Tensor, patch_drop: float = 0.0) -> torch.Tensor:
         """x [B, 1, H, W] -> CLS embedding [B, D] (MSN's encoder output)."""
         return self.tokens(x, patch_drop)[:, 0]
 
-    @torch.no_grad()
-    def embed(self, x: torch.Tensor, long: str = "chunk", pool: str = "cls") -> torch.Tensor:
-        """Evaluation embedding of a normalised log-mel x [B, 1, 64, T] of any T -> [B, D].
 
-        long: "chunk" (crop_frames chunks, the last aligned to the end, embeddings averaged), "resize" or
-        "pad" (see the subclass); pool: "cls" (CLS after the final LayerNorm) or "mean" (mean patch token).
-        """
-        if pool not in ("cls", "mean"):
-            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
-        if long not in ("chunk", "resize", "pad"):
-            raise ValueError(f"long must be 'chunk', 'resize' or 'pad', got {long!r}")
-        batch = len(x)
-        views = split_chunks(x, self.crop_frames) if long == "chunk" else x
-        tokens = self.tokens(self.prepare(views, long))
-        if self.readout == "stack":
-            emb = self.stack_frames(tokens).mean(dim=1)
-        else:
-            emb = tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
-        return emb.reshape(batch, -1, emb.shape[-1]).mean(dim=1)
-
-
-class ViTB32(_ViT):
+class ViTB32(_TrainingViT, portable_encoders.ViTB32):
     """torchvision vit_b_32 on 1-channel "images": Conv2d(1, 3, 1) stem, no classifier (the MSN-audio seed).
 
-    Training views are resized crops (224 / 96). embed(): "resize" = the whole [64, T] bilinearly resized
-    to image_size x image_size (no antialias, as the training crops); "pad" = the seed's zero padding:
-    frequency 64 -> image_size zero rows at the top end (high bins), time right-zero-padded to image_size
-    frames or cut to its first image_size frames; "chunk" = crop_frames chunks each resized as "resize".
+    The network, its parameter names and embed() are audio_ssl_repro.ViTB32's; training builds the trunk with
+    torchvision's vit_b_32 (its weight initialisation, and its state dict loads: load_torchvision_vit) and adds
+    token dropping. Training views are resized crops (224 / 96).
     """
 
-    def __init__(self, image_size: int = 224, crop_frames: int = 96):
-        super().__init__()
+    @staticmethod
+    def trunk(image_size: int) -> nn.Module:
         from torchvision.models import vit_b_32
-        self.image_size, self.crop_frames, self.patch = image_size, crop_frames, 32
-        self.stem = nn.Conv2d(1, 3, kernel_size=1)
-        self.vit = vit_b_32(weights=None, image_size=image_size)
-        del self.vit.heads
-        self.embed_dim = self.vit.hidden_dim
-        self.train_grid = (image_size // 32, image_size // 32)
-
-    # the trunk's parts under the names _ViT uses (properties, so the state_dict keys stay torchvision's)
-    cls_token = property(lambda self: self.vit.class_token)
-    dropout = property(lambda self: self.vit.encoder.dropout)
-    blocks = property(lambda self: self.vit.encoder.layers)
-    norm = property(lambda self: self.vit.encoder.ln)
-
-    def patchify(self, x):
-        x = self.vit.conv_proj(self.stem(x))
-        return x.flatten(2).transpose(1, 2), tuple(x.shape[-2:])
-
-    def pos_embed_for(self, grid):
-        return resize_pos_embed(self.vit.encoder.pos_embedding, self.train_grid, grid)
-
-    def prepare(self, x: torch.Tensor, long: str) -> torch.Tensor:
-        size = self.image_size
-        if long == "pad":
-            x = x[..., :size]
-            return F.pad(x, (0, size - x.shape[-1], 0, size - x.shape[-2]))
-        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+        vit = vit_b_32(weights=None, image_size=image_size)
+        del vit.heads
+        return vit
 
     def init_stem_copy(self) -> None:
         """Stem = "copy the one channel to all three" (used with ImageNet weights)."""
@@ -129,73 +87,27 @@ class ViTB32(_ViT):
             self.stem.bias.zero_()
 
 
-class AudioViT(_ViT):
-    """ViT that patches the log-mel [n_mels, T] directly with [pf, pt] patches (no resize, no frequency
-    padding). T need not be a multiple of pt: the last T mod pt frames are dropped (a clip shorter than
-    one patch is right-padded). embed(): "resize" = time axis bilinearly resized to crop_frames (exact
-    training grid); "pad" = right-zero-pad to crop_frames or keep the first crop_frames; "chunk" as base.
-
-    readout: how embed() reads the tokens out. "token" (MSN): CLS or mean patch token as `pool` says, embed_dim =
-    width. "stack" (M2D, nttcslab/m2d runtime_audio.py): per time column of the patch grid, the n_mels/pf
-    frequency patches' final tokens concatenated low band first -> [T', (n_mels/pf) * width], averaged over
-    time (and chunks); `pool` is ignored and embed_dim = (n_mels/pf) * width. Training (forward, tokens) is
-    the same for both.
+class AudioViT(_TrainingViT, portable_encoders.AudioViT):
+    """ViT that patches the log-mel [n_mels, T] directly with [pf, pt] patches (audio_ssl_repro.AudioViT: the
+    network, readouts "token" (MSN) and "stack" (M2D), embed()). Training adds token dropping and the weight
+    initialisation: torchvision's transformer blocks (their init), a learned position embedding drawn from
+    N(0, 0.02), the CLS token from a truncated N(0, 0.02).
     """
+
+    @staticmethod
+    def block(heads: int, width: int, mlp_dim: int) -> nn.Module:
+        from torchvision.models.vision_transformer import EncoderBlock
+        return EncoderBlock(heads, width, mlp_dim, 0.0, 0.0)
+
+    @staticmethod
+    def learned_pos_embed(tokens: int, width: int) -> torch.Tensor:
+        return torch.empty(1, tokens, width).normal_(std=0.02)
 
     def __init__(self, n_mels: int = 64, crop_frames: int = 96, patch=(16, 16), width: int = 384,
                  depth: int = 12, heads: int = 6, mlp_ratio: float = 4.0, pos_embed: str = "sincos",
                  readout: str = "token"):
-        super().__init__()
-        from torchvision.models.vision_transformer import EncoderBlock
-        pf, pt = int(patch[0]), int(patch[1])
-        if n_mels % pf or crop_frames % pt:
-            raise ValueError(f"patch {patch} must divide [n_mels, crop_frames] = [{n_mels}, {crop_frames}]")
-        if pos_embed not in ("sincos", "learned"):
-            raise ValueError(f"model.pos_embed must be 'sincos' or 'learned', got {pos_embed!r}")
-        if readout not in ("token", "stack"):
-            raise ValueError(f"model.readout must be 'token' or 'stack', got {readout!r}")
-        self.n_mels, self.crop_frames, self.patch, self.width = n_mels, crop_frames, (pf, pt), width
-        self.train_grid = (n_mels // pf, crop_frames // pt)
-        self.readout = readout
-        self.embed_dim = width * (self.train_grid[0] if readout == "stack" else 1)
-        self.patch_embed = nn.Conv2d(1, width, kernel_size=(pf, pt), stride=(pf, pt))
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
-        n = self.train_grid[0] * self.train_grid[1]
-        if pos_embed == "learned":
-            self.pos_embed = nn.Parameter(torch.empty(1, 1 + n, width).normal_(std=0.02))
-        else:
-            table = torch.cat([torch.zeros(1, width), sincos_pos_embed(width, *self.train_grid)])
-            self.register_buffer("pos_embed", table[None])
-        self.dropout = nn.Identity()
-        self.blocks = nn.Sequential(*[EncoderBlock(heads, width, int(width * mlp_ratio), 0.0, 0.0)
-                                      for _ in range(depth)])
-        self.norm = nn.LayerNorm(width, eps=1e-6)
+        super().__init__(n_mels, crop_frames, patch, width, depth, heads, mlp_ratio, pos_embed, readout)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-
-    def patchify(self, x):
-        if x.shape[-2] != self.n_mels:
-            raise ValueError(f"vit_audio expects {self.n_mels} mel bins, got input {tuple(x.shape)}")
-        pt = self.patch[1]
-        x = F.pad(x, (0, max(0, pt - x.shape[-1])))
-        x = self.patch_embed(x[..., :x.shape[-1] // pt * pt])
-        return x.flatten(2).transpose(1, 2), tuple(x.shape[-2:])
-
-    def pos_embed_for(self, grid):
-        return resize_pos_embed(self.pos_embed, self.train_grid, grid)
-
-    def stack_frames(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B, 1 + F'*T', D] (CLS, then patches frequency-major: index f*T' + t) -> [B, T', F' * D]."""
-        rows = self.n_mels // self.patch[0]
-        patches = tokens[:, 1:].reshape(len(tokens), rows, -1, tokens.shape[-1])  # [B, F', T', D]
-        return patches.transpose(1, 2).flatten(2)
-
-    def prepare(self, x: torch.Tensor, long: str) -> torch.Tensor:
-        if long == "resize":
-            return F.interpolate(x, size=(x.shape[-2], self.crop_frames), mode="bilinear", align_corners=False)
-        if long == "pad":
-            x = x[..., :self.crop_frames]
-            return F.pad(x, (0, self.crop_frames - x.shape[-1]))
-        return x
 
 
 def build_vit(model_cfg: dict) -> nn.Module:
@@ -375,85 +287,8 @@ class ClarNet(nn.Module):
 # BYOL-A v2 (Niizumi et al. 2023; nttcslab/byol-a v2/byol_a2/models.py): a 2-block CNN, a per-frame MLP, the
 # CNN features and the MLP output stacked per frame, then temporal pooling max_t + mean_t (a SUM, EVAR code).
 # BYOL (Grill et al. 2020; lucidrains byol-pytorch as v2 uses it): MLP projector and predictor
-# Linear-BN-ReLU-Linear, an EMA target of encoder + projector, loss 2 - 2 cos per view pair.
-
-
-def conv_blocks(n_blocks: int, channels: int) -> nn.Sequential:
-    """n_blocks x [Conv2d 3x3 (pad 1) -> BatchNorm2d -> ReLU -> MaxPool2d(2)], 1 input channel, one flat Sequential
-    (state_dict keys features.0/1 for block 1, features.4/5 for block 2, ...: the BYOL-A weight files' keys)."""
-    layers = []
-    for i in range(n_blocks):
-        layers += [nn.Conv2d(1 if i == 0 else channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
-                   nn.MaxPool2d(2)]
-    return nn.Sequential(*layers)
-
-
-def conv_frames(features: torch.Tensor) -> torch.Tensor:
-    """CNN output [B, C, F', T'] -> per-frame vectors [B, T', F' * C], the channel index running fastest (BYOL-A)."""
-    return features.permute(0, 3, 2, 1).flatten(2)
-
-
-class AudioNTT2020(nn.Module):
-    """BYOL-A v1 encoder (Niizumi et al. 2021; nttcslab/byol-a byol_a/models.py, the released
-    AudioNTT2020-BYOLA-64x96d{512,1024,2048} weights): log-mel [B, 1, F, T] -> Conv(3x3, 64)-BN-ReLU-MaxPool(2)
-    x3 -> per frame [64 * F/8] -> Linear(64 F/8, d)-ReLU-Dropout(0.3)-Linear(d, d)-ReLU -> max_t + mean_t -> [B, d].
-    Built for the published weights (official.py); the package trains v2 (AudioNTT2022)."""
-
-    input_kind = "logmel"
-
-    def __init__(self, n_mels: int = 64, dim: int = 512, base: int = 64, dropout: float = 0.3):
-        super().__init__()
-        self.features = conv_blocks(3, base)
-        self.fc = nn.Sequential(nn.Linear(base * (n_mels // 8), dim), nn.ReLU(), nn.Dropout(dropout),
-                                nn.Linear(dim, dim), nn.ReLU())
-        self.embed_dim = dim
-
-    def frames(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 1, F, T] -> per-frame features [B, T/8, dim]."""
-        return self.fc(conv_frames(self.features(x)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        frames = self.frames(x)
-        return frames.max(dim=1).values + frames.mean(dim=1)
-
-    @torch.no_grad()
-    def embed(self, x: torch.Tensor, long: str = "chunk", pool: str = "cls") -> torch.Tensor:
-        """As AudioNTT2022.embed: the whole normalised log-mel at once (T >= 8), max + mean over frames."""
-        return self(x)
-
-
-class AudioNTT2022(nn.Module):
-    """Log-mel [B, 1, F, T] -> Conv(1->c, 3x3)-BN-ReLU-MaxPool(2) x2 -> per frame [c * F/4] (1024 at F 64,
-    c 64) -> MLP c*F/4 -> hidden -> (dim - c*F/4) with ReLU and dropout 0.3 -> [CNN features, MLP output]
-    stacked to dim per frame -> max_t + mean_t -> [B, dim] (3072 in the paper)."""
-
-    input_kind = "logmel"
-
-    def __init__(self, n_mels: int = 64, dim: int = 3072, base: int = 64, mlp_hidden: int = 2048,
-                 dropout: float = 0.3):
-        super().__init__()
-        self.features = conv_blocks(2, base)
-        self.conv_dim = base * (n_mels // 4)
-        if dim <= self.conv_dim:
-            raise ValueError(f"AudioNTT2022: dim {dim} must exceed the CNN's per-frame size {self.conv_dim}")
-        self.fc = nn.Sequential(nn.Linear(self.conv_dim, mlp_hidden), nn.ReLU(), nn.Dropout(dropout),
-                                nn.Linear(mlp_hidden, dim - self.conv_dim), nn.ReLU())
-        self.embed_dim = dim
-
-    def frames(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 1, F, T] -> per-frame features [B, T/4, dim]; a frame's CNN part is ordered (mel, channel)."""
-        x = conv_frames(self.features(x))          # [B, T/4, F/4 * C], the channel index running fastest
-        return torch.cat([x, self.fc(x)], dim=-1)  # [B, T/4, dim]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        frames = self.frames(x)
-        return frames.max(dim=1).values + frames.mean(dim=1)
-
-    @torch.no_grad()
-    def embed(self, x: torch.Tensor, long: str = "chunk", pool: str = "cls") -> torch.Tensor:
-        """Evaluation embedding of a normalised log-mel [B, 1, F, T] of any T >= 4: the whole clip at once (the
-        net is convolutional per frame, as EVAR feeds BYOL-A); `long` and `pool` do not apply (max + mean)."""
-        return self(x)
+# Linear-BN-ReLU-Linear, an EMA target of encoder + projector, loss 2 - 2 cos per view pair. The encoders
+# (AudioNTT2022, and AudioNTT2020 for the published v1 weights) are audio_ssl_repro's, imported above.
 
 
 class BYOLMLP(nn.Sequential):

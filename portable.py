@@ -101,3 +101,19 @@ def load(path: str | os.PathLike) -> tuple[nn.Module, dict]:
 
 def save(bundle: dict, out: str | os.PathLike) -> None:
     atomic_torch_save(bundle, out)
+
+
+def export(ckpt: str, out: str | os.PathLike, norm_stats: tuple[float, float] | None = None) -> dict:
+    """Read the training checkpoint `ckpt` (or `byola:PATH`, a published BYOL-A weight file: official.py), write
+    its encoder file to `out` (what export.py does); returns the file's dict. `norm_stats` (mean, std) applies to
+    published weights only: a checkpoint carries its own normalisation."""
+    import official  # official.py builds its bundles with this module's FORMAT
+
+    if ckpt.startswith(official.PREFIX):
+        bundle = official.bundle(ckpt[len(official.PREFIX):], norm_stats)
+    elif norm_stats is not None:
+        raise ValueError(f"--norm-stats applies to {official.PREFIX} weight files only (a checkpoint carries its own)")
+    else:
+        bundle = from_checkpoint(load_checkpoint(ckpt), ckpt)
+    save(bundle, out)
+    return bundle

@@ -1,6 +1,7 @@
 """Shared pytest fixtures: a tiny feature cache in the exact layout preprocess.py writes."""
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,6 +10,12 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(script: str, *args, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """`python SCRIPT ARGS` (SCRIPT relative to the repository) as a subprocess: tests call scripts only this way."""
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True)
 sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
 

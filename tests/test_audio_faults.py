@@ -8,8 +8,8 @@ import soundfile as sf
 
 import audio
 from data import read_manifest
+from tests.test_cache import run
 from tests.test_datasets import write, write_gtzan_au
-from tests.test_preprocess import run
 
 
 def damage_header(path) -> None:
@@ -36,7 +36,7 @@ def test_gtzan_au_with_a_damaged_header_is_skipped_and_reported(tmp_path):
     keys = [f"{g}/{g}.{i:05d}" for g in ("jazz", "rock") for i in range(3)]
     root = write_gtzan_au(tmp_path / "gtzan", keys)
     damage_header(root / "genres" / "jazz" / "jazz.00001.au")
-    summary = run("--dataset", "gtzan", "--root", root, "--out", tmp_path / "c")
+    summary = run(dataset="gtzan", root=root, out=tmp_path / "c")
     df = read_manifest(tmp_path / "c")
     assert summary["skipped"] == 1 and len(df) == 5 and "jazz/jazz.00001.au" not in set(df.source)
     errors = pd.read_csv(tmp_path / "c" / "errors.csv", dtype=str, keep_default_na=False)

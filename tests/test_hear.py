@@ -12,17 +12,16 @@ import torch
 import torch.nn.functional as F
 
 import data
-import export
+import evaluation
 import hear_ssl
-import linear_eval
 import models
 import portable
 import pretrain_byola
 import pretrain_clar
 import pretrain_msn
+import tables
 from audio import LOG_SILENCE, LogMel, LogMelConfig
-from results import make_tables
-from tests.conftest import model_cfg, write_tiny_cache
+from tests.conftest import ROOT, model_cfg, run_script, write_tiny_cache
 from tests.test_pretrain_byola import tiny as byola_tiny
 from tests.test_pretrain_clar import tiny_args as clar_tiny
 from tests.test_pretrain_msn import tiny as msn_tiny
@@ -122,13 +121,17 @@ def test_audiontt_frames_and_clar_windows_equal_hand_computations(runs):
     torch.testing.assert_close(hear_ssl.get_scene_embeddings(audio, model), clar.embed(audio, "chunk"))
 
 
-def test_export_is_portable_and_embeds_exactly_as_the_checkpoint(runs, tmp_path, capsys):
+def test_export_is_portable_and_embeds_exactly_as_the_checkpoint(runs, tmp_path):
     cache = runs["cache"]
     df = data.read_manifest(cache)
     for name in ("msn", "byola", "clar1d"):
         out = tmp_path / f"{name}.pt"
-        export.main(["--ckpt", str(runs[name]), "--out", str(out)])
-        assert f"{out}:" in capsys.readouterr().out and not list(tmp_path.glob(".*.tmp*"))
+        if name == "msn":  # the command line once (it says what it wrote), the module for the others
+            done = run_script("export.py", "--ckpt", runs[name], "--out", out)
+            assert done.returncode == 0 and f"{out}: msn vit_audio" in done.stdout, done.stderr
+        else:
+            portable.export(str(runs[name]), str(out))
+        assert not list(tmp_path.glob(".*.tmp*"))
         bundle = torch.load(out, weights_only=True)  # plain types only: no training state, no pickled classes
         ckpt = torch.load(runs[name], weights_only=False)
         assert bundle["format"] == portable.FORMAT and bundle["kind"] == ckpt["kind"]
@@ -153,9 +156,10 @@ def test_export_is_portable_and_embeds_exactly_as_the_checkpoint(runs, tmp_path,
 
 def test_linear_eval_reads_the_export_and_gets_the_checkpoints_embeddings(runs, tmp_path):
     out = tmp_path / "msn.pt"
-    export.export(str(runs["msn"]), str(out))
-    rows = [linear_eval.main(["--ckpt", str(path), "--task", str(runs["cache"]), "--results", str(tmp_path / "r.csv"),
-                              f"eval.embed_dir={tmp_path / emb}", "probe.epochs=3"])
+    portable.export(str(runs["msn"]), str(out))
+    rows = [evaluation.run(str(path), str(runs["cache"]), evaluation.config([f"eval.embed_dir={tmp_path / emb}",
+                                                                               "probe.epochs=3"]),
+                           results=str(tmp_path / "r.csv"))
             for path, emb in ((runs["msn"], "a"), (out, "b"))]
     a, b = (np.load(next((tmp_path / emb).glob("*.npy"))) for emb in ("a", "b"))
     assert a.shape == (24, 16) and np.array_equal(a, b)
@@ -180,14 +184,14 @@ def test_precomputed_msn_stores_its_stats_and_the_front_end_follows_the_cache(tm
 
 def test_export_and_hear_errors_name_the_file(runs, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.pt"):
-        export.export(str(tmp_path / "nothing.pt"), str(tmp_path / "out.pt"))
+        portable.export(str(tmp_path / "nothing.pt"), str(tmp_path / "out.pt"))
     with pytest.raises(FileNotFoundError, match="nothing.pt"):
         hear_ssl.load_model(str(tmp_path / "nothing.pt"))
     old = torch.load(runs["byola"], weights_only=False)
     old["meta"] = {}  # a checkpoint from before the stats were stored
     torch.save(old, tmp_path / "old.pt")
     with pytest.raises(ValueError, match=r"old.pt: aug.norm=precomputed but meta has no norm_stats"):
-        export.export(str(tmp_path / "old.pt"), str(tmp_path / "out.pt"))
+        portable.export(str(tmp_path / "old.pt"), str(tmp_path / "out.pt"))
     assert not (tmp_path / "out.pt").exists()
     with pytest.raises(ValueError, match=r"must be \[n_sounds, n_samples\]"):
         hear_ssl.get_scene_embeddings(torch.zeros(16000), hear_ssl.load_model(str(runs["clar1d"])))
@@ -218,12 +222,13 @@ def test_linear_eval_probes_a_pypi_hear_module_and_tables_show_it(tmp_path):
 
     cache = write_tiny_cache(tmp_path / "cache")
     rng = torch.get_rng_state()
-    encoder, info = linear_eval.load_encoder("hear:hearbaseline")
+    encoder, info = evaluation.load_encoder("hear:hearbaseline")
     assert torch.equal(torch.get_rng_state(), rng)  # its load_model seeds torch; the probe's seeds stay ours
     assert info["model"] == "hear:hearbaseline" and info["config"] == "hearbaseline 2021.1.1"
     assert encoder.embed_dim == 4096 and encoder.sample_rate == 44100
-    row = linear_eval.main(["--ckpt", "hear:hearbaseline", "--task", str(cache), "--results", str(tmp_path / "r.csv"),
-                            f"eval.embed_dir={tmp_path / 'emb'}", "probe.epochs=20"])
+    row = evaluation.run("hear:hearbaseline", str(cache), evaluation.config([f"eval.embed_dir={tmp_path / 'emb'}",
+                                                                             "probe.epochs=20"]),
+                         results=str(tmp_path / "r.csv"))
     X = np.load(next((tmp_path / "emb").glob("*hear_hearbaseline*.npy")))
     # by hand: every cached 1 s wave resampled 16 -> 44.1 kHz, through hearbaseline.naive's own functions
     df = data.read_manifest(cache)
@@ -235,27 +240,27 @@ def test_linear_eval_probes_a_pypi_hear_module_and_tables_show_it(tmp_path):
     assert row["folds"] == "test" and 0 <= float(row["mean"]) <= 100
     saved = pd.read_csv(tmp_path / "r.csv")
     assert saved["model"].tolist() == ["hear:hearbaseline"]
-    page = make_tables.main(["--results", str(tmp_path / "r.csv"), "--out", str(tmp_path / "t.md"),
-                             "--runs", str(tmp_path / "none"), "--studies", str(tmp_path)])
+    page = tables.write_page(tmp_path / "r.csv", ROOT / "results" / "reference.csv", studies=tmp_path,
+                             runs=tmp_path / "none", out=tmp_path / "t.md")
     line = next(s for s in page.read_text().splitlines() if s.startswith("| hear:hearbaseline |"))
     assert line.split(" | ")[1:3] == ["-", "-"] and row["mean"] in line  # long / pool do not apply
 
 
 def test_hear_spec_errors_are_one_line(tmp_path):
     with pytest.raises(ValueError, match="cannot import HEAR module 'no_such_hear_module'"):
-        linear_eval.load_encoder("hear:no_such_hear_module")
+        evaluation.load_encoder("hear:no_such_hear_module")
     with pytest.raises(ValueError, match="hear:json: json is not a HEAR module"):
-        linear_eval.load_encoder("hear:json")
+        evaluation.load_encoder("hear:json")
     with pytest.raises(FileNotFoundError, match="missing.pt: weights file of hear:hear_ssl"):
-        linear_eval.load_encoder(f"hear:hear_ssl:{tmp_path / 'missing.pt'}")
+        evaluation.load_encoder(f"hear:hear_ssl:{tmp_path / 'missing.pt'}")
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     with pytest.raises(ValueError, match=r"hear_ssl.load_model failed \(ValueError: .*junk.pt: not a readable"):
-        linear_eval.load_encoder(f"hear:hear_ssl:{tmp_path / 'junk.pt'}")
+        evaluation.load_encoder(f"hear:hear_ssl:{tmp_path / 'junk.pt'}")
 
 
 def test_our_hear_module_through_the_hear_path_equals_its_scene_embeddings(runs, tmp_path):
     """hear:hear_ssl:ENCODER runs the same probe path as a PyPI module; its embeddings are hear_ssl's."""
-    encoder, info = linear_eval.load_encoder(f"hear:hear_ssl:{runs['clar1d']}")
+    encoder, info = evaluation.load_encoder(f"hear:hear_ssl:{runs['clar1d']}")
     assert info["model"] == "hear:hear_ssl:ckpt_last.pt" and encoder.sample_rate == 16000
     wave = torch.rand(2, 16000) * 2 - 1
     model = hear_ssl.load_model(str(runs["clar1d"]))

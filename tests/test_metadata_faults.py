@@ -11,8 +11,8 @@ import pytest
 
 import datasets
 from data import read_manifest
+from tests.test_cache import run
 from tests.test_datasets import write, write_audioset
-from tests.test_preprocess import run
 
 
 def errors_csv(out) -> dict[str, str]:
@@ -29,7 +29,7 @@ def test_audioset_missing_quote_and_short_row_are_reported_not_swallowed(tmp_pat
     lines[3] = lines[3].rstrip('"')  # --PJHxphWEs, 30.000, 40.000, "/m/09x0r,/t/dd00088   (quote not closed)
     lines.insert(4, "-0RWZT-miFs, 420.000")  # a short row before the good one
     path.write_text("\n".join(lines) + "\n")
-    summary = run("--dataset", "audioset", "--root", root, "--out", tmp_path / "c")
+    summary = run(dataset="audioset", root=root, out=tmp_path / "c")
     errors = errors_csv(tmp_path / "c")
     assert set(errors) == {f"{path}:4", f"{path}:5"} and summary["skipped"] == 2
     assert "unexpected end of data" in errors[f"{path}:4"] and "2 fields, expected 4" in errors[f"{path}:5"]
@@ -45,7 +45,7 @@ def test_audioset_unknown_label_id_is_an_error_naming_it(tmp_path):
     path.write_text(path.read_text() + '--5gqARaEJE, 0.000, 10.000, "/m/0zzzz9,/m/09x0r"\n')
     with pytest.raises(SystemExit, match=rf"audioset: {path}: line 5: label id '/m/0zzzz9' is not in "
                                          r".*class_labels_indices.csv \(1 unknown id\(s\) on 1 row label\(s\)"):
-        run("--dataset", "audioset", "--root", root, "--out", tmp_path / "c")
+        run(dataset="audioset", root=root, out=tmp_path / "c")
     # a broken class table row is itself reported, and its ids are then unknown
     table = root / "class_labels_indices.csv"
     path.write_text(path.read_text().replace("/m/0zzzz9,", ""))
@@ -67,7 +67,7 @@ def test_esc50_csv_bad_rows_are_reported_with_their_line_and_skipped(tmp_path):
             f"{names[4]},5,0,rooster,True,104,A"]       # target 0 is 'dog' on line 2
     (root / "meta").mkdir()
     (root / "meta" / "esc50.csv").write_text("\n".join(rows) + "\n")
-    summary = run("--dataset", "esc50", "--root", root, "--out", tmp_path / "c")
+    summary = run(dataset="esc50", root=root, out=tmp_path / "c")
     csv_path = root / "meta" / "esc50.csv"
     errors = errors_csv(tmp_path / "c")
     assert set(errors) == {f"{csv_path}:3", f"{csv_path}:5", f"{csv_path}:6"} and summary["skipped"] == 3

@@ -250,3 +250,18 @@ def test_ema_update_hand_values_and_byol_target_has_no_predictor():
     assert all(torch.allclose(p, torch.full_like(p, 0.99 * 1 + 0.01 * 3)) for p in target.parameters())
     x = torch.randn(4, 1, 64, 16)
     assert online(x).shape == target(x).shape == (4, 4)
+
+
+def test_the_training_encoders_are_the_encoder_files_with_the_training_init():
+    """One network for training and inference: models.py adds token dropping and the initialisation only."""
+    import audio_ssl_repro
+    assert issubclass(models.ViTB32, audio_ssl_repro.ViTB32) and issubclass(models.AudioViT, audio_ssl_repro.AudioViT)
+    assert issubclass(models.ClarEncoder, audio_ssl_repro.ClarEncoder)
+    assert models.AudioNTT2022 is audio_ssl_repro.AudioNTT2022 and models.AudioNTT2020 is audio_ssl_repro.AudioNTT2020
+    cfg = {**TINY_AUDIO, "width": 64, "pos_embed": "learned"}
+    torch.manual_seed(0)
+    trained, plain = models.build_encoder({"model": cfg}), audio_ssl_repro.build_encoder(cfg)
+    assert trained.state_dict().keys() == plain.state_dict().keys()
+    assert abs(trained.pos_embed.std().item() - 0.02) < 0.002 and not plain.pos_embed.any()  # N(0, 0.02) vs zeros
+    assert 0 < trained.cls_token.abs().max().item() <= 0.04 and not plain.cls_token.any()   # trunc N(0, 0.02)
+    assert trained.blocks[0].mlp[0].bias.abs().max().item() < 1e-4  # torchvision's MLP init: biases N(0, 1e-6)

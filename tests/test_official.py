@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import export
-import linear_eval
+import evaluation
 import models
 import official
 import portable
+from tests.conftest import run_script
 
 V1_CONV = [0, 4, 8]
 V2_CONV = [0, 4]
@@ -160,7 +160,7 @@ def test_export_writes_an_encoder_file_every_consumer_reads(tiny_cache, tmp_path
 
     src = write(tmp_path, official_layout(1, 512))
     out = tmp_path / "enc.pt"
-    bundle = export.main(["--ckpt", f"byola:{src}", "--out", str(out)])
+    bundle = portable.export(f"byola:{src}", str(out))
     saved = torch.load(out, weights_only=True)  # plain tensors and values only
     assert saved["norm"]["source"] == "downstream" and "downstream" in saved["norm"]["note"]
     assert saved["kind"] == "byola" and saved["config"]["model"]["arch"] == "audiontt2020"
@@ -170,11 +170,12 @@ def test_export_writes_an_encoder_file_every_consumer_reads(tiny_cache, tmp_path
     assert loaded["source"]["sha256"] == portable.file_sha256(src)
     torch.testing.assert_close(encoder.embed(fixed_input()), direct.embed(fixed_input()), rtol=0, atol=0)
     assert hear_ssl.get_scene_embeddings(torch.rand(2, 16000) - 0.5, hear_ssl.load_model(str(out))).shape == (2, 512)
-    given = export.export(f"byola:{src}", str(tmp_path / "given.pt"), norm_stats=(-5.5, 5.0))
+    given = portable.export(f"byola:{src}", str(tmp_path / "given.pt"), norm_stats=(-5.5, 5.0))
     assert (given["norm"]["source"], given["norm"]["mean"], given["norm"]["std"]) == ("given", -5.5, 5.0)
     # linear_eval: the exported file and byola:PATH directly give the same embeddings and the same score
-    rows = [linear_eval.main(["--ckpt", ckpt, "--task", str(tiny_cache), "--results", str(tmp_path / "r.csv"),
-                              f"eval.embed_dir={tmp_path / emb}", "probe.epochs=3"])
+    rows = [evaluation.run(ckpt, str(tiny_cache), evaluation.config([f"eval.embed_dir={tmp_path / emb}",
+                                                                      "probe.epochs=3"]),
+                           results=str(tmp_path / "r.csv"))
             for ckpt, emb in ((str(out), "a"), (f"byola:{src}", "b"))]
     assert rows[0]["fold_acc"] == rows[1]["fold_acc"]
     assert rows[0]["model"] == rows[1]["model"] == "byola-official-v1-d512"
@@ -185,9 +186,12 @@ def test_export_writes_an_encoder_file_every_consumer_reads(tiny_cache, tmp_path
 
 
 def test_demo_small_track_evaluates_a_given_weight_file_with_the_same_probe():
-    import demo
-
-    plain, given = demo.steps("small"), demo.steps("small", ["byola:w/AudioNTT2020-BYOLA-64x96d512.pth"])
-    extra = [s for s in given if s not in plain]
-    assert extra == [["linear_eval.py", "--ckpt", "byola:w/AudioNTT2020-BYOLA-64x96d512.pth", "--task",
-                      "cache/small_default", "--results", "results/small.csv", f"probe.lr={demo.PROBE_LR}"]]
+    plain, given = (run_script("demo.py", "--track", "small", "--dry-run", *published)
+                    for published in ((), ("--published", "byola:w/AudioNTT2020-BYOLA-64x96d512.pth")))
+    assert plain.returncode == given.returncode == 0, plain.stderr + given.stderr
+    plain, given = plain.stdout.splitlines(), given.stdout.splitlines()
+    probe_lr = {line.split()[-1] for line in plain if line.startswith("python linear_eval.py")}
+    assert len(probe_lr) == 1  # every recipe, twin and published file: the same probe
+    extra = [line for line in given if line not in plain]
+    assert extra == ["python linear_eval.py --ckpt byola:w/AudioNTT2020-BYOLA-64x96d512.pth --task "
+                     f"cache/small_default --results results/small.csv {probe_lr.pop()}"]

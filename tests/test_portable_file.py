@@ -1,7 +1,7 @@
 """audio_ssl_repro.py, the one-file encoder module that `pip install .` installs (issue 20): it imports nothing from
-the repository, its embeddings equal the training code's (models.py) on every method's checkpoint and every
-architecture, it works as an installed wheel and as a copied file with the repository off the path, and its
-load_model options behave as documented in docs/hear.md."""
+the repository, its embeddings equal the training code's (models.py, which builds on its classes) on every method's
+checkpoint and every architecture, it works as an installed wheel and as a copied file with the repository off the
+path, and its load_model options behave as documented in docs/hear.md."""
 from __future__ import annotations
 
 import ast
@@ -18,7 +18,6 @@ import pytest
 import torch
 
 import audio_ssl_repro
-import export
 import hear_ssl
 import models
 import portable
@@ -69,7 +68,7 @@ def test_every_architecture_of_the_training_code_is_in_the_file():
 @pytest.mark.parametrize("name", METHOD_RUNS)
 def test_embeddings_equal_the_training_code_on_each_methods_checkpoint(runs, name, tmp_path):  # noqa: F811
     out = tmp_path / f"{name}.pt"
-    bundle = export.export(str(runs[name]), str(out))
+    bundle = portable.export(str(runs[name]), str(out))
     reference = models.load_encoder_file(runs[name])[0]   # the training code's network and weights
     encoder, loaded = audio_ssl_repro.load(out)           # the one file's
     assert type(encoder).__module__ == "audio_ssl_repro" and loaded["config"] == bundle["config"]
@@ -162,7 +161,7 @@ def prepare(folder: Path, runs) -> list[str]:  # noqa: F811
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "audio.npy", clip(2, 1.3).numpy())
     for name in METHOD_RUNS:
-        export.export(str(runs[name]), str(folder / f"{name}.pt"))
+        portable.export(str(runs[name]), str(folder / f"{name}.pt"))
     return list(METHOD_RUNS)
 
 
@@ -216,7 +215,7 @@ def test_pip_wheel_holds_one_module_and_installs_into_a_venv_that_imports_it(run
 
 
 def test_an_unknown_option_is_one_line(runs, tmp_path):  # noqa: F811
-    export.export(str(runs["msn"]), str(tmp_path / "msn.pt"))
+    portable.export(str(runs["msn"]), str(tmp_path / "msn.pt"))
     with pytest.raises(ValueError) as err:
         audio_ssl_repro.load_model(str(tmp_path / "msn.pt"), layer=3, pooling="mean")
     assert str(err.value) == ("load_model: unknown option(s) layer, pooling; known: pool, long, hop_ms, tag")
@@ -228,7 +227,7 @@ def test_an_unknown_option_is_one_line(runs, tmp_path):  # noqa: F811
 
 def test_options_change_what_they_say_and_tag_changes_nothing(runs, tmp_path):  # noqa: F811
     for name in ("msn", "byola", "clar1d"):
-        export.export(str(runs[name]), str(tmp_path / f"{name}.pt"))
+        portable.export(str(runs[name]), str(tmp_path / f"{name}.pt"))
     wave = clip(3, 1.1)
     path = str(tmp_path / "msn.pt")
     base = audio_ssl_repro.load_model(path)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import config as config_lib
+import evaluation
 import hear_ssl
-import linear_eval
 import models
 import pretrain_m2d as m2d
 
@@ -175,11 +175,10 @@ def test_resume_is_exact_and_the_checkpoint_is_evaluated_like_any_other(tiny_cac
     assert set(a["modules"]["target"]) == {k for k in a["encoder"] if k.startswith(("blocks.", "norm."))}
     assert a["meta"]["norm_stats"] is not None and a["config"]["model"]["readout"] == "stack"
     ckpt = str(tmp_path / "a" / "ckpt_last.pt")
-    row = linear_eval.main(["--ckpt", ckpt, "--task", str(tiny_cache), "--results", str(tmp_path / "r.csv"),
-                            f"eval.embed_dir={tmp_path / 'emb'}", "probe.epochs=5"])
-    twin = linear_eval.main(["--ckpt", f"random:{tmp_path / 'a' / 'config.yaml'}", "--task", str(tiny_cache),
-                             "--results", str(tmp_path / "r.csv"), f"eval.embed_dir={tmp_path / 'emb'}",
-                             "probe.epochs=5"])
+    cfg = evaluation.config([f"eval.embed_dir={tmp_path / 'emb'}", "probe.epochs=5"])
+    row = evaluation.run(ckpt, str(tiny_cache), cfg, results=str(tmp_path / "r.csv"))
+    twin = evaluation.run(f"random:{tmp_path / 'a' / 'config.yaml'}", str(tiny_cache), cfg,
+                          results=str(tmp_path / "r.csv"))
     assert 0 <= float(row["mean"]) <= 100 and twin["model"].endswith("-random")
     model = hear_ssl.load_model(ckpt)  # the HEAR module, through the portable layout
     assert model.scene_embedding_size == 4 * 16 and model.frontend.mean == pytest.approx(a["meta"]["norm_stats"][0])

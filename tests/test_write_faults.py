@@ -1,6 +1,6 @@
 """Faults around the package's other writes (issue 16, item 6): a YAML syntax error is one line with file, line
 and column; a full disk inside any atomic write says "no space left on device" with the path, keeps the old
-complete file, and leaves no temp file (no config.yaml.tmp); preprocess.py stops on it in one line and resumes."""
+complete file, and leaves no temp file (no config.yaml.tmp); a preprocessing run stops on it in one line and resumes."""
 from __future__ import annotations
 
 import os
@@ -10,15 +10,15 @@ import sys
 import numpy as np
 import pytest
 
+import cache
 import config
 import data
 import files
-import preprocess
 import runlog
 import synthdata
 from tests.conftest import ROOT
+from tests.test_cache import make_esc50, run
 from tests.test_checkpoint_faults import DieAfter
-from tests.test_preprocess import make_esc50
 
 BAD_YAML = {  # text -> (line, column) of the error, 1-based, as an editor shows it
     "optim:\n  lr: 0.1\n bad: 2\n": (3, 2),  # a key indented less than its section
@@ -71,11 +71,11 @@ def _pack_index(path):
 
 
 def _clip(path):
-    preprocess._save_npy(np.ones((64, 101), np.float32), path)
+    cache._save_npy(np.ones((64, 101), np.float32), path)
 
 
 def _manifest(path):
-    preprocess.write_csv_atomic([{"id": f"c{i}", "label": "dog"} for i in range(50)], path, ["id", "label"])
+    cache.write_csv_atomic([{"id": f"c{i}", "label": "dog"} for i in range(50)], path, ["id", "label"])
 
 
 def _wav(path):
@@ -113,13 +113,13 @@ def test_full_disk_during_preprocess_stops_in_one_line_leaves_no_temp_and_resume
 
     monkeypatch.setattr(files, "open_new", open_new)
     with pytest.raises(SystemExit) as err:
-        preprocess.main(["--dataset", "esc50", "--root", str(root), "--out", str(out), "--workers", "1"])
+        run(dataset="esc50", root=root, out=out)
     message = str(err.value)
     assert "\n" not in message and f"{out / 'logmel' / '3-1002-A-2.npy'}: could not be written (no space left on " \
                                    "device" in message and "the run stopped" in message
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
     monkeypatch.setattr(files, "open_new", real)  # space freed: the same command resumes
-    summary = preprocess.main(["--dataset", "esc50", "--root", str(root), "--out", str(out), "--workers", "1"])
+    summary = run(dataset="esc50", root=root, out=out)
     assert summary["written"] == 2 and summary["already_done"] == 2 and summary["skipped"] == 0
 
 

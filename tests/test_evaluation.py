@@ -1,4 +1,5 @@
-"""linear_eval.py: the EVAR probe, early stopping, folds, low-shot subsets, results rows, end to end."""
+"""evaluation.py (what linear_eval.py runs): the EVAR probe, early stopping, folds, low-shot subsets, results
+rows, end to end."""
 from __future__ import annotations
 
 import csv
@@ -13,7 +14,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-import linear_eval as le
+import evaluation
 import models
 import probe
 from tests.conftest import write_tiny_cache
@@ -72,13 +73,13 @@ def blobs(n_per_class, n_classes=4, dim=8, seed=0, spread=0.3):
 
 def test_esc50_fold_logic_trains_on_four_folds_tests_on_fifth(tmp_path):
     cache = write_tiny_cache(tmp_path / "c", n_classes=3, per_class=20)
-    cfg = le.apply_overrides(le.DEFAULTS, ["eval.protocol=folds"])
-    task = le.resolve_task(str(cache), cfg)
+    cfg = evaluation.apply_overrides(evaluation.DEFAULTS, ["eval.protocol=folds"])
+    task = evaluation.resolve_task(str(cache), cfg)
     assert task.protocol == "folds"
     folds = task.df["fold"].to_numpy()
-    assert le.holdout_folds(task, None) == [1, 2, 3, 4, 5]
+    assert evaluation.holdout_folds(task, None) == [1, 2, 3, 4, 5]
     for holdout in range(1, 6):
-        train, valid, test = le.fold_indices(task, holdout, seed=0, valid_fraction=0.1)
+        train, valid, test = evaluation.fold_indices(task, holdout, seed=0, valid_fraction=0.1)
         assert set(test) == set(np.flatnonzero(folds == holdout))
         assert set(train) | set(valid) == set(np.flatnonzero(folds != holdout))
         assert not set(train) & set(valid)
@@ -88,14 +89,14 @@ def test_esc50_fold_logic_trains_on_four_folds_tests_on_fifth(tmp_path):
 
 def test_protocol_auto_uses_folds_only_without_splits(tmp_path):
     cache = write_tiny_cache(tmp_path / "c")
-    assert le.resolve_task(str(cache), le.DEFAULTS).protocol == "splits"
+    assert evaluation.resolve_task(str(cache), evaluation.DEFAULTS).protocol == "splits"
     df = pd.read_csv(cache / "manifest.csv")
     df["split"] = ""
     df.to_csv(cache / "manifest.csv", index=False)
-    task = le.resolve_task(str(cache), le.DEFAULTS)
+    task = evaluation.resolve_task(str(cache), evaluation.DEFAULTS)
     assert task.protocol == "folds" and task.unit_seconds == 1.0  # the median duration
     with pytest.raises(ValueError, match="fold 7"):
-        le.holdout_folds(task, [7])
+        evaluation.holdout_folds(task, [7])
 
 
 def test_named_task_selects_subset_and_unit(tmp_path):
@@ -103,7 +104,7 @@ def test_named_task_selects_subset_and_unit(tmp_path):
     df = pd.read_csv(cache / "manifest.csv")
     df["esc10"] = df["label"].isin(["class0", "class2"])
     df.to_csv(cache / "manifest.csv", index=False)
-    task = le.resolve_task("esc10", le.DEFAULTS, cache=str(cache))
+    task = evaluation.resolve_task("esc10", evaluation.DEFAULTS, cache=str(cache))
     assert task.labels.names == ["class0", "class2"] and task.unit_seconds == 5.0
 
 
@@ -116,30 +117,30 @@ def test_named_task_refuses_a_cache_of_another_dataset(tmp_path):
     cache = write_tiny_cache(tmp_path / "synth")
     write_params(cache, dataset="synthetic")
     with pytest.raises(ValueError, match="holds --dataset synthetic, but task nsynth needs nsynth"):
-        le.resolve_task("nsynth", le.DEFAULTS, cache=str(cache))
-    assert le.resolve_task(str(cache), le.DEFAULTS).name == "synth"  # the folder as TASK is accepted
+        evaluation.resolve_task("nsynth", evaluation.DEFAULTS, cache=str(cache))
+    assert evaluation.resolve_task(str(cache), evaluation.DEFAULTS).name == "synth"  # the folder as TASK is accepted
 
 
 def test_hop_and_sample_rate_come_from_preprocess_json(tmp_path, capsys, monkeypatch):
     cache = write_tiny_cache(tmp_path / "c")
-    task = le.resolve_task(str(cache), le.DEFAULTS)
+    task = evaluation.resolve_task(str(cache), evaluation.DEFAULTS)
     assert (task.sample_rate, task.hop) == (16000, 160)
     assert "preprocess.json: not found; assuming 16000 Hz and log-mel hop 160" in capsys.readouterr().err
     write_params(cache, sample_rate=32000, hop=320)
-    task = le.resolve_task("esc50", le.DEFAULTS, cache=str(cache))
+    task = evaluation.resolve_task("esc50", evaluation.DEFAULTS, cache=str(cache))
     assert (task.sample_rate, task.hop, task.unit_seconds) == (32000, 320, 5.0)
     seen = []
-    monkeypatch.setattr(le.models, "embed_dataset", lambda enc, ds, *a, **k: seen.append(ds[0].shape) or
+    monkeypatch.setattr(evaluation.models, "embed_dataset", lambda enc, ds, *a, **k: seen.append(ds[0].shape) or
                         np.zeros((len(ds), 4), np.float32))
-    cfg = le.apply_overrides(le.DEFAULTS, [f"eval.embed_dir={tmp_path / 'emb'}"])
+    cfg = evaluation.apply_overrides(evaluation.DEFAULTS, [f"eval.embed_dir={tmp_path / 'emb'}"])
     (tmp_path / "emb").mkdir()
     (tmp_path / "emb" / ".esc50-m-0123.npy.tmp99999999.npy").write_bytes(b"half")  # a killed run's temp
-    le.task_embeddings(FakeEncoder(), {"ckpt_sha256": "x", "model": "m"}, task, cfg, "cpu")
+    evaluation.task_embeddings(FakeEncoder(), {"ckpt_sha256": "x", "model": "m"}, task, cfg, "cpu")
     assert seen == [(1, 64, 1 + 5 * 32000 // 320)]  # 5 s at 32 kHz, hop 320: 501 frames
     assert [p.name[:6] for p in (tmp_path / "emb").iterdir()] == ["esc50-"]
     (cache / "preprocess.json").write_text("{")
     with pytest.raises(ValueError, match="preprocess.json: unreadable"):
-        le.resolve_task(str(cache), le.DEFAULTS)
+        evaluation.resolve_task(str(cache), evaluation.DEFAULTS)
 
 
 def test_task_label_column_from_the_registry(tmp_path):
@@ -148,24 +149,24 @@ def test_task_label_column_from_the_registry(tmp_path):
     df = pd.read_csv(cache / "manifest.csv")
     df["pitch"] = [60 + i % 3 for i in range(len(df))]
     df.to_csv(cache / "manifest.csv", index=False)
-    task = le.resolve_task("nsynth_pitch", le.DEFAULTS, cache=str(cache))
+    task = evaluation.resolve_task("nsynth_pitch", evaluation.DEFAULTS, cache=str(cache))
     assert task.labels.names == ["60", "61", "62"] and task.unit_seconds == 4.0
-    assert le.DEFAULTS["data"]["nsynth"] == "cache/nsynth"
+    assert evaluation.DEFAULTS["data"]["nsynth"] == "cache/nsynth"
 
 
 def test_low_shot_is_stratified_and_reproducible():
     y = np.repeat(np.arange(5), 40)
     train, valid = np.arange(0, 200, 2), np.arange(1, 200, 2)
-    a_train, a_valid = le.low_shot(train, valid, y, None, 3, seed=0)
+    a_train, a_valid = evaluation.low_shot(train, valid, y, None, 3, seed=0)
     assert np.bincount(y[a_train]).tolist() == [3] * 5 and np.bincount(y[a_valid]).tolist() == [3] * 5
     assert set(a_train) <= set(train) and set(a_valid) <= set(valid)
-    b_train, _ = le.low_shot(train, valid, y, None, 3, seed=0)
-    c_train, _ = le.low_shot(train, valid, y, None, 3, seed=1)
+    b_train, _ = evaluation.low_shot(train, valid, y, None, 3, seed=0)
+    c_train, _ = evaluation.low_shot(train, valid, y, None, 3, seed=1)
     np.testing.assert_array_equal(a_train, b_train)
     assert not np.array_equal(a_train, c_train)
-    f_train, _ = le.low_shot(train, valid, y, 0.1, None, seed=0)
+    f_train, _ = evaluation.low_shot(train, valid, y, 0.1, None, seed=0)
     assert np.bincount(y[f_train]).tolist() == [2] * 5  # 10 % of 20 per class
-    assert le.low_shot(train, valid, y, None, None, 0)[0] is train
+    assert evaluation.low_shot(train, valid, y, None, None, 0)[0] is train
 
 # ---------------------------------------------------------------------------------------------- inputs
 
@@ -174,12 +175,12 @@ def test_unit_clips_pad_with_silence_and_crop(tmp_path):
     cache = write_tiny_cache(tmp_path / "c", frames=120)
     df = pd.read_csv(cache / "manifest.csv", keep_default_na=False)
     raw = np.load(cache / df["logmel"][0])
-    short = le.UnitClips(cache, df, "logmel", unit_samples=160 * 149, random_crop=np.zeros(len(df), bool),
+    short = evaluation.UnitClips(cache, df, "logmel", unit_samples=160 * 149, random_crop=np.zeros(len(df), bool),
                          hop=160)
     x = short[0][0].numpy()  # [64, 150]
     np.testing.assert_allclose(x[:, :120], raw, atol=1e-5)
-    np.testing.assert_allclose(x[:, 120:], le.LOG_SILENCE, rtol=1e-6)
-    crop = le.UnitClips(cache, df, "logmel", unit_samples=160 * 49, random_crop=np.ones(len(df), bool),
+    np.testing.assert_allclose(x[:, 120:], evaluation.LOG_SILENCE, rtol=1e-6)
+    crop = evaluation.UnitClips(cache, df, "logmel", unit_samples=160 * 49, random_crop=np.ones(len(df), bool),
                         mean=-6.0, std=2.0, hop=160)
     x1, x2 = crop[3][0].numpy(), crop[3][0].numpy()
     np.testing.assert_array_equal(x1, x2)  # the random crop is fixed per clip
@@ -191,14 +192,15 @@ def test_unit_clips_pad_with_silence_and_crop(tmp_path):
 # ---------------------------------------------------------------------------------------------- end to end
 
 
-def run_main(tmp_path, *args):
-    return le.main(["--results", str(tmp_path / "results.csv"), *args, f"eval.embed_dir={tmp_path / 'emb'}"])
+def run_eval(tmp_path, ckpt, task, *overrides, **options):
+    """evaluation.run with results and embeddings under tmp_path (what `linear_eval.py --results ...` does)."""
+    cfg = evaluation.config([*overrides, f"eval.embed_dir={tmp_path / 'emb'}"])
+    return evaluation.run(str(ckpt), str(task), cfg, results=str(tmp_path / "results.csv"), **options)
 
 
 def test_end_to_end_checkpoint_on_tiny_cache(tmp_path, tiny_cache, fake_models, capsys):
     ckpt = write_ckpt(tmp_path / "ckpt.pt")
-    row = run_main(tmp_path, "--ckpt", str(ckpt), "--task", str(tiny_cache), "--seeds", "0,1", "probe.lr=0.01",
-                   "probe.epochs=60")
+    row = run_eval(tmp_path, ckpt, tiny_cache, "probe.lr=0.01", "probe.epochs=60", seeds=[0, 1])
     assert float(row["mean"]) >= 90.0  # the tiny cache's classes are linearly separable in the time-mean
     with open(tmp_path / "results.csv") as f:
         rows = list(csv.DictReader(f))
@@ -206,14 +208,14 @@ def test_end_to_end_checkpoint_on_tiny_cache(tmp_path, tiny_cache, fake_models, 
     r = rows[0]
     assert (r["task"], r["model"], r["config"], r["seeds"], r["folds"]) == ("cache", "fake_msn", "fake_msn", "0 1",
                                                                             "test")
-    assert r["ckpt_sha256"] == le.file_sha256(ckpt) and len(r["ckpt_sha256"]) == 64
+    assert r["ckpt_sha256"] == evaluation.file_sha256(ckpt) and len(r["ckpt_sha256"]) == 64
     accs = [float(a) for a in r["fold_acc"].split()]
     assert len(accs) == 2 and r["n"] == "2"
     assert float(r["mean"]) == pytest.approx(np.mean(accs), abs=0.01)
-    assert float(r["ci95"]) == pytest.approx(le.mean_ci95(accs)[1], abs=0.01)
+    assert float(r["ci95"]) == pytest.approx(evaluation.mean_ci95(accs)[1], abs=0.01)
     assert r["long"] == "chunk" and r["label_fraction"] == "" and r["commit"]
     # the second evaluation reuses the cached embeddings (no embed call) and appends a row
-    run_main(tmp_path, "--ckpt", str(ckpt), "--task", str(tiny_cache), "--shots", "1")
+    run_eval(tmp_path, ckpt, tiny_cache, shots=1)
     assert fake_models[-1].calls == 0 and "(cached)" in capsys.readouterr().out
     with open(tmp_path / "results.csv") as f:
         rows = list(csv.DictReader(f))
@@ -224,12 +226,12 @@ def test_end_to_end_random_baseline_folds_and_wave(tmp_path, fake_models):
     cache = write_tiny_cache(tmp_path / "c", n_classes=3, per_class=10)
     cfg_path = tmp_path / "tiny_clar.yaml"
     cfg_path.write_text(yaml.safe_dump({"model": {"arch": "fake", "input": "wave"}}))
-    row = run_main(tmp_path, "--ckpt", f"random:{cfg_path}", "--task", str(cache), "--folds", "5",
-                   "eval.protocol=folds", "probe.lr=0.01", "probe.epochs=60")
+    row = run_eval(tmp_path, f"random:{cfg_path}", cache, "eval.protocol=folds", "probe.lr=0.01", "probe.epochs=60",
+                   folds=[5])
     assert row["model"] == "tiny_clar-random" and row["folds"] == "5" and row["ckpt_sha256"].startswith("random-")
     assert float(row["mean"]) >= 90.0  # band energies separate the tones
-    again = run_main(tmp_path, "--ckpt", f"random:{cfg_path}", "--task", str(cache), "--folds", "5",
-                     "eval.protocol=folds", "probe.lr=0.01", "probe.epochs=60")
+    again = run_eval(tmp_path, f"random:{cfg_path}", cache, "eval.protocol=folds", "probe.lr=0.01", "probe.epochs=60",
+                     folds=[5])
     assert again["fold_acc"] == row["fold_acc"]  # same seed, same weights, same result
 
 
@@ -238,18 +240,18 @@ def test_wave_encoder_without_waveforms_says_rerun_preprocess(tmp_path, tiny_cac
     df["wave"] = ""
     df.to_csv(tiny_cache / "manifest.csv", index=False)
     with pytest.raises(ValueError, match="--waveform"):
-        run_main(tmp_path, "--ckpt", str(write_ckpt(tmp_path / "w.pt", "wave")), "--task", str(tiny_cache))
+        run_eval(tmp_path, str(write_ckpt(tmp_path / "w.pt", "wave")), str(tiny_cache))
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, tiny_cache, fake_models):
     with pytest.raises(ValueError, match="cross-validation"):
-        run_main(tmp_path, "--ckpt", "x.pt", "--task", str(tiny_cache), "--folds", "5")
+        run_eval(tmp_path, "x.pt", str(tiny_cache), folds=[5])
     with pytest.raises(FileNotFoundError, match="x.pt"):
-        run_main(tmp_path, "--ckpt", "x.pt", "--task", str(tiny_cache))
-    with pytest.raises(le.ConfigError, match="probe.lr"):
-        run_main(tmp_path, "--ckpt", "x.pt", "--task", str(tiny_cache), "probe.lrr=1")
+        run_eval(tmp_path, "x.pt", str(tiny_cache))
+    with pytest.raises(evaluation.ConfigError, match="probe.lr"):
+        run_eval(tmp_path, "x.pt", str(tiny_cache), "probe.lrr=1")
     with pytest.raises(ValueError, match="unknown task"):
-        run_main(tmp_path, "--ckpt", "x.pt", "--task", "esc51")
+        run_eval(tmp_path, "x.pt", "esc51")
     (tmp_path / "results.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="header"):
         probe.append_result(tmp_path / "results.csv", {k: "" for k in probe.RESULT_FIELDS})
@@ -257,8 +259,8 @@ def test_bad_inputs_give_clear_errors(tmp_path, tiny_cache, fake_models):
 
 @pytest.mark.parametrize("config", ["config/demo_msn.yaml", "config/demo_clar.yaml"])
 def test_end_to_end_random_real_encoder_on_tiny_cache(tmp_path, tiny_cache, config):
-    row = run_main(tmp_path, "--ckpt", f"random:{Path(__file__).parents[1] / config}", "--task", str(tiny_cache),
-                   "probe.epochs=5", "--long", "resize", "--pool", "mean")
+    row = run_eval(tmp_path, f"random:{Path(__file__).parents[1] / config}", tiny_cache, "probe.epochs=5",
+                   "eval.long=resize", "eval.pool=mean")
     assert (row["long"], row["pool"]) == ("resize", "mean")
     assert row["model"] == f"{Path(config).stem}-random" and 0.0 <= float(row["mean"]) <= 100.0
     embeddings = list((tmp_path / "emb").glob("*.npy"))
@@ -266,7 +268,7 @@ def test_end_to_end_random_real_encoder_on_tiny_cache(tmp_path, tiny_cache, conf
 
 
 def write_speechcommands(root: Path) -> Path:
-    from tests.test_preprocess import write_wav
+    from tests.test_cache import write_wav
     for i, word in enumerate(["zero", "one", "yes", "up"]):
         for k in range(6):
             write_wav(root / word / f"{k:08x}_nohash_0.wav", seconds=1.0, freq=300.0 * (i + 1))
@@ -277,7 +279,7 @@ def write_speechcommands(root: Path) -> Path:
 
 
 def write_gtzan(root: Path, split_dir: Path) -> Path:
-    from tests.test_preprocess import write_wav
+    from tests.test_cache import write_wav
     split_dir.mkdir(parents=True)
     lists = {"train": range(0, 4), "valid": range(4, 6), "test": range(6, 8)}
     for i, genre in enumerate(["blues", "metal"]):
@@ -292,7 +294,7 @@ def write_gtzan(root: Path, split_dir: Path) -> Path:
 def write_nsynth(root: Path) -> Path:
     import json
 
-    from tests.test_preprocess import write_wav
+    from tests.test_cache import write_wav
     for split, n in {"train": 4, "valid": 2, "test": 2}.items():
         examples = {}
         for i, family in enumerate(["bass", "flute"]):
@@ -307,24 +309,21 @@ def write_nsynth(root: Path) -> Path:
 
 def test_named_tasks_end_to_end_on_real_layouts(tmp_path):
     """preprocess.py on each real layout, then linear_eval.py --task <name> with a real (random) encoder."""
-    import preprocess
-    from tests.test_preprocess import make_esc50
+    from tests.test_cache import make_esc50, run
     demo_msn = str(Path(__file__).parents[1] / "config" / "demo_msn.yaml")
     esc = make_esc50(tmp_path / "ESC-50-master", n=15)
     sc = write_speechcommands(tmp_path / "speech_commands_v0.02")
     gtzan = write_gtzan(tmp_path / "gtzan", tmp_path / "GTZAN_split")
-    for name, root, extra in [("esc50", esc, []), ("speechcommands", sc, []),
-                              ("gtzan", gtzan, ["--split-dir", str(tmp_path / "GTZAN_split")]),
-                              ("nsynth", write_nsynth(tmp_path / "nsynth"), [])]:
-        preprocess.main(["--dataset", name, "--root", str(root), "--out", str(tmp_path / "cache" / name),
-                         "--workers", "1", *extra])
+    for name, root, extra in [("esc50", esc, {}), ("speechcommands", sc, {}),
+                              ("gtzan", gtzan, {"split_dir": tmp_path / "GTZAN_split"}),
+                              ("nsynth", write_nsynth(tmp_path / "nsynth"), {})]:
+        run(dataset=name, root=root, out=tmp_path / "cache" / name, **extra)
     expected = {"esc50": (15, 5), "esc10": (10, 5), "sc35": (24, 1), "sc10": (12, 1), "gtzan": (16, 1),
                 "nsynth": (16, 1)}
     for task, (n_clips, n_folds) in expected.items():
         folder = {"esc10": "esc50", "sc10": "speechcommands", "sc35": "speechcommands"}.get(task, task)
         cache = tmp_path / "cache" / folder
-        row = run_main(tmp_path, "--ckpt", f"random:{demo_msn}", "--task", task, "--cache", str(cache),
-                       "probe.epochs=3")
+        row = run_eval(tmp_path, f"random:{demo_msn}", task, "probe.epochs=3", cache=str(cache))
         assert row["task"] == task and len(row["fold_acc"].split()) == n_folds, task
         assert int(row["n"]) == n_folds, task
         (embeddings,) = (tmp_path / "emb").glob(f"{task}-*.npy")
@@ -339,8 +338,9 @@ def test_normalisation_stats_are_over_unit_length_inputs_padding_included(tiny_c
     """EVAR computes the log-mel mean/std on the loader's unit-length clips (right-padded with silence)."""
     from audio import LOG_SILENCE
     df = pd.read_csv(tiny_cache / "manifest.csv", dtype=str, keep_default_na=False)
-    clips = le.UnitClips(tiny_cache, df, "logmel", 32000, np.zeros(len(df), bool), hop=160)  # 2 s = 201 frames > 120
-    mean, std = le.unit_logmel_stats(clips, max_clips=10)
+    # 2 s = 201 frames > 120
+    clips = evaluation.UnitClips(tiny_cache, df, "logmel", 32000, np.zeros(len(df), bool), hop=160)
+    mean, std = evaluation.unit_logmel_stats(clips, max_clips=10)
     padded = np.stack([np.pad(np.load(tiny_cache / p), ((0, 0), (0, 81)), constant_values=LOG_SILENCE)
                        for p in df.logmel[:10]])
     assert mean == pytest.approx(padded.mean(), rel=1e-6) and std == pytest.approx(padded.std(), rel=1e-6)
@@ -348,30 +348,31 @@ def test_normalisation_stats_are_over_unit_length_inputs_padding_included(tiny_c
 
 def test_scaler_fits_the_training_split_only_when_validation_is_official(monkeypatch):
     seen = []
-    real = le.fit_linear_probe
+    real = evaluation.fit_linear_probe
 
     def spy(*args, scaler_data=None, **kw):
         seen.append(len(scaler_data))
         return real(*args, scaler_data=scaler_data, **kw)
 
-    monkeypatch.setattr(le, "fit_linear_probe", spy)
+    monkeypatch.setattr(evaluation, "fit_linear_probe", spy)
     y = np.repeat(np.arange(2), 10)
     df = pd.DataFrame({"label": [f"c{i}" for i in y], "split": ["train"] * 12 + ["valid"] * 4 + ["test"] * 4,
                        "fold": pd.array([None] * 20, dtype="Int64")})
     df["split"] = (["train"] * 6 + ["valid"] * 2 + ["test"] * 2) * 2  # both classes in every split
-    task = le.Task("t", Path("."), df, "splits", 1.0, le.LabelMap.from_labels(df.label), 16000, 160)
+    task = evaluation.Task("t", Path("."), df, "splits", 1.0, evaluation.LabelMap.from_labels(df.label), 16000, 160)
     X, _ = blobs(10, n_classes=2, dim=4)
-    cfg = le.apply_overrides(le.DEFAULTS, ["probe.epochs=2"])
-    le.evaluate_embeddings(X, task, cfg, seeds=[0])
+    cfg = evaluation.apply_overrides(evaluation.DEFAULTS, ["probe.epochs=2"])
+    evaluation.evaluate_embeddings(X, task, cfg, seeds=[0])
     assert seen == [12]
 
 
 def test_probe_that_peaks_in_its_last_epochs_is_flagged_not_converged(tmp_path, tiny_cache, capsys):
     """probe.epochs=3 with lr 1e-9: the validation accuracy never changes and later ties win, so every probe's
     best epoch is its last (3 of 3), in the last 10 %."""
-    assert le.not_converged(181, 200) and not le.not_converged(180, 200) and le.not_converged(3, 3)
-    row = run_main(tmp_path, "--ckpt", f"random:{Path(__file__).parents[1] / 'config/demo_byola.yaml'}",
-                   "--task", str(tiny_cache), "probe.epochs=3", "probe.lr=1e-9", "probe.patience=0")
+    assert evaluation.not_converged(181, 200) and not evaluation.not_converged(180, 200)
+    assert evaluation.not_converged(3, 3)
+    row = run_eval(tmp_path, f"random:{Path(__file__).parents[1] / 'config/demo_byola.yaml'}", tiny_cache,
+                   "probe.epochs=3", "probe.lr=1e-9", "probe.patience=0")
     best = [int(e) for e in row["best_epochs"].split()]
     assert best == [3] * int(row["n"]) and row["not_converged"] == row["n"]
     assert "may not have converged" in capsys.readouterr().err
@@ -382,23 +383,20 @@ def test_a_clip_shorter_than_one_frame_is_cached_and_probed_and_a_nan_clip_is_na
     it with a real log-mel and a real wave encoder; a cache file holding NaN is a ValueError naming the clip."""
     import soundfile as sf
 
-    import preprocess
-    from tests.test_preprocess import make_esc50
+    from tests.test_cache import make_esc50, run
     root, cache = make_esc50(tmp_path / "esc", n=15), tmp_path / "cache"
     sf.write(root / "audio" / "1-1005-A-2.wav", np.full(10, 0.1, np.float32), 44100)
-    preprocess.main(["--dataset", "esc50", "--root", str(root), "--out", str(cache), "--waveform", "--workers", "1",
-                     "--min-seconds", "0"])
+    run(dataset="esc50", root=root, out=cache, waveform=True, min_seconds=0.0)
     manifest = pd.read_csv(cache / "manifest.csv").set_index("id")
     assert manifest.loc["1-1005-A-2", "duration"] == pytest.approx(4 / 16000, abs=1e-4)  # ceil(10 * 16000 / 44100)
     assert np.load(cache / "logmel" / "1-1005-A-2.npy").shape == (64, 1)
     root_dir = Path(__file__).parents[1]
     for config in ("demo_msn", "demo_clar"):
-        row = run_main(tmp_path, "--ckpt", f"random:{root_dir / 'config' / f'{config}.yaml'}", "--task", str(cache),
-                       "probe.epochs=5")
+        row = run_eval(tmp_path, f"random:{root_dir / 'config' / f'{config}.yaml'}", str(cache), "probe.epochs=5")
         assert 0.0 <= float(row["mean"]) <= 100.0
     embeddings = [np.load(path) for path in (tmp_path / "emb").glob("*.npy")]
     assert len(embeddings) == 2 and all(X.shape[0] == 15 and np.isfinite(X).all() for X in embeddings)
     np.save(cache / "logmel" / "1-1005-A-2.npy", np.full((64, 1), np.nan, np.float32))
     with pytest.raises(ValueError, match=r"non-finite embeddings on cache for 1 of 15 clips \(1-1005-A-2\)"):
-        le.main(["--results", str(tmp_path / "results.csv"), "--ckpt", f"random:{root_dir / 'config/demo_msn.yaml'}",
-                 "--task", str(cache), f"eval.embed_dir={tmp_path / 'emb2'}"])
+        evaluation.run(f"random:{root_dir / 'config/demo_msn.yaml'}", str(cache),
+                       evaluation.config([f"eval.embed_dir={tmp_path / 'emb2'}"]), results=str(tmp_path / "r.csv"))

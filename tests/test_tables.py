@@ -1,4 +1,5 @@
-"""results/make_tables.py: the regenerated markdown from a fixture results.csv; unmeasured cells stay "-"."""
+"""tables.py (the pages of results/make_tables.py): the markdown from a fixture results.csv; unmeasured cells
+stay "-"."""
 from __future__ import annotations
 
 import csv
@@ -6,9 +7,10 @@ import csv
 import pandas as pd
 
 import probe
-from results import make_tables as mt
+import tables
+from tests.conftest import ROOT, run_script
 
-REFERENCE = mt.HERE / "reference.csv"
+REFERENCE = ROOT / "results" / "reference.csv"
 
 
 def write_results(path, rows):
@@ -34,8 +36,8 @@ def test_seed_table_from_fixture_results(tmp_path):
         result("sc10", "clar_2d", "80.00", "1.00"),
         result("esc50", "msn_vitb32", "30.00", fraction="0.1"),  # low-shot: not in the full-label table
     ])
-    out = mt.main(["--results", str(results), "--reference", str(REFERENCE), "--studies", str(tmp_path),
-                   "--runs", str(tmp_path / "none"), "--out", str(tmp_path / "README.md")])
+    out = tables.write_page(results, REFERENCE, studies=tmp_path, runs=tmp_path / "none",
+                            out=tmp_path / "README.md")
     page = out.read_text()
     expected = "\n".join([
         "| Model | long | pool | GTZAN | NSynth | ESC-50 | Source |",
@@ -66,8 +68,8 @@ def test_seed_table_from_fixture_results(tmp_path):
 
 
 def test_empty_results_leave_every_measured_cell_dash(tmp_path):
-    out = mt.main(["--results", str(tmp_path / "absent.csv"), "--reference", str(REFERENCE), "--studies",
-                   str(tmp_path), "--runs", str(tmp_path), "--out", str(tmp_path / "page.md")])
+    out = tables.write_page(tmp_path / "absent.csv", REFERENCE, studies=tmp_path, runs=tmp_path,
+                            out=tmp_path / "page.md")
     page = out.read_text()
     assert "measured |" not in page  # only published rows
     reference = pd.read_csv(REFERENCE, dtype=str, keep_default_na=False)
@@ -89,8 +91,8 @@ def test_clar_studies_and_training_curves(tmp_path):
         run / "log.csv", index=False)
     (tmp_path / "runs" / "broken").mkdir()
     (tmp_path / "runs" / "broken" / "log.csv").write_text("step,epoch\n")
-    out = mt.main(["--results", str(tmp_path / "absent.csv"), "--reference", str(REFERENCE), "--studies",
-                   str(tmp_path), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "demo.md")])
+    out = tables.write_page(tmp_path / "absent.csv", REFERENCE, studies=tmp_path, runs=tmp_path / "runs",
+                            out=tmp_path / "demo.md")
     page = out.read_text()
     assert "| supervised | 90.0 | - | - | 25.0 |" in page and "| clar | 88.0 | - | - | - |" in page
     assert "| 1d | 61.0 |" in page
@@ -101,7 +103,7 @@ def test_clar_studies_and_training_curves(tmp_path):
 
 
 def test_augpair_matrix_is_symmetric_when_one_order_given():
-    matrix = mt.augpair_matrix(pd.DataFrame({"aug1": ["a", "a"], "aug2": ["b", "a"], "accuracy": ["60", "50"]}))
+    matrix = tables.augpair_matrix(pd.DataFrame({"aug1": ["a", "a"], "aug2": ["b", "a"], "accuracy": ["60", "50"]}))
     assert matrix.loc["a", "b"] == matrix.loc["b", "a"] == 60.0 and matrix.loc["a", "a"] == 50.0
     assert pd.isna(matrix.loc["b", "b"])
 
@@ -114,12 +116,12 @@ def test_columns_come_from_the_dataset_registry(monkeypatch):
     entry = datasets.DatasetSpec(datasets.adapt_folder, {"birds": datasets.TaskSpec(None, 3.0, title="Bird calls")},
                                  "cache/birds")
     monkeypatch.setitem(datasets.REGISTRY, "birds", entry)
-    fresh = importlib.reload(mt)
+    fresh = importlib.reload(tables)
     try:
         assert fresh.OTHER_TASKS["birds"] == "Bird calls" and list(fresh.SEED_TASKS) == ["gtzan", "nsynth", "esc50"]
     finally:
         monkeypatch.delitem(datasets.REGISTRY, "birds")
-        importlib.reload(mt)
+        importlib.reload(tables)
 
 
 def test_learning_curves_from_knn_monitor_rows(tmp_path):
@@ -130,8 +132,8 @@ def test_learning_curves_from_knn_monitor_rows(tmp_path):
         pd.DataFrame({"step": [0, 3, 3, 6, 6], "epoch": [0, 1, 1, 2, 2], "loss": ["", "2.0", "", "1.5", ""],
                       "knn_acc": [accs[0], "", accs[1], "", accs[2]], "seconds": [0.0, 1.0, 1.1, 2.0, 2.1]}
                      ).to_csv(run / "log.csv", index=False)
-    out = mt.main(["--results", str(tmp_path / "absent.csv"), "--reference", str(REFERENCE), "--studies",
-                   str(tmp_path), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "demo.md")])
+    out = tables.write_page(tmp_path / "absent.csv", REFERENCE, studies=tmp_path, runs=tmp_path / "runs",
+                            out=tmp_path / "demo.md")
     page = out.read_text()
     assert "| byola | 50.0 | 61.0 | 2 | 2 |" in page and "| msn | 20.0 | 45.0 | 2 | 2 |" in page
     assert "![learning curves](demo_figures/learning_curves.png)" in page
@@ -139,18 +141,26 @@ def test_learning_curves_from_knn_monitor_rows(tmp_path):
 
 
 def test_official_byola_row_beside_the_published_row_only_when_measured(tmp_path):
-    args = ["--reference", str(REFERENCE), "--studies", str(tmp_path), "--runs", str(tmp_path / "none")]
+    common = {"reference": REFERENCE, "studies": tmp_path, "runs": tmp_path / "none"}
     empty = write_results(tmp_path / "empty.csv", [result("esc50", "msn_vitb32", "41.25")])
-    page = mt.main(["--results", str(empty), *args, "--out", str(tmp_path / "a.md")]).read_text()
+    page = tables.write_page(results=empty, out=tmp_path / "a.md", **common).read_text()
     section = page.split("## BYOL-A: the published encoder through this probe")[1].split("##")[0]
     assert "| BYOL-A d512 (byol-a README) | 69.1 | 88.9 | published: nttcslab/byol-a README" in section
     assert "official weights, this probe" not in section and "--ckpt byola:" in section
     measured = write_results(tmp_path / "results.csv", [  # fabricated rows: this test only
         result("nsynth", "byola-official-v1-d512", "70.50", "0.40", long="chunk", pool="cls"),
         result("synth_small", "byola-official-v1-d512", "55.00", "3.00")])
-    page = mt.main(["--results", str(measured), *args, "--out", str(tmp_path / "b.md")]).read_text()
+    page = tables.write_page(results=measured, out=tmp_path / "b.md", **common).read_text()
     section = page.split("## BYOL-A: the published encoder through this probe")[1].split("##")[0]
     assert "| Model | NSynth | SPCV2 (sc35) | synth_small | Source |" in section
     assert "| BYOL-A d512 (byol-a README) | 69.1 | 88.9 | - | published:" in section
     assert "| BYOL-A d512 (official weights, this probe) | 70.50 ± 0.40 | - | 55.00 ± 3.00 | measured |" in section
     assert "Not measured here" not in section
+
+
+def test_the_command_line_writes_the_page_and_says_where(tmp_path):
+    results = write_results(tmp_path / "results.csv", [result("esc50", "msn_vitb32", "41.25", "1.10")])
+    done = run_script("results/make_tables.py", "--results", results, "--studies", tmp_path, "--runs",
+                      tmp_path / "none", "--out", tmp_path / "page.md")
+    assert done.returncode == 0 and done.stdout == f"wrote {tmp_path / 'page.md'}\n", done.stderr
+    assert "| msn_vitb32 | chunk | cls | - | - | 41.25 ± 1.10 | measured |" in (tmp_path / "page.md").read_text()

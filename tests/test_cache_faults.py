@@ -1,4 +1,4 @@
-"""preprocess.py faults (issue 16): a changed source is never served from the cache (every clip keyed on its
+"""Preprocessing faults (cache.py, issue 16): a changed source is never served from the cache (every clip keyed on its
 source's size, mtime and sha256, the feature parameters and the generator's seed), and two writers of one
 cache never destroy each other (a lock file holding host and pid)."""
 from __future__ import annotations
@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+import cache
 import data
-import preprocess
-import synthetic
-from tests.test_preprocess import make_esc50, run, tone
+import synthdata
+from tests.test_cache import make_esc50, run, tone
 
 
 def logmels(out) -> dict[str, np.ndarray]:
@@ -31,17 +31,17 @@ def edit_in_place(path, freq: float, later_s: float = 5.0) -> None:
 def test_a_source_edited_in_place_is_recomputed_and_reported(tmp_path, capsys):
     root = make_esc50(tmp_path / "esc", n=4)
     out = tmp_path / "cache"
-    run("--dataset", "esc50", "--root", root, "--out", out, "--waveform", "--pack")
+    run(dataset="esc50", root=root, out=out, waveform=True, pack=True)
     before = logmels(out)
     edited = root / "audio" / "2-1001-A-1.wav"
     edit_in_place(edited, freq=1234.0)
     capsys.readouterr()
-    summary = run("--dataset", "esc50", "--root", root, "--out", out, "--waveform")  # no --pack this time
+    summary = run(dataset="esc50", root=root, out=out, waveform=True)  # no --pack this time
     said = capsys.readouterr().out
     assert (summary["written"], summary["recomputed"], summary["already_done"]) == (1, 1, 3)
     assert "1 cached clips are stale" in said and "1 clips written (1 of them recomputed: stale)" in said
     after = logmels(out)
-    run("--dataset", "esc50", "--root", root, "--out", tmp_path / "fresh")
+    run(dataset="esc50", root=root, out=tmp_path / "fresh")
     fresh = logmels(tmp_path / "fresh")
     assert all(np.array_equal(after[cid], fresh[cid]) for cid in fresh)  # equal to a cache built from scratch
     assert not np.array_equal(after["2-1001-A-1"], before["2-1001-A-1"])
@@ -50,7 +50,7 @@ def test_a_source_edited_in_place_is_recomputed_and_reported(tmp_path, capsys):
     assert "2-1001-A-1" not in data.read_pack_index(out / "packed" / "index.npz")
     assert data.open_packed(out, list(after)) is None
     # a second run: nothing is stale any more
-    again = run("--dataset", "esc50", "--root", root, "--out", out, "--waveform")
+    again = run(dataset="esc50", root=root, out=out, waveform=True)
     assert (again["written"], again["recomputed"], again["already_done"]) == (0, 0, 4)
 
 
@@ -58,14 +58,14 @@ def test_a_touched_or_copied_source_with_the_same_bytes_is_kept(tmp_path):
     """Another mtime, same size: the bytes are hashed, equal, so the clip is reused (its key takes the new mtime)."""
     root = make_esc50(tmp_path / "esc", n=3)
     out = tmp_path / "cache"
-    run("--dataset", "esc50", "--root", root, "--out", out)
+    run(dataset="esc50", root=root, out=out)
     st = os.stat(root / "audio" / "1-1000-A-0.wav")
     os.utime(root / "audio" / "1-1000-A-0.wav", ns=(st.st_atime_ns, st.st_mtime_ns + 10**10))
-    summary = run("--dataset", "esc50", "--root", root, "--out", out)
+    summary = run(dataset="esc50", root=root, out=out)
     assert (summary["written"], summary["recomputed"], summary["already_done"]) == (0, 0, 3)
-    key = pd.read_csv(out / "manifest.csv").set_index("id").loc["1-1000-A-0", preprocess.KEY_COLUMN]
+    key = pd.read_csv(out / "manifest.csv").set_index("id").loc["1-1000-A-0", cache.KEY_COLUMN]
     assert key.split(":")[2] == str(st.st_mtime_ns + 10**10)
-    assert run("--dataset", "esc50", "--root", root, "--out", out)["already_done"] == 3
+    assert run(dataset="esc50", root=root, out=out)["already_done"] == 3
 
 
 def test_a_cache_without_keys_trusts_only_features_newer_than_their_source(tmp_path):
@@ -73,25 +73,25 @@ def test_a_cache_without_keys_trusts_only_features_newer_than_their_source(tmp_p
     its source, as make decides, and gets its key; an older one is recomputed."""
     root = make_esc50(tmp_path / "esc", n=3)
     out = tmp_path / "cache"
-    run("--dataset", "esc50", "--root", root, "--out", out)
-    manifest = pd.read_csv(out / "manifest.csv").drop(columns=[preprocess.KEY_COLUMN])
+    run(dataset="esc50", root=root, out=out)
+    manifest = pd.read_csv(out / "manifest.csv").drop(columns=[cache.KEY_COLUMN])
     manifest.to_csv(out / "manifest.csv", index=False)
     edit_in_place(root / "audio" / "3-1002-A-2.wav", freq=777.0, later_s=3600)  # newer than its features
-    summary = run("--dataset", "esc50", "--root", root, "--out", out)
+    summary = run(dataset="esc50", root=root, out=out)
     assert (summary["written"], summary["recomputed"], summary["already_done"]) == (1, 1, 2)
-    assert pd.read_csv(out / "manifest.csv")[preprocess.KEY_COLUMN].str.count(":").eq(3).all()
+    assert pd.read_csv(out / "manifest.csv")[cache.KEY_COLUMN].str.count(":").eq(3).all()
 
 
 def test_synthetic_with_another_seed_over_a_seed_0_cache_is_regenerated(tmp_path, monkeypatch):
     """Regression: `--dataset synthetic --seed 1` over a seed-0 cache reported "already done" and kept every
     seed-0 log-mel and wave. Now every clip is recomputed, and the cache equals a seed-1 cache built fresh."""
-    monkeypatch.setitem(synthetic.SIZES, "small", (10, 5, 0.25))  # 50 clips of 0.25 s
-    args = ["--dataset", "synthetic", "--size", "small", "--waveform"]
-    run(*args, "--root", tmp_path / "synth", "--out", tmp_path / "cache")
+    monkeypatch.setitem(synthdata.SIZES, "small", (10, 5, 0.25))  # 50 clips of 0.25 s
+    synth = {"dataset": "synthetic", "size": "small", "waveform": True}
+    run(**synth, root=tmp_path / "synth", out=tmp_path / "cache")
     seed0 = logmels(tmp_path / "cache")
-    summary = run(*args, "--root", tmp_path / "synth", "--out", tmp_path / "cache", "--seed", "1")
+    summary = run(**synth, root=tmp_path / "synth", out=tmp_path / "cache", seed=1)
     assert (summary["written"], summary["recomputed"], summary["already_done"]) == (50, 50, 0)
-    run(*args, "--root", tmp_path / "synth1", "--out", tmp_path / "fresh1", "--seed", "1")
+    run(**synth, root=tmp_path / "synth1", out=tmp_path / "fresh1", seed=1)
     seed1, fresh1 = logmels(tmp_path / "cache"), logmels(tmp_path / "fresh1")
     assert seed1.keys() == fresh1.keys() == seed0.keys()
     assert all(np.array_equal(seed1[c], fresh1[c]) and not np.array_equal(seed1[c], seed0[c]) for c in seed1)
@@ -103,8 +103,8 @@ def test_synthetic_with_another_seed_over_a_seed_0_cache_is_regenerated(tmp_path
 
 def test_the_clip_key_covers_feature_parameters_and_generator_seed():
     params = {"sample_rate": 16000, "logmel": {"n_mels": 64}, "log_offset": "x", "dtype": "float32"}
-    keys = {preprocess.feature_key(params), preprocess.feature_key(params, seed=0),
-            preprocess.feature_key(params, seed=1), preprocess.feature_key({**params, "dtype": "float16"}),
-            preprocess.feature_key({**params, "logmel": {"n_mels": 128}})}
+    keys = {cache.feature_key(params), cache.feature_key(params, seed=0),
+            cache.feature_key(params, seed=1), cache.feature_key({**params, "dtype": "float16"}),
+            cache.feature_key({**params, "logmel": {"n_mels": 128}})}
     assert len(keys) == 5
-    assert preprocess.feature_key({**params, "waveform": True, "size": "x"}) == preprocess.feature_key(params)
+    assert cache.feature_key({**params, "waveform": True, "size": "x"}) == cache.feature_key(params)

@@ -1,4 +1,4 @@
-"""torchrun with 2 CPU processes (gloo) trains exactly like 1 process on the same global batch: MSN, CLAR, BYOL-A.
+"""torchrun with 2 CPU processes (gloo) trains like 1 process on the same global batch: MSN, CLAR, BYOL-A, M2D.
 
 Every training draw (crops, augmentation parameters, MSN's token mask) is keyed by (seed, step, global batch
 position), the mixup memory and RunningNorm see the global batch, batch norm and dropout are global
@@ -196,3 +196,20 @@ def test_global_dropout_alone_is_nn_dropout_and_converts_in_place():
     distributed.convert_dropout(net)
     inner = net[1][0]
     assert type(inner) is distributed.GlobalDropout and inner.p == 0.25 and not inner.training
+
+
+def test_m2d_two_processes_follow_the_one_process_trajectory(tiny_cache, tmp_path):
+    """M2D under 2 gloo processes: masks drawn for the global batch (process r keeps rows r::2), the norm_mse loss
+    averaged over processes, DDP on the online net and predictor, the EMA target: 1 process's losses and weights."""
+    import pretrain_m2d
+    from tests.test_pretrain_m2d import tiny as m2d_tiny
+    common = ["train.epochs=1", "optim.batch_size=8"]
+    pretrain_m2d.main(m2d_tiny(tiny_cache, tmp_path / "one", *common))
+    torchrun("pretrain_m2d.py", m2d_tiny(tiny_cache, tmp_path / "two", *common))
+    one, two = read_rows(tmp_path / "one" / "log.csv"), read_rows(tmp_path / "two" / "log.csv")
+    assert [r["step"] for r in one if r["loss"]] == ["1", "2", "3"]
+    assert_same_log(one, two, rtol=1e-4)
+    a = torch.load(tmp_path / "one" / "ckpt_last.pt", weights_only=False)
+    b = torch.load(tmp_path / "two" / "ckpt_last.pt", weights_only=False)
+    for name in a["modules"]:
+        assert_close_state(a["modules"][name], b["modules"][name], atol=1e-4, vector_atol=1e-2)

@@ -36,9 +36,10 @@ memory and an embedding-cache write; prints each per clip, its growth exponent a
 Then (issue 21), for float32 and float16, a pack larger than free RAM: the disk's own cold figures on it
 (sequential GB/s; random crop-sized reads/s with 1, --workers and --workers x data.READ_THREADS reads in
 flight), the bounds they give, and the training loader's read paths (LOADERS: item reads by memory map or
-pread, block order, batch reads by pread or O_DIRECT) for --seconds each after dropping the pack from the page cache, with the CPU
-cores they use; the best against the bounds and the 1,300 crops/s before, worker memory, index bytes per clip
-and start-up, extrapolated to 2 M clips (targets printed, not asserted).
+pread, block order, batch reads by pread or O_DIRECT) for --seconds each after dropping the pack from the page
+cache, with the CPU cores they use; the best against the bounds and the 1,300 crops/s before, O_DIRECT against
+buffered batch reads, worker memory, index bytes per clip and start-up, extrapolated to 2 M clips (targets
+printed, not asserted).
 """
 from __future__ import annotations
 

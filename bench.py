@@ -36,9 +36,10 @@ memory and an embedding-cache write; prints each per clip, its growth exponent a
 Then (issue 21), for float32 and float16, a pack larger than free RAM: the disk's own cold figures on it
 (sequential GB/s; random crop-sized reads/s with 1, --workers and --workers x data.READ_THREADS reads in
 flight), the bounds they give, and the training loader's read paths (LOADERS: item reads by memory map or
-pread, block order, batch reads) for --seconds each after dropping the pack from the page cache, with the CPU
-cores they use; the best against the bounds and the 1,300 crops/s before, worker memory, index bytes per clip
-and start-up, extrapolated to 2 M clips (targets printed, not asserted).
+pread, block order, batch reads by pread or O_DIRECT) for --seconds each after dropping the pack from the page
+cache, with the CPU cores they use; the best against the bounds and the 1,300 crops/s before, O_DIRECT against
+buffered batch reads, worker memory, index bytes per clip and start-up, extrapolated to 2 M clips (targets
+printed, not asserted).
 """
 from __future__ import annotations
 
@@ -554,6 +555,7 @@ LOADERS = [  # (name, data.order, LogMelCrops read, batch reads): the read paths
     ("random/pread items", "random", "pread", False),
     ("block/mmap items", "block", "mmap", False),
     ("random/pread batches", "random", "pread", True),
+    ("random/direct batches", "random", "direct", True),
     ("block/pread batches", "block", "pread", True),
 ]
 
@@ -641,7 +643,7 @@ def scale_disk(args: argparse.Namespace) -> list[dict]:
                                        read_threads=args.read_threads)
                 row[f"loader {name}"] = measured["crops/s"]
                 row[f"  CPU cores used, {name}"] = measured["cores"]
-                if batch_reads and order == "random":
+                if batch_reads and order == "random" and read == "pread":
                     row["worker RSS MB (random/pread batches)"] = measured["worker RSS MB"]
                     row["worker private MB (random/pread batches)"] = measured["worker private MB"]
             row["startup s"], index_bytes = startup_seconds(root)
@@ -669,6 +671,9 @@ def print_disk_table(rows: list[dict], workers: int, depth: int) -> None:
         best, seq = r[best_key], r["bound: clips/s read in order"]
         print(f"{r['dtype']}: best loader {best_key[7:]}: {best:,.0f} crops/s "
               f"= {best / BASELINE_CROPS_PER_S:.1f}x the {BASELINE_CROPS_PER_S:,}/s before (target >= 5x)")
+        direct, buffered = r["loader random/direct batches"], r["loader random/pread batches"]
+        print(f"{r['dtype']}:   random order, batch reads: O_DIRECT {direct:,.0f} vs buffered pread {buffered:,.0f} "
+              f"crops/s = {direct / buffered:.2f}x")
         for qd, what in ((1, "the issue's bound (random reads 1 in flight)"),
                          (depth, f"random reads {depth} in flight, as the loader keeps them")):
             bound = max(seq, r[f"disk: random crop reads/s, {qd} in flight"])

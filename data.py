@@ -23,10 +23,14 @@ cropped at random for training and from the start for evaluation.
 """
 from __future__ import annotations
 
+import errno
 import json
+import mmap
 import os
 import shutil
 import sys
+import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -289,6 +293,16 @@ class Packed:
             self._fds[shard] = os.open(self.maps[shard].filename, os.O_RDONLY)
         return self._fds[shard]
 
+    def _direct_fd(self, shard: int) -> int | None:
+        """This process's O_DIRECT descriptor of a shard (reads that bypass the page cache), or None where the
+        platform or the file system refuses O_DIRECT (said once; the reads fall back to buffered pread)."""
+        if self._pid != os.getpid():
+            self._fds, self._pid = {}, os.getpid()
+        key = -1 - shard  # beside the buffered descriptors
+        if key not in self._fds:
+            self._fds[key] = open_direct(self.maps[shard].filename)
+        return self._fds[key]
+
     def crop_pread(self, i: int, start: int, frames: int) -> np.ndarray:
         """Frames [start, start + frames) of clip i as [F, frames] (frames within the clip), read with one pread:
         the kernel reads just these bytes, where a memory map may read ahead far past a random crop."""
@@ -300,19 +314,24 @@ class Packed:
         return np.frombuffer(buf, dtype=m.dtype).reshape(frames, m.shape[1]).T
 
     def read_crops(self, indices: np.ndarray, starts: np.ndarray, counts: np.ndarray, out: np.ndarray,
-                   threads: int = 1) -> None:
+                   threads: int = 1, direct: bool = False) -> None:
         """Frames [starts[k], starts[k] + counts[k]) of clip indices[k] into out[k, :counts[k]] (out: [B, frames, F]
         time-major, the pack's dtype), one preadv each straight into `out`, `threads` reads in flight (preadv
-        releases the GIL: the disk works on several random reads at once)."""
+        releases the GIL: the disk works on several random reads at once). `direct`: O_DIRECT reads of the
+        4 KB-aligned span around each crop into an aligned buffer, the crop's bytes copied out (about half the
+        kernel time of a cold buffered read; no page cache); buffered pread where O_DIRECT is refused."""
         shards = self.file[indices]
         fds = {int(s): self._fd(int(s)) for s in np.unique(shards)}  # opened here, not in the reading threads
+        dfds = {s: self._direct_fd(s) if direct and _DIRECT["ok"] else None for s in fds}
         bases = np.array([m.offset for m in self.maps], dtype=np.int64)[shards]
         where = bases + (self.offsets[indices] + starts) * self.frame_bytes
-        jobs = [(fds[s], out[k, :c], o, c * self.frame_bytes)
+        jobs = [(fds[s], dfds[s], out[k, :c], o, c * self.frame_bytes)
                 for k, (s, o, c) in enumerate(zip(shards.tolist(), where.tolist(), counts.tolist()))]
 
         def read(part: list) -> None:
-            for fd, view, offset, size in part:
+            for fd, dfd, view, offset, size in part:
+                if dfd is not None and _DIRECT["ok"] and read_direct(dfd, view, offset, size):
+                    continue
                 if os.preadv(fd, [view], offset) != size:
                     raise OSError(f"short read at byte {offset} of a pack shard (pack truncated?); rebuild it "
                                   "with preprocess.py --pack")
@@ -351,6 +370,68 @@ def _read_pool(threads: int):
     if _POOL.get("pid") != (os.getpid(), threads):
         _POOL.update(pid=(os.getpid(), threads), pool=ThreadPoolExecutor(threads, thread_name_prefix="pread"))
     return _POOL["pool"]
+
+
+DIRECT_ALIGN = 4096  # O_DIRECT: offsets, lengths and buffers aligned to the logical block size (4 KB covers it)
+_DIRECT = {"ok": True}  # False once O_DIRECT was refused in this process (and in workers forked after that)
+_BUFFERS = threading.local()  # one page-aligned buffer per reading thread
+
+
+def _direct_refused(path: str, error: BaseException | str) -> None:
+    if _DIRECT["ok"]:
+        _DIRECT["ok"] = False
+        warnings.warn(f"{path}: O_DIRECT reads refused ({error}); reading the pack with buffered pread instead",
+                      RuntimeWarning, stacklevel=3)
+
+
+def open_direct(path: str | os.PathLike) -> int | None:
+    """A read-only O_DIRECT descriptor of `path`, or None (said once) where the platform has no O_DIRECT or the
+    file system refuses it (tmpfs, some network file systems)."""
+    if not _DIRECT["ok"]:
+        return None
+    if not hasattr(os, "O_DIRECT"):
+        _direct_refused(str(path), "not available on this platform")
+        return None
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECT)
+    except OSError as error:
+        _direct_refused(str(path), error)
+        return None
+
+
+def read_direct(fd: int, view: np.ndarray, offset: int, size: int) -> bool:
+    """Bytes [offset, offset + size) of the O_DIRECT descriptor `fd` into the contiguous array `view`: one read
+    of the aligned span that covers them into this thread's page-aligned buffer, then a copy. False (nothing
+    read; said once) where the file system refuses the read."""
+    begin = offset - offset % DIRECT_ALIGN
+    span = -(-(offset + size) // DIRECT_ALIGN) * DIRECT_ALIGN - begin
+    buf = getattr(_BUFFERS, "buf", None)
+    if buf is None or len(buf) < span:
+        buf = _BUFFERS.buf = mmap.mmap(-1, span)  # anonymous maps are page-aligned
+    try:
+        got = os.preadv(fd, [memoryview(buf)[:span]], begin)  # a short read only at the end of the file
+    except OSError as error:
+        if error.errno != errno.EINVAL:
+            raise
+        _direct_refused(f"descriptor {fd}", error)
+        return False
+    if got < offset + size - begin:
+        raise OSError(f"short read at byte {offset} of a pack shard (pack truncated?); rebuild it with "
+                      "preprocess.py --pack")
+    view.reshape(-1).view(np.uint8)[:] = np.frombuffer(buf, np.uint8, size, offset - begin)
+    return True
+
+
+def open_direct_probe(packed: Packed) -> bool:
+    """Whether the pack's file system takes O_DIRECT reads: one aligned read of its first shard (said once,
+    here in the training process, where it does not; the loader workers then read with buffered pread)."""
+    fd = open_direct(packed.maps[0].filename)
+    if fd is None:
+        return False
+    try:
+        return read_direct(fd, np.empty(1, np.uint8), 0, 1)
+    finally:
+        os.close(fd)
 
 
 def open_packed(cache: str | os.PathLike, ids: list[str]) -> Packed | None:
@@ -413,12 +494,16 @@ def _batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.empty(0).new(torch.UntypedStorage._new_shared(int(np.prod(shape)) * 4)).view(shape)
 
 
+READS = ("mmap", "pread", "direct")  # LogMelCrops.read: memory map, buffered pread, O_DIRECT batch reads
+
+
 class LogMelCrops(_CacheDataset):
     """(logmel [1, F, frames] float32 tensor, label index) items; frames=None keeps the whole clip.
 
     Reads CACHE/packed when it holds every clip (no file opened per item), else the per-clip files. With the pack,
     only the crop is read: `read="mmap"` slices the memory map, `read="pread"` reads the crop's bytes with one
-    pread (no read-ahead: the better choice for random crops from a pack larger than RAM; see docs/scale.md).
+    pread (no read-ahead: the better choice for random crops from a pack larger than RAM; see docs/scale.md),
+    `read="direct"` too, but batch reads bypass the page cache (O_DIRECT; buffered pread where refused).
     After `use_blocks(blocks)` (block order, BlockBatches), the first read from a block asks the kernel to read the
     whole block sequentially (posix_fadvise WILLNEED), so the crops that follow come from the page cache.
 
@@ -435,8 +520,8 @@ class LogMelCrops(_CacheDataset):
                  use_packed: bool = True, read: str = "mmap", batch_reads: bool = False,
                  read_threads: int = READ_THREADS):
         super().__init__(cache, df, labels, random_crop)
-        if read not in ("mmap", "pread"):
-            raise ValueError(f"read={read!r}: expected 'mmap' or 'pread'")
+        if read not in READS:
+            raise ValueError(f"read={read!r}: expected one of {', '.join(READS)}")
         self.frames, self.read = frames, read
         self.batch_reads, self.read_threads = batch_reads, read_threads
         self.packed = open_packed(self.cache, self.df["id"].tolist()) if use_packed else None
@@ -474,7 +559,7 @@ class LogMelCrops(_CacheDataset):
         rng = self._rng() if self.random_crop else None  # drawn as in crop_frames, so the crops are unchanged
         start = int(rng.integers(0, total - self.frames + 1)) if rng is not None and total > self.frames else 0
         n = min(self.frames, total)
-        if self.read == "pread":
+        if self.read != "mmap":
             part = self.packed.crop_pread(i, start, n)
         else:
             part = self.packed.clip(i)[:, start:start + n]
@@ -517,7 +602,7 @@ class LogMelCrops(_CacheDataset):
         like = self.packed.maps[0] if self.packed is not None else clips[0].T
         raw = np.empty((len(indices), self.frames, like.shape[1]), dtype=like.dtype)  # time-major, as packed
         if clips is None:
-            self.packed.read_crops(indices, starts, counts, raw, self.read_threads)
+            self.packed.read_crops(indices, starts, counts, raw, self.read_threads, direct=self.read == "direct")
         else:
             for k, (s, c) in enumerate(zip(starts.tolist(), counts.tolist())):
                 raw[k, :c] = clips[k][:, s:s + c].T
@@ -621,8 +706,10 @@ def training_batches(dataset: LogMelCrops, dcfg: dict, batch_size: int, seed: in
     """The global batch order of a log-mel pretraining set (data.order): `random` = EpochBatches (per-clip random
     order; the default while the pack fits in half the RAM), `block` = BlockBatches over blocks of
     data.block_clips clips with data.open_blocks open at once (a pack larger than that). Block order, and random
-    order on a pack larger than half the RAM, read with batch reads and pread (LogMelCrops); random order on a
-    pack that fits reads item by item from the memory map, as before batch reads existed (the same crops)."""
+    order on a pack larger than half the RAM, read with batch reads and pread (LogMelCrops), in random order with
+    O_DIRECT where the file system takes it (the crops are cold reads; block order reads ahead through the page
+    cache); random order on a pack that fits reads item by item from the memory map, as before batch reads
+    existed (the same crops)."""
     order = dcfg["order"]
     if order not in ORDERS:
         raise ValueError(f"data.order={order!r}: expected one of {', '.join(ORDERS)}")
@@ -634,6 +721,8 @@ def training_batches(dataset: LogMelCrops, dcfg: dict, batch_size: int, seed: in
         raise ValueError(f"{dataset.cache}: data.order=block needs the packed cache (preprocess.py --pack)")
     if (order == "block" or too_big) and dataset.frames is not None:
         dataset.read, dataset.batch_reads = "pread", True
+        if order == "random" and open_direct_probe(packed):  # random crops, cold: O_DIRECT (docs/scale.md)
+            dataset.read = "direct"
     if order == "block":
         dataset.use_blocks(packed.blocks(dcfg["block_clips"]))
         return BlockBatches(dataset.blocks, batch_size, seed, dcfg["open_blocks"])

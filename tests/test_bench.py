@@ -53,11 +53,15 @@ def test_disk_table_runs_every_loader_read_path_and_its_ratios_follow_from_the_r
     value = {line.rsplit(None, 1)[0].strip(): float(line.rsplit(None, 1)[1].replace(",", ""))
              for line in lines if line.startswith(("loader ", "disk: ", "index B/clip"))}
     loaders = {k[len("loader "):]: v for k, v in value.items() if k.startswith("loader ")}
-    assert {"random/pread items", "block/mmap items", "random/pread batches", "block/pread batches"} <= set(loaders)
+    assert {"random/pread items", "block/mmap items", "random/pread batches", "random/direct batches",
+            "block/pread batches"} <= set(loaders)
     assert all(v > 0 for v in loaders.values()) and value["index B/clip"] == 28.0
     name, best = max(loaders.items(), key=lambda item: item[1])
     summary = "\n".join(line for line in lines if line.startswith("float16: "))
     assert f"best loader {name}: {best:,.0f} crops/s = {best / 1300:.1f}x the 1,300/s" in summary
+    direct, buffered = loaders["random/direct batches"], loaders["random/pread batches"]
+    assert (f"O_DIRECT {direct:,.0f} vs buffered pread {buffered:,.0f} crops/s = {direct / buffered:.2f}x"
+            in summary)
     seq = next(float(line.split()[-1].replace(",", "")) for line in lines
                if line.startswith("bound: clips/s read in order"))
     bounds = re.findall(r"random reads (\d+) in flight.*: better bound ([\d,]+)/s -> (\d+)%", summary)

@@ -237,8 +237,9 @@ def test_training_batches_choose_the_order_and_block_reads_give_the_same_items(t
     assert dataset.read == "mmap" and dataset.blocks is None and not dataset.batch_reads  # item reads, as before
     monkeypatch.setattr(data, "physical_memory", lambda: 1000)  # a pack larger than RAM
     assert isinstance(data.training_batches(dataset, {**dcfg, "order": "random"}, 8, 0), data.EpochBatches)
-    assert dataset.read == "pread" and dataset.batch_reads  # random crops from disk: batch preads
+    assert dataset.read in ("direct", "pread") and dataset.batch_reads  # random crops from disk: batch reads
     block = data.training_batches(dataset, dcfg, 8, 0)
+    assert dataset.read == "pread"  # block order: through the page cache
     assert isinstance(block, data.BlockBatches) and len(block) == 3 and dataset.blocks is not None
     plain = data.LogMelCrops(tiny_cache, df, frames=50, random_crop=True)
     for i in block.epoch(0)[0]:  # the read-ahead advice changes how, not what, is read
@@ -335,6 +336,97 @@ def test_batch_reads_read_the_keyed_crop_by_pread_memory_map_and_per_clip_files(
             np.testing.assert_array_equal(logmel[k, 0].numpy(), want)
         if frames == 50:  # the same clip at two positions: two crops
             assert not torch.equal(logmel[0], logmel[4])
+
+
+def direct_works(folder) -> bool:
+    """Whether `folder`'s file system takes O_DIRECT reads (not tmpfs)."""
+    fd = data.open_direct(folder / "manifest.csv")
+    if fd is not None:
+        data.os.close(fd)
+    return fd is not None
+
+
+@pytest.fixture
+def direct_ok(monkeypatch):
+    """O_DIRECT allowed again for this test (a test that simulates its refusal turns it off in this process)."""
+    monkeypatch.setitem(data._DIRECT, "ok", True)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_direct_batch_reads_equal_buffered_pread_and_memory_map(tiny_cache, monkeypatch, dtype, direct_ok):
+    """O_DIRECT reads of the 4 KB-aligned span around each crop: the same crops as pread and the memory map, for
+    crops at unaligned offsets, crops that end a clip and a shard file, and clips shorter than the crop."""
+    if not direct_works(tiny_cache):
+        pytest.skip("no O_DIRECT on this platform or file system (the fallback is tested below)")
+    monkeypatch.setattr(data, "SHARD_BYTES", 7 * 120 * 64 * 4)  # shards of 7 float32 clips (14 float16)
+    df = data.read_manifest(tiny_cache)
+    data.pack_logmels(tiny_cache, dtype=dtype)
+    reads = []
+    monkeypatch.setattr(data, "read_direct", lambda *a, _real=data.read_direct: reads.append(a[2:]) or _real(*a))
+    positions = list(range(24))
+    for frames in (50, 96, 120, 200):  # 120: whole clips; 200: every clip shorter than the crop
+        sets = [data.LogMelCrops(tiny_cache, df, frames=frames, random_crop=True, read=read, batch_reads=True,
+                                 read_threads=threads)
+                for read, threads in [("mmap", 1), ("pread", 1), ("direct", 1), ("direct", 4)]]
+        for key in [(0, 1), (3, 9)]:
+            want = sets[0].read_batch(positions, key, positions)[0]
+            for dataset in sets[1:]:
+                assert torch.equal(dataset.read_batch(positions, key, positions)[0], want), (frames, key)
+        starts = sets[0].crop_starts(np.full(24, 120), (0, 1), np.arange(24))
+        assert frames >= 120 or (starts > 0).any()
+    assert len(reads) == 4 * 2 * 2 * 24 and data._DIRECT["ok"]  # every crop of the direct sets read with O_DIRECT
+    offsets = np.array([offset for offset, _ in reads])
+    assert (offsets % data.DIRECT_ALIGN != 0).any()  # crops at unaligned offsets
+    packed = sets[0].packed
+    ends = {int(packed.maps[s].shape[0]) * packed.frame_bytes for s in range(len(packed.maps))}
+    assert any(offset + size in ends for offset, size in reads)  # crops that end at a shard's last byte
+
+
+def test_direct_reads_fall_back_to_buffered_pread_where_refused(tiny_cache, monkeypatch, direct_ok):
+    """A file system that refuses O_DIRECT at open (tmpfs) or at the first read (EINVAL): a warning once, the same
+    crops by buffered pread, and training_batches keeps `pread` for random order on a pack larger than RAM."""
+    import errno
+    import fcntl
+    import os
+    import warnings
+    df = packed_cache(tiny_cache, monkeypatch)
+    positions = list(range(24))
+    want = data.LogMelCrops(tiny_cache, df, frames=50, random_crop=True, read="pread",
+                            batch_reads=True).read_batch(positions, (2, 5), positions)[0]
+    real_open, real_preadv = os.open, os.preadv
+
+    def refuse_open(path, flags, *args):
+        if flags & getattr(os, "O_DIRECT", 0):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    def refuse_read(fd, buffers, offset):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(data, "physical_memory", lambda: 1000)  # a pack larger than RAM
+    for patch in [("open", refuse_open), ("preadv", refuse_read)]:
+        data._DIRECT["ok"] = True
+        with monkeypatch.context() as m:
+            m.setattr(os, *patch)
+            dataset = data.LogMelCrops(tiny_cache, df, frames=50, random_crop=True, read="direct",
+                                       batch_reads=True, read_threads=3)
+            with pytest.warns(RuntimeWarning, match="O_DIRECT reads refused"):
+                got = dataset.read_batch(positions, (2, 5), positions)[0]
+            assert torch.equal(got, want) and not data._DIRECT["ok"], patch[0]
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # said once
+                assert torch.equal(dataset.read_batch(positions, (2, 5), positions)[0], want)
+            data._DIRECT["ok"] = True
+            with pytest.warns(RuntimeWarning, match="O_DIRECT reads refused"):
+                data.training_batches(dataset, {"order": "random", "block_clips": 4, "open_blocks": 2}, 8, 0)
+            assert dataset.read == "pread" and dataset.batch_reads, patch[0]
+    data._DIRECT["ok"] = True
+    data.training_batches(dataset, {"order": "random", "block_clips": 4, "open_blocks": 2}, 8, 0)
+    assert dataset.read == ("direct" if direct_works(tiny_cache) else "pread")
+    data.training_batches(dataset, {"order": "block", "block_clips": 4, "open_blocks": 2}, 8, 0)
+    assert dataset.read == "pread"  # block order reads ahead through the page cache
 
 
 def test_batch_reads_depend_on_seed_step_and_position_not_on_processes_workers_or_resume(tiny_cache, monkeypatch):

@@ -42,6 +42,13 @@ from files import (
     temp_path,
 )
 
+
+class CacheError(Exception):
+    """A problem that stops a preprocessing run (a bad flag, a missing file, a full disk, a cache built with other
+    parameters, another writer): one line that names the file or flag and says what to do. Clips finished before
+    it stay written, so the same command resumes; preprocess.py prints the line and exits with status 1."""
+
+
 DATASETS = tuple(REGISTRY)
 KEY_COLUMN = "source_key"  # manifest column: what the clip's features were computed from (cache_key)
 KINDS = ("error", "warning", "not_audio", "hidden", "excluded")  # errors.csv 'kind'; only 'error' skips a clip
@@ -228,12 +235,12 @@ def check_params(out: Path, params: dict, force: bool) -> None:
     try:
         old = {"dtype": "float32", **json.loads(path.read_text())["params"]}  # caches before --dtype: float32
     except (ValueError, KeyError, TypeError):
-        raise SystemExit(f"{path}: unreadable (not the JSON preprocess.py writes); use another --out, or "
+        raise CacheError(f"{path}: unreadable (not the JSON preprocess.py writes); use another --out, or "
                          "--force to rebuild the cache") from None
     diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v and k != "features"}
     if diff:
         lines = "\n".join(f"  {k}: cache has {a!r}, this run asks for {b!r}" for k, (a, b) in diff.items())
-        raise SystemExit(f"{path}: this cache was built with other parameters:\n{lines}\n"
+        raise CacheError(f"{path}: this cache was built with other parameters:\n{lines}\n"
                          "Use another --out, or --force to rebuild every clip with the new parameters.")
 
 
@@ -285,9 +292,9 @@ def prepare_out(out: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except FileExistsError as err:
-        raise SystemExit(f"{err.filename}: exists and is not a folder; choose another --out") from None
+        raise CacheError(f"{err.filename}: exists and is not a folder; choose another --out") from None
     except OSError as err:
-        raise SystemExit(f"{err.filename or out}: cannot write the cache there ({err.strerror or err})") from None
+        raise CacheError(f"{err.filename or out}: cannot write the cache there ({err.strerror or err})") from None
 
 
 def launcher_shard(env: dict | None = None) -> str | None:
@@ -308,7 +315,7 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
         return None
     m = re.fullmatch(r"(\d+)/(\d+)", text)
     if not m or not 1 <= int(m[1]) <= int(m[2]):
-        raise SystemExit(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 2/8")
+        raise CacheError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 2/8")
     return None if int(m[2]) == 1 else (int(m[1]), int(m[2]))
 
 # ----------------------------------------------------------------------------- the run
@@ -318,7 +325,7 @@ def check_split_option(options: CacheOptions, clips: list[Clip]) -> None:
     """--split is for a data set with no split or fold of its own (--dataset folder)."""
     own = next((c for c in clips if c.split or c.fold is not None), None)
     if options.split and own is not None:
-        raise SystemExit(f"--split: --dataset {options.dataset} has splits or folds of its own (e.g. {own.source}); "
+        raise CacheError(f"--split: --dataset {options.dataset} has splits or folds of its own (e.g. {own.source}); "
                          "--split is for one without (--dataset folder)")
 
 
@@ -335,7 +342,7 @@ def find_clips(options: CacheOptions) -> tuple[list[Clip], dict[str, tuple[str, 
         found = REGISTRY[options.dataset].adapter(options.root, split_dir=options.split_dir, labels=options.labels,
                                                size=options.size, seed=options.seed)
     except (DatasetLayoutError, FileExistsError) as err:
-        raise SystemExit(f"{options.dataset}: {err}") from None
+        raise CacheError(f"{options.dataset}: {err}") from None
     return found.clips, {str(s.path): (s.reason, s.kind) for s in found.skipped}
 
 
@@ -394,7 +401,7 @@ def process_all(todo, out: Path, root: Path, options, params: dict, pack_tag: st
             for (clip, cid), (status, value) in results:
                 bar.update()
                 if status == "fatal":
-                    raise SystemExit(f"{value}; the run stopped (finished clips are kept: free space, then run "
+                    raise CacheError(f"{value}; the run stopped (finished clips are kept: free space, then run "
                                      "the same command again to resume)")
                 if status == "error":
                     errors[str(clip.source)] = (value, "error")
@@ -494,14 +501,14 @@ def lock_cache(out: Path, shard: tuple[int, int] | None) -> FolderLock:
     try:
         warning = lock.acquire()
     except LockHeld as err:
-        raise SystemExit(f"{out}: another preprocess.py is writing this cache ({err}); wait for it to end, "
+        raise CacheError(f"{out}: another preprocess.py is writing this cache ({err}); wait for it to end, "
                          "or use another --out") from None
     others = [out / lock_name(None)] if shard else sorted(out.glob("preprocess.shard-*-of-*.lock"))
     for path in others:
         holder = lock_holder(path)
         if holder:
             lock.release()
-            raise SystemExit(f"{out}: another preprocess.py is writing this cache ({path}: held by {holder}); "
+            raise CacheError(f"{out}: another preprocess.py is writing this cache ({path}: held by {holder}); "
                              "wait for it to end, or use another --out")
     if not shard:  # no shard run is live: a killed one's lock file goes (as the shards' manifests will)
         for path in others:
@@ -572,11 +579,11 @@ def build_cache(options: CacheOptions) -> dict:
     shard = parse_shard(options.shard or launcher_shard())
     if options.root is None:
         if options.dataset != "synthetic":
-            raise SystemExit(f"--root is required for --dataset {options.dataset}")
+            raise CacheError(f"--root is required for --dataset {options.dataset}")
         options.root = Path("data") / f"synthetic-{options.size}"
     root, out = Path(options.root), Path(options.out)
     if options.dataset != "synthetic" and not root.is_dir():
-        raise SystemExit(f"{root}: data set folder not found")
+        raise CacheError(f"{root}: data set folder not found")
     params = run_params(options)
     prepare_out(out)
     with lock_cache(out, shard):

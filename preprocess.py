@@ -30,7 +30,7 @@ import os
 import sys
 from pathlib import Path
 
-from cache import DATASETS, CacheOptions, build_cache
+from cache import DATASETS, CacheError, CacheOptions, build_cache
 
 
 def parse_percent(text: str) -> tuple[int, int, int]:
@@ -74,7 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return build_cache(CacheOptions(**vars(parse_args(argv))))
+    try:
+        return build_cache(CacheOptions(**vars(parse_args(argv))))
+    except CacheError as err:
+        raise SystemExit(f"preprocess.py: {err}") from None
 
 
 if __name__ == "__main__":

@@ -173,11 +173,15 @@ def test_your_own_folder_with_and_without_labels_gets_a_stratified_split(tmp_pat
     first = df["split"].to_dict()
     run(dataset="folder", root=tmp_path / "f", out=tmp_path / "c", split=(60, 20, 20))
     assert read_manifest(tmp_path / "c").set_index("source")["split"].to_dict() == first  # same seed, same split
-    with pytest.raises(SystemExit, match="--split: --dataset esc50 has splits or folds of its own"):
+    with pytest.raises(cache.CacheError, match="--split: --dataset esc50 has splits or folds of its own"):
         run(dataset="esc50", root=make_esc50(tmp_path / "esc"), out=tmp_path / "e", split=(80, 10, 10))
     done = run_script("preprocess.py", "--dataset", "folder", "--root", tmp_path / "f", "--out", tmp_path / "c",
                       "--split", "80,10,20")
     assert done.returncode == 2 and "percentages summing to 100, got '80,10,20'" in done.stderr  # argparse
+    done = run_script("preprocess.py", "--dataset", "esc50", "--root", tmp_path / "esc", "--out", tmp_path / "e",
+                      "--split", "80,10,10")  # a cache.CacheError: one line on stderr, status 1, no traceback
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("preprocess.py: --split: --dataset esc50 has splits")
 
 
 def test_bad_files_are_skipped_with_reason_and_run_completes(tmp_path):
@@ -256,7 +260,7 @@ def test_pack_option_writes_a_memory_map_of_every_clip(tmp_path):
 def test_changed_parameters_refused_unless_force(tmp_path):
     root = make_esc50(tmp_path / "esc", n=2)
     run(dataset="esc50", root=root, out=tmp_path / "c")
-    with pytest.raises(SystemExit, match="waveform: cache has False, this run asks for True"):
+    with pytest.raises(cache.CacheError, match="waveform: cache has False, this run asks for True"):
         run(dataset="esc50", root=root, out=tmp_path / "c", waveform=True)
     summary = run(dataset="esc50", root=root, out=tmp_path / "c", waveform=True, force=True)
     assert summary["written"] == 2 and (tmp_path / "c" / "wave").is_dir()
@@ -287,11 +291,11 @@ def test_parallel_workers_give_same_features(tmp_path):
 
 def test_layout_errors_are_clear(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="esc50.csv: not found"):
+    with pytest.raises(cache.CacheError, match="esc50.csv: not found"):
         run(dataset="esc50", root=tmp_path / "empty", out=tmp_path / "c")
-    with pytest.raises(SystemExit, match="not found"):
+    with pytest.raises(cache.CacheError, match="not found"):
         run(dataset="gtzan", root=tmp_path / "missing", out=tmp_path / "c")
-    with pytest.raises(SystemExit, match="--shard"):
+    with pytest.raises(cache.CacheError, match="--shard"):
         run(dataset="folder", root=tmp_path / "empty", out=tmp_path / "c", shard="4/3")
 
 # ---------------------------------------------------------------------------------------------- issue 10
@@ -384,23 +388,23 @@ def test_unusable_out_and_full_disk_end_with_one_line(tmp_path, monkeypatch):
     for out, message in [(tmp_path / "file", "file: exists and is not a folder"),
                          ("/proc/audio-cache", "/proc/audio-cache: cannot write the cache there"),
                          ("/sys/x/cache", "cannot write the cache there")]:
-        with pytest.raises(SystemExit, match=message) as err:
+        with pytest.raises(cache.CacheError, match=message) as err:
             run(dataset="esc50", root=root, out=out)
         assert "\n" not in str(err.value)
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "logmel").write_text("x")
-    with pytest.raises(SystemExit, match="c/logmel: exists and is not a folder"):
+    with pytest.raises(cache.CacheError, match="c/logmel: exists and is not a folder"):
         run(dataset="esc50", root=root, out=tmp_path / "c")
 
     def full_disk(array, path):
         raise OSError(28, "No space left on device", str(path))
 
     monkeypatch.setattr(cache, "_save_npy", full_disk)
-    with pytest.raises(SystemExit, match=r"1-1000-A-0.npy: No space left on device; the run stopped") as err:
+    with pytest.raises(cache.CacheError, match=r"1-1000-A-0.npy: No space left on device; the run stopped") as err:
         run(dataset="esc50", root=root, out=tmp_path / "d")
     assert "\n" not in str(err.value)
     (root / "meta" / "esc50.csv").write_text("filename;fold\n")
-    with pytest.raises(SystemExit, match=r"esc50.csv: missing column\(s\)"):
+    with pytest.raises(cache.CacheError, match=r"esc50.csv: missing column\(s\)"):
         run(dataset="esc50", root=root, out=tmp_path / "e")
 
 
@@ -456,7 +460,7 @@ def test_float16_cache_halves_the_disk_and_stays_close(tmp_path):
     assert np.abs(half.astype(np.float32) - full).max() <= 2 ** -11 * np.abs(full).max()  # float16 rounding
     item = data.LogMelCrops(tmp_path / "f16", df, frames=96)[0][0]
     assert item.dtype == torch.float32 and data.LogMelCrops(tmp_path / "f16", df).packed is not None
-    with pytest.raises(SystemExit, match="dtype: cache has 'float16', this run asks for 'float32'"):
+    with pytest.raises(cache.CacheError, match="dtype: cache has 'float16', this run asks for 'float32'"):
         run(dataset="esc50", root=root, out=tmp_path / "f16")
 
 
@@ -528,7 +532,7 @@ def test_second_writer_stops_naming_the_holder_and_a_dead_holders_lock_is_taken_
         assert second.stderr.count("\n") == 1 and "another preprocess.py is writing this cache" in second.stderr
         assert f"host {files.HOST}, pid {holder.pid}, started " in second.stderr
         assert sorted(p.name for p in out.rglob("*")) == ["logmel", "preprocess.lock", "wave"]  # nothing written
-        with pytest.raises(SystemExit, match=f"pid {holder.pid}"):  # a shard run stops too
+        with pytest.raises(cache.CacheError, match=f"pid {holder.pid}"):  # a shard run stops too
             run(dataset="esc50", root=root, out=out, shard="1/2")
     finally:
         holder.kill()
@@ -544,12 +548,12 @@ def test_full_run_waits_for_live_shards_and_other_machines_locks_are_kept(tmp_pa
     root, out = make_esc50(tmp_path / "esc", n=2), tmp_path / "cache"
     out.mkdir()
     with files.FolderLock(out / "preprocess.shard-2-of-2.lock"):  # a live shard run (here: this process)
-        with pytest.raises(SystemExit, match=r"preprocess.shard-2-of-2.lock: held by host .*, pid "):
+        with pytest.raises(cache.CacheError, match=r"preprocess.shard-2-of-2.lock: held by host .*, pid "):
             run(dataset="esc50", root=root, out=out)
         assert run(dataset="esc50", root=root, out=out, shard="1/2")["written"] == 1
     (out / "preprocess.lock").write_text("host=node-7 pid=4242 started=2026-01-01T00:00:00\n")
-    with pytest.raises(SystemExit, match=r"held by host node-7, pid 4242, .*another machine: if that run is gone, "
-                                         r"delete the lock file"):
+    with pytest.raises(cache.CacheError, match=r"held by host node-7, pid 4242, .*another machine: if that run is "
+                                               r"gone, delete the lock file"):
         run(dataset="esc50", root=root, out=out)
     (out / "preprocess.lock").unlink()
     (out / "preprocess.shard-2-of-2.lock").write_text(f"host={files.HOST} pid=999999999 started=x\n")  # killed

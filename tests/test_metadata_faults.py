@@ -9,6 +9,7 @@ import json
 import pandas as pd
 import pytest
 
+import cache
 import datasets
 from data import read_manifest
 from tests.test_cache import run
@@ -43,7 +44,7 @@ def test_audioset_unknown_label_id_is_an_error_naming_it(tmp_path):
     root = write_audioset(tmp_path / "as", tmp_path / "as")
     path = root / "eval_segments.csv"
     path.write_text(path.read_text() + '--5gqARaEJE, 0.000, 10.000, "/m/0zzzz9,/m/09x0r"\n')
-    with pytest.raises(SystemExit, match=rf"audioset: {path}: line 5: label id '/m/0zzzz9' is not in "
+    with pytest.raises(cache.CacheError, match=rf"audioset: {path}: line 5: label id '/m/0zzzz9' is not in "
                                          r".*class_labels_indices.csv \(1 unknown id\(s\) on 1 row label\(s\)"):
         run(dataset="audioset", root=root, out=tmp_path / "c")
     # a broken class table row is itself reported, and its ids are then unknown

@@ -112,7 +112,7 @@ def test_full_disk_during_preprocess_stops_in_one_line_leaves_no_temp_and_resume
         return DieAfter(real(path), 200, kill=False) if path.name.startswith(".3-1002-A-2.npy") else real(path)
 
     monkeypatch.setattr(files, "open_new", open_new)
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(cache.CacheError) as err:
         run(dataset="esc50", root=root, out=out)
     message = str(err.value)
     assert "\n" not in message and f"{out / 'logmel' / '3-1002-A-2.npy'}: could not be written (no space left on " \

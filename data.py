@@ -286,21 +286,16 @@ class Packed:
         offset = self.offsets[i]
         return self.arrays[self.file[i]][offset:offset + self.lengths[i]].T
 
-    def _fd(self, shard: int) -> int:
+    def _fd(self, shard: int, direct: bool = False) -> int | None:
+        """This process's descriptor of a shard (opened again after a fork). `direct`: the O_DIRECT one (reads that
+        bypass the page cache), or None where the platform or the file system refuses O_DIRECT (said once; the
+        reads fall back to buffered pread)."""
         if self._pid != os.getpid():
             self._fds, self._pid = {}, os.getpid()
-        if shard not in self._fds:
-            self._fds[shard] = os.open(self.maps[shard].filename, os.O_RDONLY)
-        return self._fds[shard]
-
-    def _direct_fd(self, shard: int) -> int | None:
-        """This process's O_DIRECT descriptor of a shard (reads that bypass the page cache), or None where the
-        platform or the file system refuses O_DIRECT (said once; the reads fall back to buffered pread)."""
-        if self._pid != os.getpid():
-            self._fds, self._pid = {}, os.getpid()
-        key = -1 - shard  # beside the buffered descriptors
+        key = -1 - shard if direct else shard  # the O_DIRECT descriptors beside the buffered ones
         if key not in self._fds:
-            self._fds[key] = open_direct(self.maps[shard].filename)
+            path = self.maps[shard].filename
+            self._fds[key] = open_direct(path) if direct else os.open(path, os.O_RDONLY)
         return self._fds[key]
 
     def crop_pread(self, i: int, start: int, frames: int) -> np.ndarray:
@@ -322,7 +317,7 @@ class Packed:
         kernel time of a cold buffered read; no page cache); buffered pread where O_DIRECT is refused."""
         shards = self.file[indices]
         fds = {int(s): self._fd(int(s)) for s in np.unique(shards)}  # opened here, not in the reading threads
-        dfds = {s: self._direct_fd(s) if direct and _DIRECT["ok"] else None for s in fds}
+        dfds = {s: self._fd(s, direct=True) if direct and _DIRECT["ok"] else None for s in fds}
         bases = np.array([m.offset for m in self.maps], dtype=np.int64)[shards]
         where = bases + (self.offsets[indices] + starts) * self.frame_bytes
         jobs = [(fds[s], dfds[s], out[k, :c], o, c * self.frame_bytes)
@@ -333,8 +328,7 @@ class Packed:
                 if dfd is not None and _DIRECT["ok"] and read_direct(dfd, view, offset, size):
                     continue
                 if os.preadv(fd, [view], offset) != size:
-                    raise OSError(f"short read at byte {offset} of a pack shard (pack truncated?); rebuild it "
-                                  "with preprocess.py --pack")
+                    raise _short_read(offset)
 
         if threads > 1 and len(jobs) > 1:
             list(_read_pool(threads).map(read, [jobs[t::threads] for t in range(threads)]))
@@ -377,6 +371,11 @@ _DIRECT = {"ok": True}  # False once O_DIRECT was refused in this process (and i
 _BUFFERS = threading.local()  # one page-aligned buffer per reading thread
 
 
+def _short_read(offset: int) -> OSError:
+    return OSError(f"short read at byte {offset} of a pack shard (pack truncated?); rebuild it with preprocess.py "
+                   "--pack")
+
+
 def _direct_refused(path: str, error: BaseException | str) -> None:
     if _DIRECT["ok"]:
         _DIRECT["ok"] = False
@@ -416,8 +415,7 @@ def read_direct(fd: int, view: np.ndarray, offset: int, size: int) -> bool:
         _direct_refused(f"descriptor {fd}", error)
         return False
     if got < offset + size - begin:
-        raise OSError(f"short read at byte {offset} of a pack shard (pack truncated?); rebuild it with "
-                      "preprocess.py --pack")
+        raise _short_read(offset)
     view.reshape(-1).view(np.uint8)[:] = np.frombuffer(buf, np.uint8, size, offset - begin)
     return True
 
